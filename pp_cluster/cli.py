@@ -1,0 +1,199 @@
+"""Command line: ``pp-farm sweep|status|data`` and the shared flags of ``sweeps/*.py``.
+
+Thin on purpose: flags become a ``SweepSpec``, the spec is validated, the farm runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from pp_cluster.config import Resources, SpecError, SweepSpec
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in s.split(",") if v.strip())
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in s.split(",") if v.strip())
+
+
+def _names(s: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in s.split(",") if v.strip())
+
+
+def _suites(s: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(_names(suite) for suite in s.split(";") if suite.strip())
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--quick", action="store_true",
+                   help="small CPU profile: the embedded data set (unless --data-root is given), few epochs")
+    g.add_argument("--name", help="sweep name (the `sweep` column and the Tune experiment name)")
+    g.add_argument("--data-root", help="folder of the real data set in its standard layout "
+                   "(e.g. ../shared/data/lfw/lfw-deepfunneled); without it --quick uses the embedded data")
+    g.add_argument("--partitions", type=_names, help="comma-separated split points, e.g. pool1,pool2,pool3")
+    g.add_argument("--lams", type=_floats, help="comma-separated defender weights λ, e.g. 0,0.1")
+    g.add_argument("--seeds", type=_ints, help="comma-separated seeds (the paper averaged 5)")
+    g.add_argument("--epochs", type=int, help="training epochs per model")
+    g.add_argument("--batch-size", type=int, help="training batch size")
+    g.add_argument("--lr", type=float, help="model learning rate (overrides the paper's recipe)")
+    g.add_argument("--defenders", type=_suites, dest="defender_suites",
+                   help="defender suites to sweep (decoder zoo names): 'deconv', or 'mnist_a1;mnist_d1,mnist_d2' "
+                        "(';' separates suites, ',' the defenders of one suite)")
+    g.add_argument("--attackers", type=_names, help="attacker zoo (decoder names), e.g. deconv,fc,sparse_fc")
+    g.add_argument("--attacker-data", choices=("train", "disjoint"),
+                   help="attacker's images: the model's training set (paper) or other people (disjoint)")
+    g.add_argument("--attacker-fraction", type=float, help="fraction of the attacker's data set used (0, 1]")
+    g.add_argument("--attack-epochs", type=int, help="epochs per attacker")
+    g.add_argument("--search", choices=("grid", "optuna"), help="grid over partitions × λ × seeds, or Optuna")
+    g.add_argument("--lam-range", type=_floats, help="optuna: λ range 'low,high' (searched on a log scale)")
+    g.add_argument("--num-samples", type=int, help="optuna: trial budget")
+    g.add_argument("--save-reconstructions", action="store_true",
+                   help="also write a few reconstructed images per attack (they are people's faces: opt-in)")
+    g = p.add_argument_group("where and how")
+    g.add_argument("--results", help="results root: a local path, NFS path or s3://bucket/prefix")
+    g.add_argument("--storage-path", help="Ray Tune/Train storage (default: <results>/_ray)")
+    g.add_argument("--resume", action="store_true",
+                   help="start the sweep, or continue it if it was interrupted (finished work is not redone)")
+    g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    g.add_argument("--num-workers", type=int, help="Ray Train workers per model (DDP when > 1)")
+    g.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="train on GPUs")
+    g.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
+    g.add_argument("--gpus-per-trial", type=float, help="GPU share per one-worker trial, e.g. 0.25 packs 4 per GPU")
+    g.add_argument("--pool-size", type=int, help="attacker actors in the sweep's pool")
+    g.add_argument("--attacker-cpus", type=float, help="CPUs per attacker actor")
+    g.add_argument("--attacker-gpus", type=float, help="GPU share per attacker actor")
+    g.add_argument("--max-concurrent", type=int, help="most trials running at once")
+
+
+_SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
+               "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
+               "results", "storage_path")
+_RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus")
+
+
+def spec_from_args(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec) -> SweepSpec:
+    """The paper's profile or the quick one, then every flag the user gave on top."""
+    spec = quick if args.quick else paper
+    if args.quick and args.data_root and quick.dataset != paper.dataset:
+        # --quick with real data: the quick budget on the paper's data set.
+        spec = replace(quick, dataset=paper.dataset, dataset_options=paper.dataset_options,
+                       arch_options=quick.arch_options, name=quick.name + "_real")
+    changes = {k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k, None) is not None}
+    if args.save_reconstructions:
+        changes["save_reconstructions"] = True
+    if args.lam_range is not None:
+        if len(args.lam_range) != 2:
+            raise SpecError("--lam-range: give two numbers 'low,high'")
+        changes["lam_range"] = tuple(args.lam_range)
+    if args.lr is not None:
+        changes["train_overrides"] = {**spec.train_overrides, "lr": args.lr}
+    res = {k: getattr(args, k) for k in _RESOURCE_FLAGS if getattr(args, k, None) is not None}
+    if args.max_concurrent is not None:
+        res["max_concurrent_trials"] = args.max_concurrent
+    if res:
+        changes["resources"] = replace(spec.resources, **res)
+    return replace(spec, **changes)
+
+
+def check_fresh(spec: SweepSpec, resume: bool) -> None:
+    """Results are written exactly once: an existing sweep is continued only when asked."""
+    from pp_cluster.farm.store import ResultStore
+
+    if resume:
+        return
+    store = ResultStore(spec.results_uri())
+    if store.done_keys("models", spec.name):
+        raise SpecError(
+            f"sweep {spec.name!r} already has results in {spec.results_uri()}; pass --resume to continue it "
+            "or --name to start another sweep"
+        )
+
+
+def sweep_main(paper: SweepSpec, quick: SweepSpec, doc: str | None, argv: Sequence[str] | None = None) -> int:
+    """Entry point of every ``sweeps/*.py`` driver."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sweep_args(p)
+    args = p.parse_args(argv)
+    return _run(args, paper, quick)
+
+
+def _run(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec) -> int:
+    from pp_cluster.farm.sweep import run_sweep
+
+    try:
+        spec = spec_from_args(args, paper, quick).validate()
+        check_fresh(spec, args.resume)
+        outcome = run_sweep(spec, address=args.address, num_cpus=args.num_cpus)
+    except (SpecError, FileNotFoundError, ValueError) as e:
+        print(f"pp-farm: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if outcome.n_errored == 0 else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pp_cluster.farm.store import ResultStore
+
+    store = ResultStore(args.results)
+    models, attacks = store.read("models"), store.read("attacks")
+    if models.empty:
+        print(f"no models under {args.results}")
+        return 0
+    for sweep, m in models.groupby("sweep", observed=True):
+        a = attacks[attacks["sweep"] == sweep] if not attacks.empty else attacks
+        ok = a[a["status"] == "ok"] if not a.empty else a
+        print(f"sweep {sweep}: {len(m)} models ({(m['status'] == 'ok').sum()} ok, "
+              f"{(m['status'] == 'diverged').sum()} diverged), {len(a)} attacks ({len(ok)} ok)")
+        if not ok.empty:
+            worst = ok.groupby("model_id")["ssim"].max().rename("worst_ssim")
+            table = m.set_index("model_id")[["partition", "lam", "seed", "test_acc"]].join(worst)
+            print(table.sort_values(["partition", "lam", "seed"]).to_string(index=False))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from pp_cluster.data.fetch import fetch_dataset
+
+    try:
+        path = fetch_dataset(args.dataset, Path(args.root))
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"pp-farm: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pp_cluster.profiles import PROFILES
+
+    p = argparse.ArgumentParser(prog="pp-farm", description="privacy-partitioning sweep and attack farm")
+    sub = p.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("sweep", help="run a sweep profile (the same as python sweeps/<profile>.py)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("profile", choices=sorted(PROFILES), help="which sweep")
+    add_sweep_args(sp)
+    st = sub.add_parser("status", help="summarise the models and attacks under a results root")
+    st.add_argument("results", help="results root (local path or s3://...)")
+    da = sub.add_parser("data", help="data sets")
+    da_sub = da.add_subparsers(dest="data_command", required=True)
+    fe = da_sub.add_parser("fetch", help="download a public data set into its standard layout")
+    fe.add_argument("dataset", choices=("lfw", "mnist", "cifar10"))
+    fe.add_argument("--root", required=True, help="folder to download into")
+    args = p.parse_args(argv)
+    if args.command == "sweep":
+        paper, quick = PROFILES[args.profile]
+        return _run(args, paper, quick)
+    if args.command == "status":
+        return _status(args)
+    return _fetch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Frozen, validated specifications: what one model is, and what a whole sweep is.
+
+Validation happens here, in the driver, before Ray starts: a typo in a partition name
+or a negative λ must cost a user one second, not a cluster's start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+SEARCH_MODES = ("grid", "optuna")
+_ARCH_INPUT = {"mnist_mlp": (1, 28, 28), "face_cnn": (3, 64, 64), "vgg19_bn": (3, 32, 32)}
+ATTACKER_DATA = ("train", "disjoint")
+
+
+class SpecError(ValueError):
+    """A sweep specification that cannot run; the message names the bad field."""
+
+
+def content_id(*parts: Any) -> str:
+    """Short, stable id of JSON-serialisable parts: equal content, equal id, across runs
+    and machines. Model and attack ids (and so Parquet file names) derive from it."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that determines one defended model (and hence its ``model_id``)."""
+
+    dataset: str
+    arch: str
+    partition: str
+    lam: float
+    defenders: tuple[str, ...]
+    distance: str
+    seed: int
+    epochs: int
+    batch_size: int
+    data_root: str | None = None
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    arch_options: Mapping[str, Any] = field(default_factory=dict)
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["defenders"] = list(self.defenders)
+        d["dataset_options"] = dict(self.dataset_options)
+        d["arch_options"] = dict(self.arch_options)
+        d["train_overrides"] = dict(self.train_overrides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        kw = dict(d)
+        kw["defenders"] = tuple(kw.get("defenders", ()))
+        return cls(**kw)
+
+    def model_id(self, sweep: str) -> str:
+        # data_root is where the data lives, not what it is: moving it keeps the id.
+        d = self.to_dict()
+        d.pop("data_root")
+        return content_id("model", sweep, d)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attacker against one model: the zoo name and the attacker's knowledge."""
+
+    attacker: str
+    attacker_data: str = "train"
+    attacker_fraction: float = 1.0
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+
+    def attack_id(self, model_id: str) -> str:
+        return content_id("attack", model_id, asdict(self))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How a sweep uses the cluster. ``use_gpu=None`` follows the cluster's GPUs."""
+
+    num_workers: int = 1
+    use_gpu: bool | None = None
+    gpus_per_trial: float = 1.0
+    cpus_per_worker: float = 1.0
+    pool_size: int = 2
+    attacker_cpus: float = 0.5
+    attacker_gpus: float = 0.0
+    max_concurrent_trials: int | None = None
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep: the grid (or search space), the zoo, resources and where results go."""
+
+    name: str
+    dataset: str
+    arch: str
+    partitions: tuple[str, ...]
+    lams: tuple[float, ...] = (0.0,)
+    defender_suites: tuple[tuple[str, ...], ...] = (("deconv",),)
+    attackers: tuple[str, ...] = ("deconv", "fc", "sparse_fc")
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 250
+    batch_size: int = 32
+    distance: str = "ssim"
+    data_root: str | None = None
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    arch_options: Mapping[str, Any] = field(default_factory=dict)
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    attacker_data: str = "train"
+    attacker_fraction: float = 1.0
+    attack_epochs: int = 20
+    attack_batch_size: int = 64
+    attack_lr: float = 1e-3
+    results: str = "results"
+    storage_path: str | None = None
+    search: str = "grid"
+    lam_range: tuple[float, float] | None = None
+    num_samples: int = 8
+    save_reconstructions: bool = False
+    resources: Resources = field(default_factory=Resources)
+
+    # -- derived -------------------------------------------------------------
+    def storage(self) -> str:
+        """Where Ray Tune and Ray Train keep experiment state and checkpoints."""
+        if self.storage_path:
+            return self.storage_path
+        if "://" in self.results:
+            return self.results.rstrip("/") + "/_ray"
+        return str(Path(self.results).expanduser().resolve() / "_ray")
+
+    def results_uri(self) -> str:
+        if "://" in self.results:
+            return self.results
+        return str(Path(self.results).expanduser().resolve())
+
+    def model_spec(self, partition: str, lam: float, seed: int, suite: int = 0) -> ModelSpec:
+        # λ = 0 is plain training: no defender is trained (Algorithm 1 with λ = 0 only
+        # spends compute on defenders whose feedback is multiplied by zero).
+        defenders = self.defender_suites[suite] if lam > 0 else ()
+        return ModelSpec(
+            dataset=self.dataset,
+            arch=self.arch,
+            partition=partition,
+            lam=float(lam),
+            defenders=tuple(defenders),
+            distance=self.distance,
+            seed=int(seed),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            data_root=self.data_root,
+            dataset_options=dict(self.dataset_options),
+            arch_options=dict(self.arch_options),
+            train_overrides=dict(self.train_overrides),
+        )
+
+    def attack_specs(self) -> tuple[AttackSpec, ...]:
+        return tuple(
+            AttackSpec(
+                attacker=a,
+                attacker_data=self.attacker_data,
+                attacker_fraction=self.attacker_fraction,
+                epochs=self.attack_epochs,
+                batch_size=self.attack_batch_size,
+                lr=self.attack_lr,
+            )
+            for a in self.attackers
+        )
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The distinct models of a grid sweep as Tune configs, in a stable order. λ = 0 has no
+        defender, so it appears once however many defender suites are swept."""
+        points, seen = [], set()
+        for p in self.partitions:
+            for lam in self.lams:
+                for k in range(len(self.defender_suites) if lam > 0 else 1):
+                    for seed in self.seeds:
+                        point = {"partition": p, "lam": float(lam), "seed": int(seed), "suite": k}
+                        key = self.model_spec(**point).model_id(self.name)
+                        if key not in seen:
+                            seen.add(key)
+                            points.append(point)
+        return points
+
+    def with_(self, **changes: Any) -> "SweepSpec":
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=list)
+
+    # -- validation ----------------------------------------------------------
+    def validate(self) -> "SweepSpec":
+        """Check every field that can be checked without data; raise SpecError naming it."""
+        from pp_cluster.nets import ARCHS, DECODERS
+        from pp_cluster.data import DATASETS
+        from pp_cluster.privacy.metrics import DISTANCES
+
+        def bad(fieldname: str, msg: str) -> None:
+            raise SpecError(f"SweepSpec.{fieldname}: {msg}")
+
+        if not self.name or any(c in self.name for c in "/\\= \t\n"):
+            bad("name", f"{self.name!r} must be non-empty without '/', '=', or spaces")
+        if self.dataset not in DATASETS:
+            bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if self.arch not in ARCHS:
+            bad("arch", f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if not self.partitions:
+            bad("partitions", "at least one partition point is needed")
+        if self.search not in SEARCH_MODES:
+            bad("search", f"{self.search!r}; choose from {', '.join(SEARCH_MODES)}")
+        if self.search == "grid" and not self.lams:
+            bad("lams", "at least one λ is needed for a grid sweep")
+        for lam in self.lams:
+            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+                bad("lams", f"λ must be a finite number >= 0, got {lam!r}")
+        if self.search == "optuna":
+            if self.lam_range is None:
+                bad("lam_range", "optuna search needs a λ range (low, high)")
+            lo, hi = self.lam_range
+            if not (0 < lo < hi and math.isfinite(hi)):
+                bad("lam_range", f"need 0 < low < high (searched on a log scale), got {self.lam_range}")
+            if self.num_samples < 1:
+                bad("num_samples", f"the trial budget must be >= 1, got {self.num_samples}")
+        if not self.seeds:
+            bad("seeds", "at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            bad("seeds", f"seeds repeat: {self.seeds}")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                bad(name, f"must be an integer >= 1, got {value!r}")
+        if self.distance not in DISTANCES:
+            bad("distance", f"unknown distance {self.distance!r}; choose from {', '.join(DISTANCES)}")
+        if not self.defender_suites or not all(self.defender_suites):
+            bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
+        suite_names = tuple(n for suite in self.defender_suites for n in suite)
+        for role, names in (("defender_suites", suite_names), ("attackers", self.attackers)):
+            for n in names:
+                if n not in DECODERS:
+                    bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
+        if not self.attackers:
+            bad("attackers", "at least one attacker is needed")
+        if len(set(self.attackers)) != len(self.attackers):
+            bad("attackers", f"attackers repeat: {self.attackers}")
+        if self.attacker_data not in ATTACKER_DATA:
+            bad("attacker_data", f"{self.attacker_data!r}; choose from {', '.join(ATTACKER_DATA)}")
+        if not 0 < self.attacker_fraction <= 1:
+            bad("attacker_fraction", f"must be in (0, 1], got {self.attacker_fraction}")
+        r = self.resources
+        if r.num_workers < 1:
+            bad("resources.num_workers", f"must be >= 1, got {r.num_workers}")
+        if not 0 < r.gpus_per_trial:
+            bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
+        if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
+            bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
+        if r.pool_size < 1:
+            bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
+        if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:
+            bad("resources.attacker_cpus", "an attacker actor needs some CPU or GPU")
+        self._validate_partitions()
+        self._check_results_writable()
+        return self
+
+    def _validate_partitions(self) -> None:
+        from pp_cluster.nets import build_net
+
+        # Split points are a property of the architecture; a stand-in input shape suffices.
+        net = build_net(self.arch, _ARCH_INPUT[self.arch], num_classes=2, **dict(self.arch_options))
+        valid = net.partitions
+        for p in self.partitions:
+            if p not in valid:
+                raise SpecError(
+                    f"SweepSpec.partitions: {p!r} is not a split point of {self.arch}; valid: {', '.join(valid)}"
+                )
+
+    def _check_results_writable(self) -> None:
+        if "://" in self.results:
+            return  # remote stores are checked by the store when it opens them
+        root = Path(self.results).expanduser()
+        probe_dir = root
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK | os.X_OK):
+            raise SpecError(f"SweepSpec.results: {root} is not writable (checked {probe_dir})")

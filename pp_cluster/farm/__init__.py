@@ -1,0 +1,1 @@
+"""The distribution layer: Ray Train, Ray Tune, the attacker pool and the Parquet store."""

@@ -1,0 +1,135 @@
+"""The attacker pool: a sweep-wide set of actors that train attackers on cached activations.
+
+Trials hand the pool one job per (model, attacker) with *references* to the model's
+activations and weights (``ray.put`` once per model); the actors read them zero-copy.
+An actor that dies is replaced and its job retried on another; since each attack's row is
+written under its content id, a retried attack rewrites the same file, never a second row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import ray
+import torch
+
+from pp_cluster.config import AttackSpec, ModelSpec
+
+POOL_PREFIX = "pp_attack_pool"
+
+
+def pool_name(sweep: str) -> str:
+    return f"{POOL_PREFIX}:{sweep}"
+
+
+@ray.remote(max_restarts=0)
+class AttackerWorker:
+    """Trains attackers one at a time. Science only: ``pipeline.run_attack``."""
+
+    def __init__(self, results_uri: str, threads: float) -> None:
+        from pp_cluster.farm.store import ResultStore
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.store = ResultStore(results_uri)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def run(self, job: dict[str, Any], inputs: Any, net_state: dict) -> dict[str, Any]:
+        from pp_cluster import pipeline
+        from pp_cluster.farm.store import provenance
+        from pp_cluster.nets import build_net
+
+        spec = ModelSpec.from_dict(job["model"])
+        attack = AttackSpec(**job["attack"])
+        image_shape, num_classes, value_range = job["shape"]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        net = build_net(spec.arch, tuple(image_shape), num_classes, **dict(spec.arch_options))
+        net.load_state_dict(net_state)
+        net.to(device).eval()
+        n_keep = job["n_keep"]
+        row, result = pipeline.run_attack(
+            attack, net, spec, (tuple(image_shape), num_classes, tuple(value_range)), inputs,
+            seed=spec.seed, device=device, n_keep=n_keep,
+        )
+        prov = provenance()
+        row.update(
+            sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"], status="ok",
+            host=prov["host"], gpu=prov["gpu"], finished_at=dt.datetime.now(dt.timezone.utc),
+        )
+        self.store.write("attacks", job["sweep"], job["attack_id"], [row])
+        if n_keep:
+            self.store.write_reconstructions(
+                job["sweep"], job["model_id"], job["attack_id"], result.originals, result.reconstructions
+            )
+        return row
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class AttackPool:
+    """Hands jobs to idle workers; replaces a worker that died and retries its job."""
+
+    def __init__(self, size: int, results_uri: str, cpus: float, gpus: float, max_retries: int = 3) -> None:
+        self._options = {"num_cpus": cpus, "num_gpus": gpus, "scheduling_strategy": "DEFAULT"}
+        self._results_uri = results_uri
+        self._threads = max(cpus, 1.0)
+        self._max_retries = max_retries
+        self._idle: asyncio.Queue = asyncio.Queue()
+        self._workers: list = []
+        self.stats_ = {"submitted": 0, "done": 0, "failed": 0, "running": 0, "replaced": 0}
+        for _ in range(size):
+            self._add_worker()
+
+    def _add_worker(self) -> None:
+        w = AttackerWorker.options(**self._options).remote(self._results_uri, self._threads)
+        self._workers.append(w)
+        self._idle.put_nowait(w)
+
+    async def attack(self, job: dict[str, Any], refs: list) -> dict[str, Any]:
+        """Run one attack; ``refs`` = [activations ref, weights ref] (wrapped in a list so the
+        pool forwards references instead of fetching the arrays itself)."""
+        inputs_ref, net_ref = refs
+        self.stats_["submitted"] += 1
+        error = ""
+        for _ in range(self._max_retries + 1):
+            worker = await self._idle.get()
+            self.stats_["running"] += 1
+            try:
+                row = await worker.run.remote(job, inputs_ref, net_ref)
+            except ray.exceptions.RayActorError as e:
+                # The actor (or its node) died mid-attack: replace it and retry the job.
+                error = f"attacker actor died: {e}"
+                self._workers.remove(worker)
+                self.stats_["replaced"] += 1
+                self._add_worker()
+                continue
+            except ray.exceptions.RayTaskError as e:
+                # The attack itself raised: a real failure, reported as a failed row.
+                self._idle.put_nowait(worker)
+                error = str(e.cause if hasattr(e, "cause") else e)[-2000:]
+                break
+            finally:
+                self.stats_["running"] -= 1
+            self._idle.put_nowait(worker)
+            self.stats_["done"] += 1
+            return row
+        self.stats_["failed"] += 1
+        return {"status": "failed", "error": error, "attacker": job["attack"]["attacker"],
+                "attack_id": job["attack_id"], "model_id": job["model_id"]}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.stats_, size=len(self._workers))
+
+    def workers(self) -> list:
+        return list(self._workers)
+
+
+def start_pool(sweep: str, size: int, results_uri: str, cpus: float, gpus: float):
+    """The sweep's pool (created once; a resumed driver gets a fresh one)."""
+    return AttackPool.options(name=pool_name(sweep), get_if_exists=True, lifetime=None).remote(
+        size, results_uri, cpus, gpus
+    )

@@ -1,0 +1,355 @@
+"""Ray Tune: one trial per (partition, λ, seed); grid or multi-objective Optuna search.
+
+A trial is a light driver: it trains its model through Ray Train (``train.fit_model``),
+computes the activations of the attacker's images once, fans the attacker zoo out to the
+sweep's attacker pool, writes its rows, and reports the test accuracy and the worst-case
+(strongest) attacker's metrics to Tune. Every row is keyed by content, so a retried or
+resumed trial skips what is already written and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import ray.tune as tune
+import torch
+
+from pp_cluster import pipeline
+from pp_cluster.config import SpecError, SweepSpec
+from pp_cluster.farm.fs import is_remote, storage_args
+from pp_cluster.farm.pool import pool_name, start_pool
+from pp_cluster.farm.store import ResultStore, provenance
+from pp_cluster.farm.train import fit_model
+
+# Tune's metric names for the worst-case attacker ("the best attacks" of the paper).
+WORST = {"ssim": "max", "mse": "min", "psnr": "max", "reprint_acc": "max"}
+N_RECONSTRUCTIONS = 8
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def worst_case(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per metric, the strongest attacker's value over the successful attacks."""
+    out: dict[str, float | None] = {}
+    for metric, how in WORST.items():
+        vals = [r[metric] for r in rows if r.get("status") == "ok" and r.get(metric) is not None]
+        out[f"worst_{metric}"] = (max(vals) if how == "max" else min(vals)) if vals else None
+    return out
+
+
+def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
+    """The Tune trainable: one model and its attacks."""
+    point = config["model"] if "model" in config else config
+    spec = sweep.model_spec(point["partition"], point["lam"], point.get("seed", sweep.seeds[0]),
+                            point.get("suite", 0))
+    model_id = spec.model_id(sweep.name)
+    store = ResultStore(sweep.results_uri())
+    attacks = {a.attack_id(model_id): a for a in sweep.attack_specs()}
+
+    done_rows = _ok_attack_rows(store, sweep.name, model_id, attacks)
+    model_row = _model_row(store, sweep.name, model_id)
+    if model_row is not None and (model_row["status"] != "ok" or len(done_rows) == len(attacks)):
+        tune.report(_trial_metrics(model_row, done_rows, model_id, skipped=True))
+        return
+
+    started = _utcnow()
+    use_gpu = bool(config["use_gpu"])
+    final, history, net_state = fit_model(spec, model_id, refs[0], sweep.resources, use_gpu, sweep.storage())
+    if model_row is None:
+        model_row = _write_model(store, sweep, spec, model_id, final, history, started)
+
+    if final["status"] == "ok":
+        ds = ray.get(refs[0])
+        model = pipeline.build_model(spec, ds)
+        model.net.load_state_dict(net_state)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.net.to(device)
+        # The activations of the attacker's images: computed ONCE per model, whatever the zoo.
+        inputs = pipeline.attack_inputs(
+            model.local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device
+        )
+        inputs_ref, net_ref = ray.put(inputs), ray.put(net_state)
+        pool = ray.get_actor(pool_name(sweep.name))
+        shape = (list(ds.image_shape), ds.num_classes, list(ds.value_range))
+        pending = []
+        for attack_id, attack in attacks.items():
+            if attack_id in {r["attack_id"] for r in done_rows}:
+                continue
+            job = {
+                "sweep": sweep.name, "model_id": model_id, "attack_id": attack_id,
+                "model": spec.to_dict(), "attack": attack.__dict__, "shape": shape,
+                "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
+            }
+            pending.append(pool.attack.remote(job, [inputs_ref, net_ref]))
+        for row in ray.get(pending):
+            if row["status"] != "ok":
+                _write_failed_attack(store, sweep.name, row)
+            done_rows.append(row)
+    tune.report(_trial_metrics(model_row, done_rows, model_id, skipped=False))
+
+
+def _ok_attack_rows(store: ResultStore, sweep: str, model_id: str, attacks: dict) -> list[dict]:
+    df = store.read("attacks", sweep)
+    if df.empty:
+        return []
+    return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok") & df["attack_id"].isin(list(attacks))])
+
+
+def _model_row(store: ResultStore, sweep: str, model_id: str) -> dict | None:
+    if not store.exists("models", sweep, model_id):
+        return None
+    df = store.read("models", sweep)
+    rows = _records(df[df["model_id"] == model_id])
+    return rows[0] if rows else None
+
+
+def _records(df) -> list[dict]:
+    """Rows as plain dicts with None for missing values (pandas NA/NaN/NaT)."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, final: dict,
+                 history: list[dict], started: dt.datetime) -> dict:
+    prov = provenance()
+    ctx = tune.get_context()
+    row = {
+        "sweep": sweep.name, "model_id": model_id, "trial_id": ctx.get_trial_id(), "seed": spec.seed,
+        "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition, "lam": spec.lam,
+        "defenders": ",".join(spec.defenders), "distance": spec.distance,
+        "defense": "partition" if spec.lam > 0 else "none",
+        "epochs": spec.epochs, "lr": _lr(spec), "batch_size": spec.batch_size,
+        "test_acc": final["test_acc"], "train_acc": final["train_acc"],
+        "final_task_loss": _finite(final["final_task_loss"]), "final_distance": _finite(final["final_distance"]),
+        "status": final["status"], "diverged_epoch": final["diverged_epoch"],
+        "train_seconds": final["train_seconds"], "started_at": started, "finished_at": _utcnow(),
+        "config_json": json.dumps(spec.to_dict(), sort_keys=True),
+        **{k: prov[k] for k in ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")},
+    }
+    store.write("models", sweep.name, model_id, [row])
+    epochs = [
+        {"sweep": sweep.name, "model_id": model_id, **{k: _finite(h.get(k)) for k in
+         ("epoch", "task_loss", "distance", "train_acc", "test_acc", "lr", "seconds")}}
+        for h in history
+    ]
+    for e in epochs:
+        e["epoch"] = int(e["epoch"])
+    if epochs:
+        store.write("epochs", sweep.name, model_id, epochs)
+    return row
+
+
+def _lr(spec) -> float:
+    from pp_cluster.privacy.recipes import recipe
+
+    return float(spec.train_overrides.get("lr", recipe(spec.dataset).lr))
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _write_failed_attack(store: ResultStore, sweep: str, row: dict) -> None:
+    store.write("attacks", sweep, row["attack_id"], [{
+        "sweep": sweep, "model_id": row["model_id"], "attack_id": row["attack_id"],
+        "attacker": row["attacker"], "status": "failed", "error": row["error"],
+        "finished_at": _utcnow(),
+    }])
+
+
+def _trial_metrics(model_row: dict, rows: list[dict], model_id: str, skipped: bool) -> dict:
+    test_acc = model_row.get("test_acc")
+    metrics = {
+        "model_id": model_id, "status": model_row["status"], "skipped": skipped,
+        # Tune and Optuna need numbers: a diverged model scores as useless (acc 0, leak 1).
+        "test_acc": float(test_acc) if test_acc is not None else 0.0,
+        **worst_case(rows),
+    }
+    if metrics["worst_ssim"] is None:
+        metrics["worst_ssim"] = 1.0
+    return metrics
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    results: str
+    n_trials: int
+    n_errored: int
+    seconds: float
+
+
+class Progress(tune.Callback):
+    """One live line: trials done / running / failed, attacks done / total."""
+
+    def __init__(self, sweep: SweepSpec, n_trials: int | None) -> None:
+        self.sweep, self.n_trials = sweep, n_trials
+        self.n_attackers = len(sweep.attackers)
+        self.done = self.failed = 0
+        self.running: set[str] = set()
+        self._last = 0.0
+        self._t0 = time.time()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        self._print(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self._print(force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._print()
+
+    def _print(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last < 10:
+            return
+        self._last = now
+        try:
+            s = ray.get(ray.get_actor(pool_name(self.sweep.name)).stats.remote(), timeout=2)
+            attacks = f"attacks {s['done']} done, {s['running']} running, {s['failed']} failed" + (
+                f", {s['replaced']} actors replaced" if s["replaced"] else "")
+        except Exception:  # the pool is gone at shutdown; progress is best effort
+            attacks = "attacks ?"
+        total = f"/{self.n_trials}" if self.n_trials else ""
+        print(f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running, "
+              f"{self.failed} failed | {attacks}", file=sys.stderr, flush=True)
+
+
+def _cluster_has_gpu() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | None = None,
+              num_gpus: int | None = None, verbose: bool = True) -> SweepOutcome:
+    """Validate, load the data, start (or join) Ray, run the Tuner, mark the Pareto set."""
+    t0 = time.time()
+    sweep.validate()
+    store = ResultStore(sweep.results_uri())
+    store.check_writable()
+    # Bad data paths fail here, before Ray starts; the loaded data set is shared with every
+    # trial through the object store (one copy per node).
+    ds = pipeline.load_data(sweep.model_spec(sweep.partitions[0], 0.0, sweep.seeds[0]))
+    if sweep.attacker_data == "disjoint" and ds.disjoint is None:
+        raise SpecError("SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
+                        "(for lfw set dataset option disjoint=True)")
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus if address is None else None,
+                 num_gpus=num_gpus if address is None else None,
+                 include_dashboard=False, log_to_driver=verbose, configure_logging=False)
+        started_ray = True
+    try:
+        if _alive_nodes() > 1 and not is_remote(sweep.results):
+            raise SpecError(
+                f"SweepSpec.results: {sweep.results!r} is a local path on a {_alive_nodes()}-node cluster; "
+                "results would be scattered over the nodes. Use shared storage (s3://bucket/prefix or an NFS path "
+                "given as file:// on every node)."
+            )
+        r = sweep.resources
+        use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
+        start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
+                   r.attacker_gpus if use_gpu else 0.0)
+        data_ref = ray.put(ds)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref]),
+            {"CPU": 0.01, **({"GPU": 0.01} if use_gpu else {})},
+        )
+        n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
+        run_config = tune.RunConfig(
+            name=sweep.name,
+            failure_config=tune.FailureConfig(max_failures=r.max_failures),
+            callbacks=[Progress(sweep, n_trials)],
+            verbose=0,
+            **storage_args(sweep.storage()),
+        )
+        path = sweep.storage().rstrip("/") + "/" + sweep.name
+        fs_kw = {k: v for k, v in storage_args(sweep.storage()).items() if k == "storage_filesystem"}
+        if tune.Tuner.can_restore(path, **fs_kw):
+            print(f"[pp-farm] resuming sweep {sweep.name!r} from {path}", file=sys.stderr)
+            tuner = tune.Tuner.restore(path, trainable, resume_errored=True, **fs_kw)
+        else:
+            tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
+                               tune_config=_tune_config(sweep), run_config=run_config)
+        grid = tuner.fit()
+        if sweep.search == "optuna":
+            mark_pareto(store, sweep.name)
+        n_err = sum(1 for res in grid if res.error is not None)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    seconds = time.time() - t0
+    root = sweep.results_uri()
+    print(f"[pp-farm] sweep {sweep.name!r}: {n_trials} trials ({n_err} errored) in {seconds:.0f} s\n"
+          f"[pp-farm] tables: {root}/models  {root}/attacks  {root}/epochs\n"
+          f"[pp-farm] read:   import pandas as pd; pd.read_parquet('{root}/attacks')", file=sys.stderr)
+    return SweepOutcome(root, n_trials, n_err, seconds)
+
+
+def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:
+    if sweep.search == "grid":
+        return {"model": tune.grid_search(sweep.grid_points()), "use_gpu": use_gpu}
+    lo, hi = sweep.lam_range
+    return {
+        "partition": tune.choice(list(sweep.partitions)),
+        "lam": tune.loguniform(lo, hi),
+        "seed": sweep.seeds[0],
+        "use_gpu": use_gpu,
+    }
+
+
+def _tune_config(sweep: SweepSpec) -> tune.TuneConfig:
+    r = sweep.resources
+    if sweep.search == "grid":
+        return tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials)
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = OptunaSearch(metric=["test_acc", "worst_ssim"], mode=["max", "min"], seed=sweep.seeds[0])
+    return tune.TuneConfig(search_alg=search, num_samples=sweep.num_samples,
+                           max_concurrent_trials=r.max_concurrent_trials)
+
+
+def pareto_mask(acc: np.ndarray, leak: np.ndarray) -> np.ndarray:
+    """Pareto-optimal points for (accuracy ↑, leakage ↓): no other point is at least as good
+    on both and strictly better on one."""
+    n = len(acc)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = (acc >= acc[i]) & (leak <= leak[i]) & ((acc > acc[i]) | (leak < leak[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def mark_pareto(store: ResultStore, sweep: str) -> None:
+    """Set ``models.pareto`` for every model of the sweep from its worst-case attacker SSIM."""
+    models, attacks = store.read("models", sweep), store.read("attacks", sweep)
+    if models.empty:
+        return
+    ok = attacks[attacks["status"] == "ok"] if not attacks.empty else attacks
+    leak = ok.groupby("model_id")["ssim"].max() if not ok.empty else {}
+    acc = models["test_acc"].astype("float64").fillna(0.0).to_numpy()
+    lk = np.array([float(leak.get(m, 1.0)) for m in models["model_id"]])
+    for model_id, is_opt in zip(models["model_id"], pareto_mask(acc, lk)):
+        store.update_column("models", sweep, model_id, "pareto", bool(is_opt))

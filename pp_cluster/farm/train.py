@@ -1,0 +1,118 @@
+"""Ray Train: one defended model per ``TorchTrainer`` run (Algorithm 1 from the science core).
+
+The worker loop is the science's ``train_model`` plus three Ray things: it reads the data
+set from the object store, it checkpoints every epoch through ``ray.train.report``, and it
+resumes from ``ray.train.get_checkpoint()``. The run name derives from the model id, so a
+retried or resumed trial continues the same run instead of starting over.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from pp_cluster.config import ModelSpec, Resources
+from pp_cluster import pipeline
+
+STATE_FILE = "state.pt"
+
+
+def _device() -> str:
+    return str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Report with a checkpoint: Train V2 keeps only metrics that come with one."""
+    ctx = ray.train.get_context()
+    if ctx.get_world_rank() != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, os.path.join(d, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Runs on every Train worker; rank 0 checkpoints."""
+    torch.set_num_threads(max(1, int(config["threads"])))
+    spec = ModelSpec.from_dict(config["model"])
+    ds = ray.get(config["data_ref"])
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+
+    resume = None
+    history: list[dict] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        resume, history = saved["train_state"], saved["history"]
+        if saved.get("done"):
+            # The run had finished before the trial was interrupted: hand the same
+            # result back so the trial can go on to the attacks.
+            _report(saved["final"], saved)
+            return
+
+    def on_epoch(row: dict, state_fn) -> None:
+        history.append(row)
+        _report({"epoch": row["epoch"], "test_acc": row.get("test_acc")},
+                {"train_state": state_fn(), "history": history, "done": False})
+
+    wrap = None
+    if world > 1:
+        wrap = ray.train.torch.prepare_model
+    model, result = pipeline.train_model(
+        spec, ds, _device(), on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
+    )
+    final = {
+        "status": result.status,
+        "diverged_epoch": result.diverged_epoch,
+        "test_acc": result.test_acc,
+        "train_acc": result.train_acc,
+        "final_task_loss": result.final_task_loss,
+        "final_distance": result.final_distance,
+        "train_seconds": result.seconds,
+        "done": True,
+    }
+    _report(final, {"train_state": None, "history": history, "done": True, "final": final,
+                    "net": {k: v.cpu() for k, v in model.net.state_dict().items()}})
+
+
+def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool,
+              storage_path: str) -> tuple[dict, list[dict], dict]:
+    """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pp_cluster.farm.fs import storage_args
+
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_trial if resources.num_workers == 1 else 1.0
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "model": spec.to_dict(),
+            "data_ref": data_ref,
+            "threads": resources.cpus_per_worker,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{model_id}",
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+            **storage_args(storage_path),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    return saved["final"], saved["history"], saved["net"]

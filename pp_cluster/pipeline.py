@@ -1,0 +1,156 @@
+"""One model, one attack: the science as ordinary functions.
+
+The farm distributes these calls over a cluster; benchmarks and tests call them in a
+plain loop. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pp_cluster.config import AttackSpec, ModelSpec
+from pp_cluster.data import Dataset, load_dataset
+from pp_cluster.data.attacker import attacker_data
+from pp_cluster.nets import build_decoder, build_net, split
+from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack, train_attacker
+from pp_cluster.privacy.defense import TrainResult, train_defended
+from pp_cluster.privacy.recipes import recipe
+
+
+def load_data(spec: ModelSpec) -> Dataset:
+    return load_dataset(spec.dataset, spec.data_root, **dict(spec.dataset_options))
+
+
+@dataclass
+class Model:
+    """A classifier split at ``partition`` and its defender suite (modules shared, not copied)."""
+
+    net: nn.Module
+    local: nn.Module
+    remote: nn.Module
+    defenders: list[nn.Module]
+
+
+def build_model(spec: ModelSpec, ds: Dataset) -> Model:
+    # The seed fixes the initial weights, so a retried trial starts from the same model.
+    torch.manual_seed(spec.seed)
+    net = build_net(spec.arch, ds.image_shape, ds.num_classes, **dict(spec.arch_options))
+    local, remote = split(net, spec.partition)
+    defenders = [build_decoder(d, net, spec.partition, ds.value_range) for d in spec.defenders]
+    return Model(net, local, remote, defenders)
+
+
+def train_config(spec: ModelSpec, ds: Dataset, device: str):
+    overrides = dict(spec.train_overrides)
+    overrides.update(
+        lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
+        seed=spec.seed, device=device,
+    )
+    return recipe(ds.name, **overrides)
+
+
+def train_model(
+    spec: ModelSpec,
+    ds: Dataset,
+    device: str = "cpu",
+    *,
+    on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[Model, TrainResult]:
+    """Algorithm 1 for one model spec; returns the trained model and its result."""
+    model = build_model(spec, ds)
+    cfg = train_config(spec, ds, device)
+    result = train_defended(
+        model.net, model.local, model.remote, model.defenders, ds.train, ds.test, ds.value_range, cfg,
+        on_epoch=on_epoch, resume=resume, wrap=wrap, shard=shard,
+    )
+    return model, result
+
+
+def describe(module: nn.Module) -> str:
+    """A one-line architecture string for the ``attacker_arch`` column, e.g.
+    ``ConvTranspose2d(64→32)→ReLU→…``, so analysts can tell zoo members apart."""
+    parts = []
+    for m in module.modules():
+        if next(m.children(), None) is not None:
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
+            parts.append(f"{type(m).__name__}({m.in_channels}→{m.out_channels},k{m.kernel_size[0]},s{m.stride[0]})")
+        elif isinstance(m, nn.Linear):
+            parts.append(f"Linear({m.in_features}→{m.out_features})")
+        elif isinstance(m, nn.Dropout):
+            parts.append(f"Dropout({m.p})")
+        else:
+            parts.append(type(m).__name__)
+    return "→".join(parts)
+
+
+@dataclass
+class AttackInputs:
+    """What every attacker of one model trains and is evaluated on: the activations are
+    computed once here, whatever the zoo size, and attackers never see the local partition."""
+
+    h_train: np.ndarray
+    x_train: np.ndarray
+    h_eval: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+def attack_inputs(local: nn.Module, ds: Dataset, data: str, fraction: float, seed: int, device: str = "cpu") -> AttackInputs:
+    train, evaluation = attacker_data(ds, data, fraction, seed)
+    return AttackInputs(
+        h_train=compute_activations(local, train.x, device=device).numpy(),
+        x_train=train.x.numpy(),
+        h_eval=compute_activations(local, evaluation.x, device=device).numpy(),
+        x_eval=evaluation.x.numpy(),
+        y_eval=evaluation.y.numpy(),
+    )
+
+
+def run_attack(
+    attack: AttackSpec,
+    net: nn.Module,
+    spec: ModelSpec,
+    ds_shape: tuple[tuple[int, int, int], int, tuple[float, float]],
+    inputs: AttackInputs,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    n_keep: int = 0,
+) -> tuple[dict[str, Any], Any]:
+    """Train one attacker of the zoo on cached activations and evaluate it.
+
+    ``ds_shape`` is (image_shape, num_classes, value_range): the attacker only needs the
+    shapes, not the data set. Returns (metric row, AttackResult).
+    """
+    image_shape, _, value_range = ds_shape
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    attacker = build_decoder(attack.attacker, net, spec.partition, value_range)
+    cfg = AttackConfig(epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=seed, device=device)
+    attacker, history = train_attacker(
+        attacker, torch.from_numpy(inputs.h_train), torch.from_numpy(inputs.x_train), value_range, cfg
+    )
+    result = evaluate_attack(
+        attacker, torch.from_numpy(inputs.h_eval), torch.from_numpy(inputs.x_eval), value_range,
+        classifier=net, y_eval=torch.from_numpy(inputs.y_eval), n_keep=n_keep,
+    )
+    row = dict(result.metrics)
+    row.update(
+        attacker=attack.attacker,
+        attacker_arch=describe(attacker),
+        attacker_data=attack.attacker_data,
+        attacker_fraction=attack.attacker_fraction,
+        best_epoch=int(history["best_epoch"]),
+        train_seconds=time.perf_counter() - t0,
+    )
+    return row, result

@@ -1,0 +1,14 @@
+"""Figure 5 f–j of the paper: CIFAR-10 with batch-normalised VGG-19, partitions
+pool1/pool2/pool3 × λ ∈ {0, 0.1}; several GPU workers per model (DDP) with --num-workers.
+
+  python sweeps/cifar_vgg.py --quick --data-root DATA/cifar10
+  python sweeps/cifar_vgg.py --data-root DATA/cifar-10-batches-py --num-workers 4 --gpu --address auto
+"""
+
+import sys
+
+from pp_cluster.cli import sweep_main
+from pp_cluster.profiles import CIFAR_VGG, CIFAR_VGG_QUICK
+
+if __name__ == "__main__":
+    sys.exit(sweep_main(CIFAR_VGG, CIFAR_VGG_QUICK, __doc__))

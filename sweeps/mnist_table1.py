@@ -1,0 +1,14 @@
+"""Table I of the paper: the MNIST MLP split after its second layer, one defender,
+λ ∈ {0, 100, …, 500}, attacked by the 8 attackers of Appendix A.
+
+  python sweeps/mnist_table1.py --quick                  # embedded digits, minutes on a laptop
+  python sweeps/mnist_table1.py --data-root DATA/mnist
+"""
+
+import sys
+
+from pp_cluster.cli import sweep_main
+from pp_cluster.profiles import MNIST_TABLE1, MNIST_TABLE1_QUICK
+
+if __name__ == "__main__":
+    sys.exit(sweep_main(MNIST_TABLE1, MNIST_TABLE1_QUICK, __doc__))
