@@ -1,0 +1,70 @@
+"""The farm end to end on a local Ray cluster: real Tune trials, Train runs, attacker
+actors and Parquet tables read back with pandas."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pp_cluster.farm.sweep import run_sweep
+
+from .conftest import tiny_sweep
+
+pytestmark = pytest.mark.farm
+
+
+def test_grid_sweep_writes_every_row_once_with_documented_dtypes(ray_cluster, tmp_path):
+    spec = tiny_sweep(tmp_path / "res")
+    outcome = run_sweep(spec, verbose=False)
+    assert outcome.n_trials == 4 and outcome.n_errored == 0
+
+    models = pd.read_parquet(tmp_path / "res" / "models")
+    attacks = pd.read_parquet(tmp_path / "res" / "attacks")
+    epochs = pd.read_parquet(tmp_path / "res" / "epochs")
+    assert len(models) == 4 and models["model_id"].is_unique
+    assert sorted(zip(models["partition"], models["lam"])) == [
+        ("pool1", 0.0), ("pool1", 1.0), ("pool2", 0.0), ("pool2", 1.0)]
+    assert (models["status"] == "ok").all()
+    assert models.loc[models["lam"] == 0, "defenders"].eq("").all()
+    assert models.loc[models["lam"] > 0, "defenders"].eq("deconv").all()
+    assert len(attacks) == 8 and attacks["attack_id"].is_unique
+    assert set(attacks.groupby("model_id")["attacker"].apply(frozenset)) == {frozenset({"deconv", "fc"})}
+    assert len(epochs) == 4  # one epoch per model
+    for col in ("test_acc", "lam", "train_seconds"):
+        assert models[col].dtype == "float64", col
+    for col in ("mse", "ssim", "psnr"):
+        assert attacks[col].dtype == "float64", col
+        assert attacks[col].notna().all()
+    assert attacks["ssim"].between(-1, 1).all() and (attacks["mse"] >= 0).all()
+    # DPD needs LPIPS backbone weights that are not available offline: null with a reason.
+    assert attacks["dpd"].isna().all() == attacks["dpd_reason"].notna().all()
+
+
+def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(ray_cluster, tmp_path):
+    from pp_cluster.cli import check_fresh
+    from pp_cluster.config import SpecError
+
+    spec = tiny_sweep(tmp_path / "res", name="again", partitions=("pool1",), lams=(0.0,), attackers=("fc",))
+    run_sweep(spec, verbose=False)
+    files = sorted((tmp_path / "res").rglob("*.parquet"))
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    with pytest.raises(SpecError, match="--resume"):
+        check_fresh(spec, resume=False)
+    run_sweep(spec, verbose=False)
+    assert sorted((tmp_path / "res").rglob("*.parquet")) == files
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_optuna_search_marks_the_pareto_models(ray_cluster, tmp_path):
+    spec = tiny_sweep(tmp_path / "res", name="opt", search="optuna", lam_range=(0.1, 10.0), num_samples=3,
+                      attackers=("fc",))
+    outcome = run_sweep(spec, verbose=False)
+    assert outcome.n_trials == 3
+    models = pd.read_parquet(tmp_path / "res" / "models")
+    attacks = pd.read_parquet(tmp_path / "res" / "attacks")
+    assert 1 <= len(models) <= 3 and models["pareto"].notna().all()
+    worst = attacks.groupby("model_id")["ssim"].max()
+    acc = models.set_index("model_id")["test_acc"]
+    for m in models["model_id"]:
+        dominated = ((acc >= acc[m]) & (worst <= worst[m]) & ((acc > acc[m]) | (worst < worst[m]))).any()
+        assert bool(models.set_index("model_id").loc[m, "pareto"]) == (not dominated)
