@@ -1,0 +1,20 @@
+"""Partitionable classifiers, their split points, and the decoder zoo shared by
+defenders and attackers. Plain PyTorch: nothing here imports Ray."""
+
+from pp_cluster.nets.classifiers import ARCHS, PartitionedNet, activation_shape, build_net, split
+from pp_cluster.nets.decoders import DECODERS, build_decoder, clip_to_range
+from pp_cluster.nets.measure import flops_per_sample, output_shape, param_count
+
+__all__ = [
+    "ARCHS",
+    "DECODERS",
+    "PartitionedNet",
+    "activation_shape",
+    "build_decoder",
+    "build_net",
+    "clip_to_range",
+    "flops_per_sample",
+    "output_shape",
+    "param_count",
+    "split",
+]
