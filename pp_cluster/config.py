@@ -273,10 +273,14 @@ class SweepSpec:
         return self
 
     def _validate_partitions(self) -> None:
+        import torch
+
         from pp_cluster.nets import build_net
 
-        # Split points are a property of the architecture; a stand-in input shape suffices.
-        net = build_net(self.arch, _ARCH_INPUT[self.arch], num_classes=2, **dict(self.arch_options))
+        # Split points are a property of the architecture: a stand-in input shape and weights
+        # on the meta device (no memory) suffice.
+        with torch.device("meta"):
+            net = build_net(self.arch, _ARCH_INPUT[self.arch], num_classes=2, **dict(self.arch_options))
         valid = net.partitions
         for p in self.partitions:
             if p not in valid:
