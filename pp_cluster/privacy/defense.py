@@ -1,0 +1,381 @@
+"""Defended training: Algorithm 1 of the paper (Sections IV-B and IV-E).
+
+Per mini-batch, with ``h = f_local(x)`` computed once:
+
+1. every defender ``D_k`` takes one optimiser step on ``d(x, D_k(h))`` — ``h`` detached,
+   so this step never touches the classifier;
+2. the best defender is the argmin over the suite of ``d(x, D_k(h))`` on this batch,
+   *after* that update;
+3. the classifier (local + remote) takes one step on ``CE(y, f(x)) - λ·d(x, D_best(h))``;
+   the gradient reaches the local partition through ``h`` while the defender's
+   parameters enter as constants (they are not stepped, and no gradient is computed
+   for them).
+
+With no defender and λ = 0 this is exactly a plain training loop (see the test).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from pp_cluster.data.base import Split
+from pp_cluster.privacy.metrics import DISTANCES, distance, reprint_accuracy
+
+OPTIMIZERS = ("adam", "sgd")
+AUGMENTS = ("none", "crop_flip")
+_EVAL_BATCH = 512
+_CROP_PAD = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained. ``defender_*`` = None means "same as the model's"."""
+
+    lam: float = 0.0
+    distance: str = "ssim"
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_step: int | None = None  # epochs between ×lr_gamma decays (model and defenders)
+    lr_gamma: float = 0.1
+    defender_optimizer: str | None = None
+    defender_lr: float | None = None
+    defender_momentum: float | None = None
+    defender_weight_decay: float | None = None
+    augment: str = "none"
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast, on CUDA only
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, msg: str) -> None:
+            raise ValueError(f"TrainConfig.{name}: {msg}, got {getattr(self, name)!r}")
+
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            bad("lam", "must be a finite number >= 0")
+        if self.distance not in DISTANCES:
+            bad("distance", f"choose from {', '.join(DISTANCES)}")
+        for name in ("epochs", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                bad(name, "must be an integer >= 1")
+        for name in ("optimizer", "defender_optimizer"):
+            value = getattr(self, name)
+            if value not in OPTIMIZERS and not (name == "defender_optimizer" and value is None):
+                bad(name, f"choose from {', '.join(OPTIMIZERS)}")
+        for name in ("lr", "defender_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                bad(name, "must be > 0")
+        for name in ("momentum", "defender_momentum"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                bad(name, "must be in [0, 1)")
+        for name in ("weight_decay", "defender_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                bad(name, "must be >= 0")
+        if self.lr_step is not None and not (isinstance(self.lr_step, int) and self.lr_step >= 1):
+            bad("lr_step", "must be None or an integer >= 1")
+        if not 0 < self.lr_gamma <= 1:
+            bad("lr_gamma", "must be in (0, 1]")
+        if self.augment not in AUGMENTS:
+            bad("augment", f"choose from {', '.join(AUGMENTS)}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"TrainConfig.device: {err}") from None
+
+    def defender_settings(self) -> tuple[str, float, float, float]:
+        """(optimizer, lr, momentum, weight_decay) of the defenders, defaults resolved."""
+        pairs = ((self.defender_optimizer, self.optimizer), (self.defender_lr, self.lr),
+                 (self.defender_momentum, self.momentum), (self.defender_weight_decay, self.weight_decay))
+        return tuple(model if own is None else own for own, model in pairs)  # type: ignore[return-value]
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_defended`; accuracies and losses are None when diverged."""
+
+    status: str  # "ok" | "diverged"
+    diverged_epoch: int | None
+    test_acc: float | None
+    train_acc: float | None
+    final_task_loss: float | None
+    final_distance: float | None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Partitioned(nn.Module):
+    """x -> (h, logits): the one module a DDP wrapper needs to sync local + remote."""
+
+    def __init__(self, local: nn.Module, remote: nn.Module) -> None:
+        super().__init__()
+        self.local, self.remote = local, remote
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.local(x)
+        return h, self.remote(h)
+
+
+def build_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+                    ) -> torch.optim.Optimizer:
+    """Adam (L2 via ``weight_decay``, as torch's Adam does it) or SGD with momentum."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _crop_flip(x: Tensor, fill: float, memory_format: torch.memory_format) -> Tensor:
+    """Per-image random crop of the 4-px padded image plus random horizontal flip (the
+    standard CIFAR augmentation, App. C). torchvision's transforms draw one crop per
+    call, so the per-image draw on a device-resident batch is done here by indexing."""
+    n, _, height, width = x.shape
+    padded = F.pad(x, (_CROP_PAD,) * 4, value=fill)
+    dy = torch.randint(0, 2 * _CROP_PAD + 1, (n, 1, 1), device=x.device)
+    dx = torch.randint(0, 2 * _CROP_PAD + 1, (n, 1, 1), device=x.device)
+    rows = dy + torch.arange(height, device=x.device).view(1, -1, 1)
+    ar = torch.arange(width, device=x.device).view(1, 1, -1)
+    flip = torch.rand(n, 1, 1, device=x.device) < 0.5
+    cols = dx + torch.where(flip, width - 1 - ar, ar)
+    batch = torch.arange(n, device=x.device).view(-1, 1, 1)
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+
+
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A CPU deep copy, so a caller may keep it while training goes on."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, map_location="cpu", weights_only=True)
+
+
+def _all_finite(modules: Sequence[nn.Module]) -> bool:
+    params = [p.detach().flatten() for m in modules for p in m.parameters()]
+    return bool(torch.isfinite(torch.cat(params)).all()) if params else True
+
+
+def evaluate_accuracy(net: nn.Module, split: Split, batch_size: int = _EVAL_BATCH,
+                      device: str | torch.device | None = None) -> float:
+    """Classification accuracy of ``net`` on a split (eval mode, no grad)."""
+    return reprint_accuracy(net, split.x, split.y, batch_size, device)
+
+
+def train_defended(
+    net: nn.Module,
+    local: nn.Module,
+    remote: nn.Module,
+    defenders: Sequence[nn.Module],
+    train: Split,
+    test: Split,
+    value_range: tuple[float, float],
+    cfg: TrainConfig,
+    *,
+    on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> TrainResult:
+    """Train ``net`` (= ``remote ∘ local``, modules shared) with Algorithm 1.
+
+    Randomness: data order comes from a generator seeded with ``cfg.seed`` (the same on
+    every shard, which then takes every ``world``-th index of the permutation after
+    trimming it to a multiple of ``world``); dropout and augmentation use the global RNG
+    seeded with ``cfg.seed + rank``. ``on_epoch(row, state_fn)`` runs after each epoch;
+    ``state_fn()`` returns a CPU snapshot that ``resume=`` continues from the next epoch.
+    A row's ``train_acc`` is the running accuracy over the epoch's batches (train mode,
+    free); the result's ``train_acc`` is measured on the whole split in eval mode.
+    ``wrap`` (e.g. DDP) wraps the x -> (h, logits) module and each defender.
+    """
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    rank, world = shard
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    if cfg.lam > 0 and not defenders:
+        raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
+    for name, s in (("train", train), ("test", test)):
+        if len(s) == 0 or len(s.y) != len(s):
+            raise ValueError(f"{name} split must be non-empty with one label per image, got "
+                             f"{len(s)} images and {len(s.y)} labels")
+    if len(train) < world:
+        raise ValueError(f"train split has {len(train)} images, fewer than the {world} shards")
+    if resume is not None and len(resume["defenders"]) != len(defenders):
+        raise ValueError(f"resume state has {len(resume['defenders'])} defenders, this run {len(defenders)}")
+    if resume is not None and not 0 <= resume["epoch"] <= cfg.epochs:
+        raise ValueError(f"resume state is at epoch {resume['epoch']}, outside 0..{cfg.epochs}")
+
+    t_start = time.perf_counter()
+    device = torch.device(cfg.device)
+    fmt = torch.channels_last if cfg.channels_last and train.x.ndim == 4 else torch.contiguous_format
+    net.to(device, memory_format=fmt)
+    for d in defenders:
+        d.to(device, memory_format=fmt)
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        for d, s in zip(defenders, resume["defenders"]):
+            d.load_state_dict(s)
+    classifier = _Partitioned(local, remote)
+    model = wrap(classifier) if wrap else classifier
+    wrapped_defenders = [wrap(d) if wrap else d for d in defenders]
+
+    optimizer = build_optimizer(cfg.optimizer, classifier.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
+    d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
+    all_optimizers = [optimizer, *d_optimizers]
+    schedulers = ([torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in all_optimizers]
+                  if cfg.lr_step else [])
+
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
+    start = 1
+    if resume is not None:
+        for o, s in zip(all_optimizers, [resume["optimizer"], *resume["defender_optimizers"]]):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, resume["schedulers"]):
+            sch.load_state_dict(s)
+        rng = resume["rng"]
+        order_gen.set_state(rng["order"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        start = resume["epoch"] + 1
+
+    x_train = train.x.to(device).contiguous(memory_format=fmt)
+    y_train = train.y.to(device)
+    test_on_device = Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device))
+    use_amp = cfg.amp and device.type == "cuda"
+
+    def amp() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+    sync_choice = len(defenders) > 1 and world > 1 and dist.is_available() and dist.is_initialized()
+    n_used = len(train) - len(train) % world
+
+    def state_fn(epoch: int) -> dict[str, Any]:
+        return _snapshot({
+            "epoch": epoch,
+            "net": net.state_dict(),
+            "defenders": [d.state_dict() for d in defenders],
+            "optimizer": optimizer.state_dict(),
+            "defender_optimizers": [o.state_dict() for o in d_optimizers],
+            "schedulers": [s.state_dict() for s in schedulers],
+            "rng": {"order": order_gen.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        })
+
+    def diverged(epoch: int) -> TrainResult:
+        return TrainResult("diverged", epoch, None, None, None, None, rows, time.perf_counter() - t_start)
+
+    rows: list[dict[str, Any]] = []
+    for epoch in range(start, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        model.train()
+        for d in wrapped_defenders:
+            d.train()
+        lr = optimizer.param_groups[0]["lr"]
+        order = torch.randperm(len(train), generator=order_gen)[:n_used][rank::world].to(device)
+        task_sum = dist_sum = 0.0
+        correct = seen = batches = 0
+        best_counts = [0] * len(defenders)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            if len(idx) < 2 < len(order):
+                break  # a trailing one-image batch: BatchNorm cannot train on it
+            x, y = x_train[idx], y_train[idx]
+            if cfg.augment == "crop_flip":
+                x = _crop_flip(x, lo, fmt)
+            with amp():
+                h, logits = model(x)
+                task = F.cross_entropy(logits, y)
+            watched = [task]
+
+            # (1) each defender steps on d(x, D(h)) with h detached: the classifier is untouched.
+            for d, opt in zip(wrapped_defenders, d_optimizers):
+                opt.zero_grad(set_to_none=True)
+                with amp():
+                    rec = d(h.detach())
+                d_loss = distance(cfg.distance, x, rec.float(), value_range)
+                d_loss.backward()
+                opt.step()
+                watched.append(d_loss.detach())
+
+            # (2) distances after the update, differentiable in h only (defender weights
+            # as constants); (3) the classifier's loss uses the argmin.
+            loss = task
+            if defenders:
+                with torch.set_grad_enabled(cfg.lam > 0):
+                    dists = []
+                    for d in defenders:
+                        frozen = {k: p.detach() for k, p in d.named_parameters()}
+                        with amp():
+                            rec = functional_call(d, frozen, (h if cfg.lam > 0 else h.detach(),))
+                        dists.append(distance(cfg.distance, x, rec.float(), value_range))
+                best = 0
+                if len(dists) > 1:
+                    values = torch.stack([v.detach() for v in dists])
+                    if sync_choice:  # every shard must pick the same defender (global batch)
+                        dist.all_reduce(values)
+                    best = int(values.argmin())
+                best_counts[best] += 1
+                loss = task - cfg.lam * dists[best]
+                watched.append(dists[best].detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            stats = torch.stack([loss.detach().float(), *(w.float() for w in watched),
+                                 (logits.argmax(dim=1) == y).sum().float()]).tolist()
+            if not all(math.isfinite(v) for v in stats[:-1]):
+                return diverged(epoch)
+            task_sum += stats[1]
+            dist_sum += stats[-2] if defenders else 0.0
+            correct += int(stats[-1])
+            seen += len(idx)
+            batches += 1
+        for sch in schedulers:
+            sch.step()
+        if not _all_finite([net, *defenders]):
+            return diverged(epoch)
+        row = {
+            "epoch": epoch,
+            "task_loss": task_sum / batches,
+            "distance": dist_sum / batches if defenders else None,
+            "train_acc": correct / seen,
+            "test_acc": evaluate_accuracy(net, test_on_device, _EVAL_BATCH, device),
+            "lr": lr,
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        if defenders:
+            row["best_defender_counts"] = best_counts
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(row, lambda e=epoch: state_fn(e))
+
+    last = rows[-1] if rows else {}
+    return TrainResult(
+        status="ok",
+        diverged_epoch=None,
+        test_acc=last["test_acc"] if rows else evaluate_accuracy(net, test_on_device, _EVAL_BATCH, device),
+        train_acc=evaluate_accuracy(net, Split(x_train, y_train), _EVAL_BATCH, device),
+        final_task_loss=last.get("task_loss"),
+        final_distance=last.get("distance"),
+        epochs=rows,
+        seconds=time.perf_counter() - t_start,
+    )

@@ -1,0 +1,223 @@
+"""Privacy metrics of Section V-A: MSE, SSIM, PSNR, DPD (LPIPS) and reprint accuracy.
+
+Every image metric is computed in [0, 1] pixel space whatever the data set's
+``value_range``, so numbers from MNIST ([0, 1]) and LFW/CIFAR ([-1, 1]) are comparable.
+
+SSIM uses one window for every data set: scikit-image's default 7×7 uniform window.
+It fits every image size we train on (digits 8×8, lfw-subset 25×25, MNIST 28×28,
+CIFAR 32×32, LFW 64×64); the smaller 8×8 leaves only 2×2 window positions but is still
+defined. The training loss (:func:`distance`) uses the *same* SSIM through torchmetrics,
+so the quantity a defender is trained against is the one an attack is scored by.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import Tensor, nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+DISTANCES = ("ssim", "mse")
+SSIM_WIN = 7
+# skimage normalises (co)variances by NP/(NP-1) (sample covariance); torchmetrics does
+# not. Scaling both by that factor is the same as dividing C2 by it, i.e. K2/sqrt(.).
+_NP = SSIM_WIN * SSIM_WIN
+_SSIM_K2 = 0.03 * math.sqrt((_NP - 1) / _NP)
+_SSIM_PAD = (SSIM_WIN - 1) // 2
+
+
+def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    return lo, hi
+
+
+def _check_pair(x: Tensor, x_rec: Tensor) -> None:
+    if x.shape != x_rec.shape:
+        raise ValueError(f"originals {tuple(x.shape)} and reconstructions {tuple(x_rec.shape)} differ in shape")
+    if x.ndim != 4:
+        raise ValueError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
+    if min(x.shape[-2:]) < SSIM_WIN:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {SSIM_WIN}×{SSIM_WIN} SSIM window")
+
+
+def to_unit(x: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Map images from ``value_range`` to [0, 1] (no clipping: keeps gradients)."""
+    lo, hi = _check_range(value_range)
+    return (x - lo) / (hi - lo)
+
+
+def _unit_numpy(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    return to_unit(x.detach().float().cpu(), value_range).numpy().astype(np.float64)
+
+
+def mse(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+    """Mean squared pixel error in [0, 1] space."""
+    _check_pair(x, x_rec)
+    return float(np.mean((_unit_numpy(x, value_range) - _unit_numpy(x_rec, value_range)) ** 2))
+
+
+def _per_image(fn, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+    _check_pair(x, x_rec)
+    a, b = _unit_numpy(x, value_range), _unit_numpy(x_rec, value_range)
+    if a.shape[1] == 1:
+        return float(np.mean([fn(p[0], q[0]) for p, q in zip(a, b)]))
+    return float(np.mean([fn(p, q, channel_axis=0) for p, q in zip(a, b)]))
+
+
+def ssim(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+    """Mean over images of scikit-image's SSIM (7×7 uniform window, data_range 1)."""
+    return _per_image(
+        lambda p, q, **kw: structural_similarity(p, q, data_range=1.0, win_size=SSIM_WIN, **kw),
+        x, x_rec, value_range,
+    )
+
+
+def psnr(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+    """Mean over images of scikit-image's PSNR (data_range 1); ``inf`` if an image is exact."""
+    with np.errstate(divide="ignore"):
+        return _per_image(
+            lambda p, q, **_: peak_signal_noise_ratio(p, q, data_range=1.0), x, x_rec, value_range
+        )
+
+
+def ssim_per_sample(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Differentiable SSIM of each image, equal to :func:`ssim`'s per-image value.
+
+    torchmetrics with a uniform 7×7 window, skimage's constants, and the border crop
+    skimage applies (torchmetrics would average reflected border windows too).
+    """
+    _check_pair(x, x_rec)
+    a, b = to_unit(x_rec.float(), value_range), to_unit(x.float(), value_range)
+    _, full = structural_similarity_index_measure(
+        a, b, gaussian_kernel=False, kernel_size=SSIM_WIN, data_range=1.0, k1=0.01, k2=_SSIM_K2,
+        return_full_image=True,
+    )
+    p = _SSIM_PAD
+    return full[..., p:-p, p:-p].mean(dim=(1, 2, 3))
+
+
+def distance_per_sample(name: str, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Privacy distance d(x, x_rec) of Eq. (1) per image: ``1 - SSIM`` or MSE in [0, 1] space."""
+    if name == "ssim":
+        return 1.0 - ssim_per_sample(x, x_rec, value_range)
+    if name == "mse":
+        _check_pair(x, x_rec)
+        diff = to_unit(x_rec.float(), value_range) - to_unit(x.float(), value_range)
+        return diff.pow(2).flatten(1).mean(dim=1)
+    raise ValueError(f"unknown distance {name!r}; choose from {', '.join(DISTANCES)}")
+
+
+def distance(name: str, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Batch mean of :func:`distance_per_sample`: the differentiable training distance."""
+    return distance_per_sample(name, x, x_rec, value_range).mean()
+
+
+# --- DPD (LPIPS) -----------------------------------------------------------------------
+_LPIPS: dict[tuple[Path, str], nn.Module] = {}
+# LPIPS's linear heads were calibrated on 64×64 patches, and AlexNet's pooling is
+# undefined below ~32 px, so smaller images (MNIST, digits, lfw-subset) are upsampled.
+_LPIPS_SIDE = 64
+
+
+def alexnet_weights_path() -> Path:
+    """Where torchvision looks for its ImageNet AlexNet weights (``TORCH_HOME`` moves it)."""
+    from torchvision.models import AlexNet_Weights
+
+    name = os.path.basename(urlparse(AlexNet_Weights.IMAGENET1K_V1.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _lpips_model(path: Path, device: torch.device) -> nn.Module:
+    """LPIPS-alex with the real ImageNet trunk, built without any download.
+
+    ``pnet_rand=True`` stops lpips from asking torchvision to download the trunk; the
+    trunk is then overwritten from the local torchvision checkpoint (strictly, so a
+    corrupt file raises instead of leaving random weights). lpips's linear heads ship
+    inside the package.
+    """
+    key = (path, str(device))
+    if key not in _LPIPS:
+        import lpips
+        from torchvision.models import alexnet
+
+        trunk = alexnet()
+        trunk.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        with warnings.catch_warnings():  # lpips still passes torchvision's old `pretrained=`
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        for i in range(1, 6):
+            for name, module in getattr(model.net, f"slice{i}").named_children():
+                module.load_state_dict(trunk.features[int(name)].state_dict())
+        _LPIPS[key] = model.eval().requires_grad_(False).to(device)
+    return _LPIPS[key]
+
+
+def dpd(
+    x: Tensor, x_rec: Tensor, value_range: tuple[float, float], batch_size: int = 256
+) -> tuple[float | None, str | None]:
+    """Deep perceptual distance (LPIPS-alex, mean over images): ``(value, None)`` or
+    ``(None, reason)`` when the ImageNet backbone weights are not on this machine.
+
+    Never falls back to a random backbone: that number would not be DPD.
+    """
+    _check_pair(x, x_rec)
+    path = alexnet_weights_path()
+    if not path.is_file():
+        from torchvision.models import AlexNet_Weights
+
+        return None, (
+            f"DPD needs torchvision's ImageNet AlexNet weights at {path} (not present; no download "
+            f"attempted). Put {path.name} from {AlexNet_Weights.IMAGENET1K_V1.url} there, e.g. by running "
+            "torchvision.models.alexnet(weights='IMAGENET1K_V1') once on a machine with internet and "
+            "copying $TORCH_HOME/hub/checkpoints; TORCH_HOME selects the cache directory."
+        )
+    try:
+        model = _lpips_model(path, x.device)
+    except Exception as err:  # a truncated or foreign file: say so, never guess
+        return None, f"DPD: could not load AlexNet weights from {path}: {type(err).__name__}: {err}"
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            a, b = (2 * to_unit(t[i : i + batch_size].float(), value_range) - 1 for t in (x, x_rec))
+            if a.shape[1] == 1:
+                a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+            if min(a.shape[-2:]) < _LPIPS_SIDE:
+                a, b = (F.interpolate(t, size=(_LPIPS_SIDE, _LPIPS_SIDE), mode="bilinear", align_corners=False)
+                        for t in (a, b))
+            total += float(model(a, b).sum())
+    return total / len(x), None
+
+
+# --- reprint accuracy --------------------------------------------------------------------
+def reprint_accuracy(
+    classifier: nn.Module, x_rec: Tensor, y: Tensor, batch_size: int = 256, device: str | torch.device | None = None
+) -> float:
+    """Accuracy of the trained ``classifier`` on images ``x_rec`` (eval mode, no grad).
+
+    On reconstructions this is the paper's reprint accuracy; on real images it is plain
+    test accuracy. Batches go to ``device`` (default: the classifier's device); the
+    classifier's train/eval mode is restored afterwards.
+    """
+    if len(x_rec) != len(y) or len(y) == 0:
+        raise ValueError(f"need as many labels as images (>0), got {len(x_rec)} images and {len(y)} labels")
+    if device is None:
+        device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            logits = classifier(x_rec[i : i + batch_size].to(device, non_blocking=True))
+            correct += (logits.argmax(dim=1) == y[i : i + batch_size].to(device)).sum()
+    classifier.train(was_training)
+    return int(correct) / len(y)

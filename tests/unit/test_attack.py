@@ -1,0 +1,125 @@
+"""Input-recovery attack: activations, attacker training with best-epoch selection, scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.data import lfw_subset
+from torch import nn
+
+from pp_cluster.privacy import metrics as M
+from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack, train_attacker
+
+SIDE = 25
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    """skimage's real 25×25 LFW crops (and non-faces), in [-1, 1] as the LFW loaders give them."""
+    return torch.tensor(lfw_subset(), dtype=torch.float32)[:, None] * 2 - 1
+
+
+def _encoder(seed: int = 0) -> nn.Module:
+    """A random 4-channel conv + ReLU: (almost surely) invertible, with dropout to show eval mode."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5))
+
+
+def _conv_attacker(seed: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 1, 3, padding=1), nn.Tanh())
+
+
+def test_compute_activations_is_eval_mode_on_cpu_and_restores_mode(faces):
+    enc = _encoder()
+    enc.train()
+    h = compute_activations(enc, faces, batch_size=64)
+    assert h.shape == (200, 4, SIDE, SIDE) and h.device.type == "cpu" and not h.requires_grad
+    torch.testing.assert_close(h, compute_activations(enc, faces, batch_size=7))  # no dropout: eval mode
+    assert enc.training
+
+
+def test_attacker_inverts_an_invertible_encoder(faces, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS weights: DPD is null with a reason
+    h = compute_activations(_encoder(), faces)
+    train_h, train_x, eval_h, eval_x = h[:160], faces[:160], h[160:], faces[160:]
+    untrained = evaluate_attack(_conv_attacker(), eval_h, eval_x, (-1, 1), with_dpd=False).metrics
+    cfg = AttackConfig(epochs=30, batch_size=16, lr=1e-2, seed=0)
+    attacker, history = train_attacker(_conv_attacker(), train_h, train_x, (-1, 1), cfg)
+    assert history["epochs_run"] == 30 and 1 <= history["best_epoch"] <= 30
+    result = evaluate_attack(attacker, eval_h, eval_x, (-1, 1), n_keep=5)
+    m = result.metrics
+    assert m["ssim"] > 0.8 and m["mse"] < 0.005 and m["psnr"] > 25, m
+    assert untrained["ssim"] < 0.5  # the score comes from training, not from the encoder
+    assert m["n_eval"] == 40 and m["reprint_acc"] is None
+    assert m["dpd"] is None and "alexnet" in m["dpd_reason"]
+    assert result.reconstructions.shape == result.originals.shape == (5, 1, SIDE, SIDE)
+    assert 0 <= float(result.reconstructions.min()) and float(result.reconstructions.max()) <= 1
+    torch.testing.assert_close(result.originals, (faces[160:165] + 1) / 2)
+
+
+def test_best_validation_epoch_weights_are_returned():
+    """On pairs with no relation between h and x, an attacker that can memorise the
+    training pairs gets *worse* on held-out pairs: the kept weights must be the early best."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(24, 64, generator=g)
+    x = torch.rand(24, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    attacker = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.Unflatten(1, (1, 8, 8)))
+    cfg = AttackConfig(epochs=60, batch_size=8, lr=1e-2, val_fraction=0.5, seed=3)
+    attacker, history = train_attacker(attacker, h, x, (0, 1), cfg)
+    curve = history["val_mse"]
+    assert len(curve) == history["epochs_run"] == 60
+    assert history["best_val_mse"] == min(curve) and curve[history["best_epoch"] - 1] == min(curve)
+    assert history["best_epoch"] < 60 and curve[-1] > 1.1 * min(curve)  # it did overfit
+    val = torch.randperm(24, generator=torch.Generator().manual_seed(3))[:12]
+    with torch.no_grad():
+        kept = F.mse_loss(attacker(h[val]).clamp(0, 1), x[val]).item()
+    assert kept == pytest.approx(history["best_val_mse"], rel=1e-5)
+
+
+def test_patience_stops_early():
+    g = torch.Generator().manual_seed(0)
+    h, x = torch.randn(40, 64, generator=g), torch.rand(40, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    attacker = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.Unflatten(1, (1, 8, 8)))
+    _, history = train_attacker(attacker, h, x, (0, 1),
+                                AttackConfig(epochs=40, batch_size=8, lr=1e-2, val_fraction=0.25, seed=3, patience=3))
+    assert history["epochs_run"] == history["best_epoch"] + 3 < 40
+
+
+def test_evaluation_clips_and_scores_reprint_accuracy():
+    x = torch.rand(12, 1, 8, 8)
+    h = torch.zeros(12, 4)
+
+    class Constant(nn.Module):  # outputs 2.0 everywhere: far outside [0, 1]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, h):
+            return torch.full((len(h), 1, 8, 8), 2.0) + self.w
+
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with torch.no_grad():
+        clf[1].weight.zero_()
+        clf[1].bias.copy_(torch.tensor([0.0, 1.0]))  # always class 1
+    y = torch.tensor([1] * 9 + [0] * 3)
+    r = evaluate_attack(Constant(), h, x, (0, 1), classifier=clf, y_eval=y, with_dpd=False)
+    assert r.metrics["mse"] == pytest.approx(float(((1 - x) ** 2).mean()), rel=1e-6)  # clipped to 1
+    assert r.metrics["reprint_acc"] == 0.75
+    assert r.metrics["dpd"] is None and r.metrics["dpd_reason"] == "not requested"
+    unlabelled = evaluate_attack(Constant(), h, x, (0, 1), classifier=clf, y_eval=-torch.ones(12, dtype=torch.long),
+                                 with_dpd=False)
+    assert unlabelled.metrics["reprint_acc"] is None  # disjoint attacker data has no classes
+
+
+def test_bad_attack_inputs_are_named():
+    with pytest.raises(ValueError, match="val_fraction"):
+        AttackConfig(val_fraction=0.0)
+    with pytest.raises(ValueError, match="activations"):
+        train_attacker(nn.Linear(4, 4), torch.zeros(5, 4), torch.zeros(4, 1, 2, 2), (0, 1), AttackConfig())
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_attacker(nn.Linear(4, 4), torch.zeros(1, 4), torch.zeros(1, 1, 2, 2), (0, 1), AttackConfig())
+    assert M.DISTANCES == ("ssim", "mse")
