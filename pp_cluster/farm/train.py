@@ -86,9 +86,11 @@ def train_worker(config: dict[str, Any]) -> None:
 
 def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool,
               storage_path: str) -> tuple[dict, list[dict], dict]:
-    """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state).
 
+    Tune hears only the trial's final report (accuracy and worst-case attack metrics); the
+    per-epoch curves go to the ``epochs`` table, so no TuneReportCallback is attached.
+    """
     from pp_cluster.farm.fs import storage_args
 
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
@@ -108,7 +110,6 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
             name=f"train-{model_id}",
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
             **storage_args(storage_path),
         ),
     )
