@@ -12,6 +12,12 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def is_shared(uri: str) -> bool:
+    """Storage every node sees: a remote URI, or a ``file://`` path the user declares shared
+    (an NFS mount present at the same path on every node)."""
+    return is_remote(uri) or uri.startswith("file://")
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI such as ``s3://bucket/prefix``.
     S3 honours ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` (pyarrow reads them), which is how
@@ -24,6 +30,6 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 def storage_args(uri: str) -> dict[str, Any]:
     """Keyword arguments for ``ray.train.RunConfig`` / ``ray.tune.RunConfig``."""
     if not is_remote(uri):
-        return {"storage_path": uri}
+        return {"storage_path": uri.removeprefix("file://")}
     fs, path = resolve(uri)
     return {"storage_path": path, "storage_filesystem": fs}

@@ -24,7 +24,7 @@ import torch
 
 from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec
-from pp_cluster.farm.fs import is_remote, storage_args
+from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import pool_name, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
 from pp_cluster.farm.train import fit_model
@@ -262,11 +262,15 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
                  include_dashboard=False, log_to_driver=verbose, configure_logging=False)
         started_ray = True
     try:
-        if _alive_nodes() > 1 and not is_remote(sweep.results):
+        if not is_shared(sweep.results) and address is not None and _alive_nodes() == 1:
+            # An autoscaling cluster may have one node now and ten later.
+            print(f"[pp-farm] warning: results go to {sweep.results!r} on this node only; if the cluster "
+                  "autoscales, use s3:// or file:// on a shared mount", file=sys.stderr)
+        if _alive_nodes() > 1 and not is_shared(sweep.results):
             raise SpecError(
-                f"SweepSpec.results: {sweep.results!r} is a local path on a {_alive_nodes()}-node cluster; "
-                "results would be scattered over the nodes. Use shared storage (s3://bucket/prefix or an NFS path "
-                "given as file:// on every node)."
+                f"SweepSpec.results: {sweep.results!r} is a local path on a cluster; results would be scattered "
+                "over the nodes. Use shared storage: s3://bucket/prefix, or file:///nfs/path for an NFS mount "
+                "that every node has at the same path."
             )
         r = sweep.resources
         use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
