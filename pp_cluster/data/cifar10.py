@@ -17,7 +17,7 @@ import torch
 
 from pp_cluster.data.base import Dataset, Split
 from pp_cluster.data.common import (
-    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take, to_value_range,
+    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
 )
 
 VALUE_RANGE = (-1.0, 1.0)
@@ -53,7 +53,7 @@ def _read_batches(folder: Path) -> tuple[dict[str, Split], list[str], dict[str, 
         batches = [_unpickle(folder / n) for n in names]
         x = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, SIZE, SIZE)
         y = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
-        splits[split] = Split(to_value_range(x, VALUE_RANGE), torch.from_numpy(y))
+        splits[split] = Split(torch.from_numpy(x), torch.from_numpy(y))
     return splits, classes, {"layout": "pickle batches", "cache_key": None}
 
 
@@ -70,7 +70,7 @@ def _read_pngs(root: Path) -> tuple[dict[str, Split], list[str], dict[str, Any]]
             raise ValueError(f"no PNG images under {d} (expected {LAYOUTS})")
         labels = np.array([classes.index(f.split("/", 1)[0]) for f in files], dtype=np.int64)
         dec = decode_images("cifar10", d, files, SIZE, color=True)
-        splits[split] = Split(to_value_range(dec.images, VALUE_RANGE), torch.from_numpy(labels[dec.kept]))
+        splits[split] = Split(torch.from_numpy(dec.images), torch.from_numpy(labels[dec.kept]))
         meta["bad"] += [f"{split}/{b}" for b in dec.bad]
         meta["cache_key"][split] = dec.cache_key
         meta[f"cache_hit_{split}"] = dec.cache_hit

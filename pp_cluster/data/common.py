@@ -130,9 +130,10 @@ def decode_images(kind: str, root: Path, files: Sequence[str], size: int, color:
 def to_value_range(x: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
     """uint8 (0..255) or float in [0, 1] -> float32 in ``value_range``."""
     t = torch.as_tensor(x)
-    t = t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float32)
+    scale = 1 / 255 if t.dtype == torch.uint8 else 1.0
     lo, hi = value_range
-    return t if (lo, hi) == (0.0, 1.0) else t * (hi - lo) + lo
+    out = t.to(torch.float32, copy=True)  # a fresh tensor, so the in-place ops below never touch x
+    return out.mul_((hi - lo) * scale).add_(lo)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,7 +165,11 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int, what: str) 
 
 def build_dataset(name: str, train: Split, test: Split, classes: Sequence[str], value_range: tuple[float, float],
                   meta: dict[str, Any], disjoint: Split | None = None) -> Dataset:
-    """The one place that fills the counts every loader reports."""
+    """The one place that converts images (uint8, or float in [0, 1]) to ``value_range``
+    (after splitting, so the uint8 copy is the one indexed) and fills the counts."""
+    train, test = (Split(to_value_range(s.x, value_range), s.y, s.attrs) for s in (train, test))
+    if disjoint is not None:
+        disjoint = Split(to_value_range(disjoint.x, value_range), disjoint.y, disjoint.attrs)
     meta = {"cache_key": None, "n_bad": 0, "bad": [], "n_skipped": 0, **meta,
             "n_train": len(train), "n_test": len(test), "n_classes": len(classes),
             "n_disjoint": None if disjoint is None else len(disjoint)}

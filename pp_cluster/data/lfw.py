@@ -19,12 +19,13 @@ import torch
 
 from pp_cluster.data.base import Dataset, Split
 from pp_cluster.data.common import (
-    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take, to_value_range,
+    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
 )
 
 VARIANTS = ("lfw-deepfunneled", "lfw_funneled", "lfw")
 LAYOUT = "<root>/<Person_Name>/<Person_Name>_NNNN.jpg"
 GENDER_FILES = {"male_names.txt": 1, "female_names.txt": 0}
+_FILE = re.compile(r"(.+)_\d{4}\.jpg")
 VALUE_RANGE = (-1.0, 1.0)  # the paper's face decoders end in tanh
 OPTIONS: dict[str, Any] = {
     "min_faces": 30, "size": 64, "color": True, "split_seed": 0, "test_fraction": 0.2,
@@ -54,12 +55,11 @@ def scan(folder: Path) -> tuple[dict[str, list[str]], int]:
             if not entry.is_dir():
                 skipped += 1
                 continue
-            pattern = re.compile(re.escape(entry.name) + r"_\d{4}\.jpg")
             names = []
             for f in os.listdir(entry.path):
                 if not f.lower().endswith(".jpg"):
                     skipped += 1
-                elif not pattern.fullmatch(f):
+                elif not ((m := _FILE.fullmatch(f)) and m[1] == entry.name):
                     raise ValueError(f"{Path(entry.path) / f} is not in the LFW layout: expected {LAYOUT}")
                 else:
                     names.append(f)
@@ -137,6 +137,21 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
             raise FileNotFoundError(f"lfw option gender_root: {gender_root} is not a folder")
         lists = read_gender_lists(gender_root)
 
+    # The disjoint people are chosen (and their absence reported) before anything is decoded:
+    # a seeded subsample of at most disjoint_max of their images bounds memory.
+    sub: dict[str, list[str]] = {}
+    if o["disjoint"]:
+        others = [p for p, files in people.items() if len(files) < o["min_faces"]]
+        if not others:
+            raise ValueError(f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
+                             f"{o['min_faces']} images, so no one is left for the disjoint split")
+        files = [(p, f) for p in others for f in people[p]]
+        if o["disjoint_max"] is not None and len(files) > o["disjoint_max"]:
+            pick = np.sort(np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False))
+            files = [files[i] for i in pick]
+        for p, f in files:
+            sub.setdefault(p, []).append(f)
+
     def load_split(groups: dict[str, list[str]], labels: list[int], kind: str) -> tuple[Split, Any]:
         """Decode (or read from the cache) these people's images as one split."""
         names = [f for fs in groups.values() for f in fs]
@@ -144,7 +159,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
         y = np.repeat(labels, [len(fs) for fs in groups.values()]).astype(np.int64)
         dec = decode_images(kind, folder, files, o["size"], o["color"])
         attrs = {} if lists is None else {"gender": torch.from_numpy(gender_labels(names, lists)[dec.kept])}
-        return Split(to_value_range(dec.images, VALUE_RANGE), torch.from_numpy(y[dec.kept]), attrs), dec
+        return Split(torch.from_numpy(dec.images), torch.from_numpy(y[dec.kept]), attrs), dec
 
     full, dec = load_split({p: people[p] for p in classes}, list(range(len(classes))), "lfw")
     train_idx, test_idx = stratified_split(full.y.numpy(), o["test_fraction"], o["split_seed"], f"lfw under {folder}")
@@ -157,21 +172,9 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     }
 
     disjoint = None
-    if o["disjoint"]:
-        others = [p for p, files in people.items() if len(files) < o["min_faces"]]
-        if not others:
-            raise ValueError(f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
-                             f"{o['min_faces']} images, so no one is left for the disjoint split")
-        # Subsample people-ordered images deterministically, then decode only those.
-        files = [(p, f) for p in others for f in people[p]]
-        if o["disjoint_max"] is not None and len(files) > o["disjoint_max"]:
-            pick = np.sort(np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False))
-            files = [files[i] for i in pick]
-        sub: dict[str, list[str]] = {}
-        for p, f in files:
-            sub.setdefault(p, []).append(f)
+    if sub:
         disjoint, ddec = load_split(sub, [-1] * len(sub), "lfw-disjoint")
         meta.update(disjoint_cache_key=ddec.cache_key, disjoint_cache_hit=ddec.cache_hit,
-                    n_disjoint_people=len(sub), bad=meta["bad"] + list(ddec.bad))
+                    disjoint_people=list(sub), bad=meta["bad"] + list(ddec.bad))
     meta["n_bad"] = len(meta["bad"])
     return build_dataset("lfw", take(full, train_idx), take(full, test_idx), classes, VALUE_RANGE, meta, disjoint)

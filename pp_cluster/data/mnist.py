@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from pp_cluster.data.base import Dataset, Split
-from pp_cluster.data.common import build_dataset, check_int, to_value_range
+from pp_cluster.data.common import build_dataset, check_int
 
 CLASSES = tuple(str(d) for d in range(10))
 VALUE_RANGE = (0.0, 1.0)
@@ -73,7 +73,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
         if y.max(initial=0) >= len(CLASSES):
             raise ValueError(f"{lab_path}: label {int(y.max())} is not a digit")
         idx = _subset(y, limits[split])
-        splits[split] = Split(to_value_range(x[idx, None], VALUE_RANGE), torch.from_numpy(y[idx].astype(np.int64)))
+        splits[split] = Split(torch.from_numpy(x[idx, None]), torch.from_numpy(y[idx].astype(np.int64)))
         sources[split] = [str(img_path), str(lab_path)]
     meta = {"source": str(root), "files": sources, "options": {f"limit_{k}": v for k, v in limits.items()},
             "subset": "stratified sample (seed 0) when limit_train/limit_test is set"}
