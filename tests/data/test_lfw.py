@@ -1,5 +1,6 @@
 """The LFW loader on small folders in the LFW layout, written here with real JPEGs: each
-person's images are one flat grey level, so a pixel tells whose image it is."""
+image is one flat colour whose red level says whose image it is and whose green level says
+which of theirs, so the pixels tell where every loaded image came from."""
 
 from __future__ import annotations
 
@@ -23,16 +24,25 @@ def _write_lfw(folder: Path, people: dict[str, int] = PEOPLE, side: int = 16) ->
     for person, n in people.items():
         (folder / person).mkdir(parents=True, exist_ok=True)
         for k in range(1, n + 1):
-            Image.new("RGB", (side, side), (GREY.get(person, 128),) * 3).save(folder / person / f"{person}_{k:04d}.jpg")
+            colour = (GREY.get(person, 128), 6 * k, 128)
+            Image.new("RGB", (side, side), colour).save(folder / person / f"{person}_{k:04d}.jpg")
     return folder
 
 
-def _person(split, value_range=(-1.0, 1.0)) -> list[str]:
-    """Whose image each one is, read back from its grey level."""
-    lo, hi = value_range
-    grey = ((split.x.mean(dim=(1, 2, 3)) - lo) / (hi - lo) * 255).numpy()
+def _levels(split) -> np.ndarray:
+    """Mean 0..255 level of each channel of each (colour) image; the loader's range is (-1, 1)."""
+    return ((split.x.mean(dim=(2, 3)) + 1) / 2 * 255).numpy()
+
+
+def _person(split) -> list[str]:
+    """Whose image each one is, read back from its red level."""
     names, levels = list(GREY), np.array(list(GREY.values()))
-    return [names[int(np.abs(levels - g).argmin())] for g in grey]
+    return [names[int(np.abs(levels - r).argmin())] for r in _levels(split)[:, 0]]
+
+
+def _image_ids(split) -> list[tuple[str, int]]:
+    """(person, image number) of each image, from its red and green levels."""
+    return list(zip(_person(split), np.rint(_levels(split)[:, 1] / 6).astype(int).tolist()))
 
 
 @pytest.fixture
@@ -61,10 +71,14 @@ def test_filter_and_split(lfw_root, cache):
 
 
 def test_options_grey_seed_and_parent_root(lfw_root, cache):
-    ds = load_dataset("lfw", lfw_root.parent, min_faces=4, size=8, color=False)  # parent holding the variant
-    assert ds.image_shape == (1, 8, 8) and ds.meta["variant"] == "lfw-deepfunneled"
-    other = load_dataset("lfw", lfw_root, min_faces=4, size=8, color=False, split_seed=1)
-    assert sorted(_person(other.test)) != sorted(_person(ds.test)) or not torch.equal(other.test.y, ds.test.y)
+    grey = load_dataset("lfw", lfw_root.parent, min_faces=4, size=8, color=False)  # parent holding the variant
+    assert grey.image_shape == (1, 8, 8) and grey.meta["variant"] == "lfw-deepfunneled"
+    ds = load_dataset("lfw", lfw_root, min_faces=4, size=8)
+    assert grey.meta["cache_key"] != ds.meta["cache_key"]
+    ids = _image_ids(ds.train) + _image_ids(ds.test)
+    assert sorted(ids) == [(p, k) for p in ds.classes for k in range(1, PEOPLE[p] + 1)]  # each image once
+    other = load_dataset("lfw", lfw_root, min_faces=4, size=8, split_seed=1)
+    assert set(_image_ids(other.test)) != set(_image_ids(ds.test))
     assert other.meta["cache_key"] == ds.meta["cache_key"]  # the split does not affect decoding
 
 
@@ -111,8 +125,9 @@ def test_disjoint_split(lfw_root, cache):
     capped = load_dataset("lfw", lfw_root, min_faces=4, size=8, disjoint=True, disjoint_max=2)
     again = load_dataset("lfw", lfw_root, min_faces=4, size=8, disjoint=True, disjoint_max=2)
     assert len(capped.disjoint) == 2 and torch.equal(capped.disjoint.x, again.disjoint.x)
+    full = _write_lfw(lfw_root.parent / "lfw_funneled", {p: PEOPLE[p] for p in ds.classes})
     with pytest.raises(ValueError, match="no one is left"):
-        load_dataset("lfw", lfw_root, min_faces=1, size=8, disjoint=True)
+        load_dataset("lfw", full, min_faces=4, size=8, disjoint=True)
 
 
 def test_gender_lists(lfw_root, cache):
