@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from pp_cluster.data.base import Dataset, Split
 
 # Bump when decoding changes (resampling filter, layout), so old cache entries are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 # Corrupt files may be skipped (and counted) only while they stay this rare.
 MAX_BAD_FRACTION = 0.01
 
@@ -72,6 +72,9 @@ class Decoded:
 def _decode(path: Path, size: int, color: bool) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
+            # JPEG only: let libjpeg scale down by 1/2..1/8 while decoding (never below
+            # ``size``), about 1.5x faster for LFW's 250x250 -> 64x64; a no-op for PNG.
+            im.draft("RGB" if color else "L", (size, size))
             im = im.convert("RGB" if color else "L")
             if im.size != (size, size):
                 # PIL widens the bilinear kernel when shrinking, i.e. antialiased.
@@ -87,8 +90,9 @@ def decode_images(kind: str, root: Path, files: Sequence[str], size: int, color:
     served from the cache when the same files (same sizes and mtimes) were decoded with the
     same options before. Corrupt files are dropped and listed; more than 1 % is an error."""
     stats = []
+    base = str(root)
     for f in files:
-        st = (root / f).stat()
+        st = os.stat(os.path.join(base, f))  # not pathlib: ~3x faster for thousands of files
         stats.append((f, st.st_size, st.st_mtime_ns))
     blob = json.dumps({"format": _CACHE_FORMAT, "kind": kind, "size": size, "color": color, "files": stats})
     key = hashlib.sha256(blob.encode()).hexdigest()
