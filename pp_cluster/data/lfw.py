@@ -70,34 +70,32 @@ def scan(folder: Path) -> tuple[dict[str, list[str]], int]:
     return dict(sorted(people.items())), skipped
 
 
-def read_gender_lists(gender_root: Path) -> dict[str, set[str]]:
-    """File name of each list -> the image names it labels (CRLF tolerated)."""
-    lists = {}
-    for fname in GENDER_FILES:
+def read_gender_lists(gender_root: Path) -> dict[str, int]:
+    """Image name -> 1 (male list only), 0 (female list only) or -1 (in both lists: a
+    contradiction, never guessed). CRLF tolerated."""
+    table: dict[str, int] = {}
+    for fname, label in GENDER_FILES.items():
         path = gender_root / fname
         if not path.is_file():
             raise FileNotFoundError(f"gender list {path} is missing (expected {', '.join(GENDER_FILES)} "
                                     f"in {gender_root}, one Person_Name_NNNN.jpg a line)")
-        lists[fname] = {line.strip() for line in path.read_text().splitlines() if line.strip()}
-    return lists
+        for name in {line.strip() for line in path.read_text().splitlines() if line.strip()}:
+            table[name] = -1 if name in table else label
+    return table
 
 
-def gender_labels(names: list[str], lists: dict[str, set[str]]) -> np.ndarray:
+def gender_labels(names: list[str], table: dict[str, int]) -> np.ndarray:
     """1 / 0 where exactly one list names the image; -1 where none or both do."""
-    out = np.full(len(names), -1, dtype=np.int64)
-    for i, n in enumerate(names):
-        hits = [label for fname, label in GENDER_FILES.items() if n in lists[fname]]
-        if len(hits) == 1:
-            out[i] = hits[0]
-    return out
+    return np.fromiter((table.get(n, -1) for n in names), dtype=np.int64, count=len(names))
 
 
-def _gender_counts(names: list[str], lists: dict[str, set[str]]) -> dict[str, int]:
-    listed = [sum(n in s for s in lists.values()) for n in names]
-    labels = gender_labels(names, lists)
-    people_both = {n.rsplit("_", 1)[0] for n, k in zip(names, listed) if k > 1}
-    return {"n_images": len(names), "labelled": sum(k > 0 for k in listed), "in_both": sum(k > 1 for k in listed),
-            "in_neither": sum(k == 0 for k in listed), "male": int((labels == 1).sum()),
+def _gender_counts(names: list[str], table: dict[str, int]) -> dict[str, int]:
+    labels = gender_labels(names, table)
+    listed = np.fromiter((n in table for n in names), dtype=bool, count=len(names))
+    in_both = listed & (labels == -1)
+    people_both = {n.rsplit("_", 1)[0] for n, both in zip(names, in_both) if both}
+    return {"n_images": len(names), "labelled": int(listed.sum()), "in_both": int(in_both.sum()),
+            "in_neither": int((~listed).sum()), "male": int((labels == 1).sum()),
             "female": int((labels == 0).sum()), "people_in_both": len(people_both)}
 
 
@@ -131,11 +129,17 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
 
     gender_root = (Path(o["gender_root"]) if o["gender_root"] is not None
                    else folder.parent / "gender" if (folder.parent / "gender").is_dir() else None)
-    lists = None
+    gender = None
     if gender_root is not None:
         if not gender_root.is_dir():
             raise FileNotFoundError(f"lfw option gender_root: {gender_root} is not a folder")
-        lists = read_gender_lists(gender_root)
+        gender = read_gender_lists(gender_root)
+
+    # Split before decoding: a bad test_fraction fails in milliseconds, and the split does
+    # not depend on which files turn out corrupt (those just drop out of their side).
+    counts = [len(people[p]) for p in classes]
+    train_idx, test_idx = stratified_split(np.repeat(np.arange(len(classes)), counts), o["test_fraction"],
+                                           o["split_seed"], f"lfw under {folder}")
 
     # The disjoint people are chosen (and their absence reported) before anything is decoded:
     # a seeded subsample of at most disjoint_max of their images bounds memory.
@@ -158,17 +162,19 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
         files = [f"{p}/{f}" for p, fs in groups.items() for f in fs]
         y = np.repeat(labels, [len(fs) for fs in groups.values()]).astype(np.int64)
         dec = decode_images(kind, folder, files, o["size"], o["color"])
-        attrs = {} if lists is None else {"gender": torch.from_numpy(gender_labels(names, lists)[dec.kept])}
+        attrs = {} if gender is None else {"gender": torch.from_numpy(gender_labels(names, gender)[dec.kept])}
         return Split(torch.from_numpy(dec.images), torch.from_numpy(y[dec.kept]), attrs), dec
 
     full, dec = load_split({p: people[p] for p in classes}, list(range(len(classes))), "lfw")
-    train_idx, test_idx = stratified_split(full.y.numpy(), o["test_fraction"], o["split_seed"], f"lfw under {folder}")
+    position = np.full(sum(counts), -1)  # file index -> index among the decoded images
+    position[dec.kept] = np.arange(len(dec.kept))
+    train_idx, test_idx = (i[i >= 0] for i in (position[train_idx], position[test_idx]))
     meta: dict[str, Any] = {
         "source": str(folder), "variant": folder.name, "options": o, "cache_key": dec.cache_key,
         "cache_hit": dec.cache_hit, "n_people_total": len(people),
         "n_images_total": sum(len(f) for f in people.values()), "n_skipped": skipped,
         "bad": list(dec.bad), "gender_root": None if gender_root is None else str(gender_root),
-        "gender": None if lists is None else _gender_counts([f for fs in people.values() for f in fs], lists),
+        "gender": None if gender is None else _gender_counts([f for fs in people.values() for f in fs], gender),
     }
 
     disjoint = None

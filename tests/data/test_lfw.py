@@ -153,7 +153,8 @@ def test_gender_lists(lfw_root, cache):
         load_dataset("lfw", lfw_root, min_faces=4, size=8)
 
 
-def test_bad_input(tmp_path, lfw_root, cache):
+def test_bad_input(tmp_path, lfw_root, cache, monkeypatch):
+    monkeypatch.setattr(common, "_decode", lambda *a: pytest.fail("decoding started before the input was checked"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset("lfw", tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
@@ -163,6 +164,8 @@ def test_bad_input(tmp_path, lfw_root, cache):
         load_dataset("lfw")
     with pytest.raises(ValueError, match="min_faces=7 leaves 0 people"):
         load_dataset("lfw", lfw_root, min_faces=7)
+    with pytest.raises(ValueError, match="cannot split 15 images of 3 classes .* test_fraction=0.1"):
+        load_dataset("lfw", lfw_root, min_faces=4, test_fraction=0.1)
     wrong = tmp_path / "photos" / "Holiday"
     wrong.mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(wrong / "beach.jpg")
