@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,17 +118,27 @@ def decode_images(kind: str, root: Path, files: Sequence[str], size: int, color:
     images = (np.stack([decoded[i] for i in kept]) if len(kept)
               else np.zeros((0, channels, size, size), np.uint8))
 
+    try:
+        _write_atomic(path, images=images, kept=kept, bad=np.array(bad, dtype=np.str_))
+    except OSError as e:  # a full or read-only cache must not fail the trial, only slow the next one
+        warnings.warn(f"could not write the image cache {path} ({e}); set PP_CLUSTER_CACHE to a writable folder",
+                      RuntimeWarning, stacklevel=2)
+    return Decoded(images, kept, bad, key, False)
+
+
+def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write to a dot-temp file in the same folder, then rename: concurrent Ray workers see
+    either no entry or a whole one, never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cluster cache is read by every user
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=images, kept=kept, bad=np.array(bad, dtype=np.str_))
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return Decoded(images, kept, bad, key, False)
 
 
 # -- tensors --------------------------------------------------------------------------

@@ -105,6 +105,16 @@ def test_second_load_is_served_from_cache(lfw_root, cache, monkeypatch):
         load_dataset("lfw", lfw_root, min_faces=4, size=8)
 
 
+def test_unwritable_cache_only_warns(lfw_root, cache, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", disk_full)
+    with pytest.warns(RuntimeWarning, match="could not write the image cache"):
+        ds = load_dataset("lfw", lfw_root, min_faces=4, size=8)
+    assert len(ds.train) == 12 and not any(cache.glob("*.npz"))
+
+
 def test_concurrent_loads_agree(lfw_root, cache):
     results = []
     threads = [threading.Thread(target=lambda: results.append(load_dataset("lfw", lfw_root, min_faces=4, size=8)))

@@ -34,7 +34,7 @@ def real_lfw(shared_data, cache):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lfw, "decode_images", spy)
-        ds = load_dataset("lfw", shared_data / "lfw", min_faces=30, size=64, disjoint=True)
+        ds = load_dataset("lfw", shared_data / "lfw", min_faces=30, size=64, disjoint=True, disjoint_max=600)
     return ds, requested
 
 
@@ -52,9 +52,9 @@ def test_real_lfw_counts(real_lfw, shared_data):
 
 def test_real_lfw_disjoint_has_no_model_identity(real_lfw):
     ds, requested = real_lfw
-    assert len(ds.disjoint) == 3000 and (ds.disjoint.y == -1).all()  # capped by disjoint_max
+    assert len(ds.disjoint) == 600 and (ds.disjoint.y == -1).all()  # capped by disjoint_max
     people = {f.split("/", 1)[0] for f in requested["lfw-disjoint"]}
-    assert len(requested["lfw-disjoint"]) == 3000 and not people & set(ds.classes)
+    assert len(requested["lfw-disjoint"]) == 600 and not people & set(ds.classes)
     assert set(ds.meta["disjoint_people"]) == people
     assert {f.split("/", 1)[0] for f in requested["lfw"]} == set(ds.classes)
 
@@ -72,7 +72,7 @@ def test_real_lfw_gender(real_lfw):
 def test_real_lfw_second_load_from_cache(real_lfw, shared_data, cache, monkeypatch):
     ds, _ = real_lfw
     monkeypatch.setattr(common, "_decode", lambda *a: pytest.fail("decoded although cached"))
-    again = load_dataset("lfw", shared_data / "lfw" / "lfw-deepfunneled", min_faces=30, disjoint=True)
+    again = load_dataset("lfw", shared_data / "lfw" / "lfw-deepfunneled", min_faces=30, disjoint=True, disjoint_max=600)
     assert again.meta["cache_hit"] and again.meta["disjoint_cache_hit"]
     assert torch.equal(again.test.x, ds.test.x) and torch.equal(again.disjoint.x, ds.disjoint.x)
 
