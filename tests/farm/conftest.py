@@ -21,8 +21,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def tiny_sweep(results, name="tiny", **changes) -> SweepSpec:
-    """The smallest real sweep: embedded LFW faces, a narrow face CNN, one epoch."""
+@pytest.fixture
+def tiny_sweep():
+    """Builder of the smallest real sweep: embedded LFW faces, a narrow face CNN, one epoch."""
+    return _tiny_sweep
+
+
+def _tiny_sweep(results, name="tiny", **changes) -> SweepSpec:
     spec = SweepSpec(
         name=name, dataset="lfw-subset", dataset_options={"size": 16}, arch="face_cnn",
         arch_options={"widths": (4, 8, 8, 8), "fc": 16}, partitions=("pool1", "pool2"), lams=(0.0, 1.0),

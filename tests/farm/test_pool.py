@@ -12,8 +12,6 @@ import torch
 from pp_cluster import pipeline
 from pp_cluster.farm.pool import pool_name, start_pool
 
-from .conftest import tiny_sweep
-
 pytestmark = pytest.mark.farm
 
 
@@ -27,7 +25,7 @@ class _CountingLocal(torch.nn.Module):
         return self.local(x)
 
 
-def test_activations_once_whatever_the_zoo(tmp_path):
+def test_activations_once_whatever_the_zoo(tiny_sweep, tmp_path):
     spec = tiny_sweep(tmp_path).model_spec("pool2", 0.0, 0)
     ds = pipeline.load_data(spec)
     model = pipeline.build_model(spec, ds)
@@ -44,7 +42,7 @@ def test_activations_once_whatever_the_zoo(tmp_path):
     assert counting.calls == after_activations
 
 
-def test_killed_attacker_actor_is_replaced_and_its_attack_retried(ray_cluster, tmp_path):
+def test_killed_attacker_actor_is_replaced_and_its_attack_retried(tiny_sweep, ray_cluster, tmp_path):
     ray = ray_cluster
     sweep = tiny_sweep(tmp_path / "res", name="killer", attack_epochs=60)
     spec = sweep.model_spec("pool1", 0.0, 0)

@@ -7,8 +7,6 @@ import pytest
 from pp_cluster.cli import main
 from pp_cluster.config import SpecError
 
-from .conftest import tiny_sweep
-
 
 @pytest.fixture
 def no_ray(monkeypatch):
@@ -35,25 +33,25 @@ def no_ray(monkeypatch):
     ({"search": "optuna", "lam_range": None}, "lam_range"),
     ({"search": "random"}, "search"),
 ])
-def test_invalid_spec_names_the_field(tmp_path, no_ray, changes, field):
+def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
         tiny_sweep(tmp_path, **changes).validate()
 
 
-def test_unwritable_results_root(tmp_path, no_ray):
+def test_unwritable_results_root(tiny_sweep, tmp_path, no_ray):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(SpecError, match=r"SweepSpec\.results"):
         tiny_sweep(blocker / "results").validate()
 
 
-def test_bad_data_path_fails_before_ray(tmp_path, no_ray, capsys):
+def test_bad_data_path_fails_before_ray(tiny_sweep, tmp_path, no_ray, capsys):
     rc = main(["sweep", "lfw_grid", "--data-root", str(tmp_path / "missing"), "--results", str(tmp_path / "r")])
     assert rc == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
 
 
-def test_cli_flags_reach_the_spec(tmp_path, no_ray, capsys):
+def test_cli_flags_reach_the_spec(tiny_sweep, tmp_path, no_ray, capsys):
     rc = main(["sweep", "lfw_grid", "--quick", "--partitions", "pool7", "--results", str(tmp_path)])
     assert rc == 2
     err = capsys.readouterr().err

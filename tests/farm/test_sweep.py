@@ -8,12 +8,10 @@ import pytest
 
 from pp_cluster.farm.sweep import run_sweep
 
-from .conftest import tiny_sweep
-
 pytestmark = pytest.mark.farm
 
 
-def test_grid_sweep_writes_every_row_once_with_documented_dtypes(ray_cluster, tmp_path):
+def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray_cluster, tmp_path):
     spec = tiny_sweep(tmp_path / "res")
     outcome = run_sweep(spec, verbose=False)
     assert outcome.n_trials == 4 and outcome.n_errored == 0
@@ -40,7 +38,7 @@ def test_grid_sweep_writes_every_row_once_with_documented_dtypes(ray_cluster, tm
     assert attacks["dpd"].isna().all() == attacks["dpd_reason"].notna().all()
 
 
-def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(ray_cluster, tmp_path):
+def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, ray_cluster, tmp_path):
     from pp_cluster.cli import check_fresh
     from pp_cluster.config import SpecError
 
@@ -55,7 +53,7 @@ def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(ray_cluster, 
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
-def test_optuna_search_marks_the_pareto_models(ray_cluster, tmp_path):
+def test_optuna_search_marks_the_pareto_models(tiny_sweep, ray_cluster, tmp_path):
     spec = tiny_sweep(tmp_path / "res", name="opt", search="optuna", lam_range=(0.1, 10.0), num_samples=3,
                       attackers=("fc",))
     outcome = run_sweep(spec, verbose=False)
