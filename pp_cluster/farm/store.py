@@ -1,0 +1,451 @@
+"""The Parquet results store: the contract between the farm and the analysts.
+
+One directory per table under a results root (local path, NFS, ``s3://`` or any pyarrow
+filesystem URI), hive-partitioned by sweep: ``<root>/<table>/sweep=<name>/<key>.parquet``.
+The file name is the row's content id, so writing is idempotent: a retried or resumed
+trial replaces its own file and never adds a second row. A local write goes to a
+dot-prefixed temp file that is then renamed (atomic on POSIX); an object store gets one
+PUT, which is atomic by itself. Readers (this module, ``pd.read_parquet``, pyarrow
+datasets) skip dot- and underscore-prefixed files, so a crash mid-write is invisible.
+
+Pure pyarrow/pandas, no Ray: analysts read results without a cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.metadata
+import io
+import math
+import os
+import re
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import pp_cluster
+from pp_cluster.config import content_id  # noqa: F401 -- re-exported: ids name the files
+from pp_cluster.farm.fs import resolve
+
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _col(name: str, type_: pa.DataType, doc: str, *, null: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=null, metadata={"doc": doc})
+
+
+_SWEEP = _col("sweep", pa.string(), "sweep name; the hive partition directory `sweep=<name>`, not a column "
+              "inside the files", null=False)
+_MODEL_ID = _col("model_id", pa.string(), "content id of the model's ModelSpec and sweep", null=False)
+_ATTACK_ID = _col("attack_id", pa.string(), "content id of (model_id, attack spec)", null=False)
+_ERROR = _col("error", pa.string(), "exception text when status is `failed`, else null")
+_TRAIN_SECONDS = _col("train_seconds", pa.float64(), "wall seconds spent training")
+_HOST = _col("host", pa.string(), "host name of the machine that wrote the row")
+_GPU = _col("gpu", pa.string(), "CUDA device name, null on CPU")
+_FINISHED_AT = _col("finished_at", UTC_US, "when the row was written", null=False)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "models": pa.schema([
+        _SWEEP, _MODEL_ID,
+        _col("trial_id", pa.string(), "Ray Tune trial id", null=False),
+        _col("seed", pa.int64(), "random seed of training and of the attackers", null=False),
+        _col("dataset", pa.string(), "data set registry name (`lfw`, `mnist`, `cifar10`, ...)", null=False),
+        _col("arch", pa.string(), "classifier architecture (`mnist_mlp`, `face_cnn`, `vgg19_bn`)", null=False),
+        _col("partition", pa.string(), "split point: the last layer kept local (`pool1`, `fc1`, ...)", null=False),
+        _col("lam", pa.float64(), "λ, weight of the defenders' distance in the loss (0 = undefended)", null=False),
+        _col("defenders", pa.string(), "comma-joined defender decoder names; empty string = none", null=False),
+        _col("distance", pa.string(), "image distance between inputs and the defenders' reconstructions "
+             "(`ssim`, `mse`)", null=False),
+        _col("defense", pa.string(), "how the model was defended", null=False),
+        _col("epochs", pa.int64(), "training epochs asked for", null=False),
+        _col("lr", pa.float64(), "learning rate of the classifier", null=False),
+        _col("batch_size", pa.int64(), "training batch size", null=False),
+        _col("test_acc", pa.float64(), "test accuracy; null if the model diverged or failed"),
+        _col("train_acc", pa.float64(), "accuracy on the training set in the last epoch"),
+        _col("final_task_loss", pa.float64(), "task (cross-entropy) loss of the last epoch"),
+        _col("final_distance", pa.float64(), "defender distance of the last epoch"),
+        _col("status", pa.string(), "outcome of training", null=False),
+        _col("diverged_epoch", pa.int64(), "epoch at which the loss became non-finite; null if it did not"),
+        _ERROR,
+        _col("pareto", pa.bool_(), "on the accuracy/privacy Pareto frontier of its sweep; null until the "
+             "analysis marks it"),
+        _col("finetune_acc_before", pa.float64(), "accuracy before fine-tuning the remote part (Sec. 5); "
+             "null if not fine-tuned"),
+        _col("finetune_acc_after", pa.float64(), "accuracy after fine-tuning the remote part; null if not "
+             "fine-tuned"),
+        _TRAIN_SECONDS, _GPU,
+        _col("package_version", pa.string(), "pp_cluster version", null=False),
+        _col("git_sha", pa.string(), "commit of the pp_cluster checkout; null when not run from git"),
+        _col("ray_version", pa.string(), "Ray version; null when Ray is not installed"),
+        _col("torch_version", pa.string(), "PyTorch version", null=False),
+        _HOST,
+        _col("started_at", UTC_US, "when training started", null=False),
+        _FINISHED_AT,
+        _col("config_json", pa.string(), "the full ModelSpec as JSON, for exact reproduction", null=False),
+    ]),
+    "attacks": pa.schema([
+        _SWEEP, _MODEL_ID, _ATTACK_ID,
+        _col("attacker", pa.string(), "attacker zoo name", null=False),
+        _col("attacker_arch", pa.string(), "the attacker's layers, as text"),
+        _col("attacker_data", pa.string(), "which images the attacker trained on: the model's own training "
+             "images or disjoint ones"),
+        _col("attacker_fraction", pa.float64(), "fraction of the attacker data used to train the attacker"),
+        _col("mse", pa.float64(), "mean squared error of reconstructions vs originals, in [0, 1] units"),
+        _col("ssim", pa.float64(), "mean SSIM of reconstructions vs originals"),
+        _col("psnr", pa.float64(), "mean PSNR (dB)"),
+        _col("dpd", pa.float64(), "LPIPS perceptual distance (the paper's DPD); null when unavailable"),
+        _col("dpd_reason", pa.string(), "why dpd is null (e.g. no offline LPIPS weights)"),
+        _col("reprint_acc", pa.float64(), "classifier accuracy on reconstructions; null when the eval images "
+             "have no labels"),
+        _col("gender_acc", pa.float64(), "gender-inference accuracy on reconstructions; null if not applicable"),
+        _col("n_cg", pa.int64(), "Table III: reconstructions judged correct gender; null if not counted"),
+        _col("n_df", pa.int64(), "Table III: reconstructions showing a distinguishable face; null if not counted"),
+        _col("n_ti", pa.int64(), "Table III: reconstructions whose identity is recognisable; null if not counted"),
+        _col("n_eval", pa.int64(), "held-out images the attack was scored on; null if it failed"),
+        _col("best_epoch", pa.int64(), "attacker epoch with the best validation MSE; null if it failed"),
+        _TRAIN_SECONDS,
+        _col("status", pa.string(), "outcome of the attack", null=False),
+        _ERROR, _HOST, _GPU, _FINISHED_AT,
+    ]),
+    "epochs": pa.schema([
+        _SWEEP, _MODEL_ID,
+        _col("epoch", pa.int64(), "epoch number", null=False),
+        _col("task_loss", pa.float64(), "mean task loss over the epoch; null if non-finite"),
+        _col("distance", pa.float64(), "mean defender distance over the epoch; null when not measured"),
+        _col("train_acc", pa.float64(), "training accuracy over the epoch"),
+        _col("test_acc", pa.float64(), "test accuracy after the epoch; null if not evaluated"),
+        _col("lr", pa.float64(), "learning rate during the epoch"),
+        _col("seconds", pa.float64(), "wall seconds of the epoch"),
+    ]),
+    "reconstructions": pa.schema([
+        _SWEEP, _MODEL_ID, _ATTACK_ID,
+        _col("index", pa.int64(), "position of the image among the attack's held-out images", null=False),
+        _col("original", pa.binary(), "the original image, PNG", null=False),
+        _col("reconstruction", pa.binary(), "the attacker's reconstruction, PNG", null=False),
+    ]),
+}
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+# The column a file's key is: one file per model (models, epochs) or per attack.
+KEY_COLUMN = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id", "reconstructions": "attack_id"}
+ALLOWED = {
+    ("models", "status"): {"ok", "diverged", "failed"},
+    ("models", "defense"): {"partition", "dp_pixelation", "nopeek", "noise", "none"},
+    ("attacks", "status"): {"ok", "failed"},
+    ("attacks", "attacker_data"): {"train", "disjoint"},
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# Object stores: one PUT is atomic and a rename would be a copy, so no temp file.
+_SINGLE_PUT = {"s3", "gcs", "abfs"}
+
+
+def _pandas_dtype(field: pa.Field) -> str:
+    """Nullable ints/bools get pandas' nullable dtypes so a null never turns them into float/object."""
+    if pa.types.is_integer(field.type):
+        return "Int64" if field.nullable else "int64"
+    if pa.types.is_boolean(field.type):
+        return "boolean" if field.nullable else "bool"
+    if pa.types.is_timestamp(field.type):
+        return "datetime64[us, UTC]"
+    if pa.types.is_string(field.type):
+        return "str"
+    return "float64" if pa.types.is_floating(field.type) else "object"
+
+
+def _file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema inside the files: without `sweep` (it is the directory), with pandas metadata
+    so that ``pd.read_parquet`` restores the dtypes above."""
+    schema = schema.remove(schema.get_field_index("sweep"))
+    empty = pd.DataFrame({f.name: pd.Series([], dtype=_pandas_dtype(f)) for f in schema})
+    return pa.Table.from_pandas(empty, schema=schema, preserve_index=False).schema
+
+
+FILE_SCHEMAS = {name: _file_schema(s) for name, s in SCHEMAS.items()}
+
+
+def empty_frame(table: str) -> pd.DataFrame:
+    """What ``ResultStore.read`` returns when there is nothing: the right columns and dtypes."""
+    df = FILE_SCHEMAS[_check_table(table)].empty_table().to_pandas()
+    df.insert(0, "sweep", pd.Categorical([]))
+    return df
+
+
+def schema_markdown() -> str:
+    """The tables as Markdown, generated from the schemas so docs/schema.md cannot drift from them."""
+    out = []
+    for table, schema in SCHEMAS.items():
+        dtypes = empty_frame(table).dtypes
+        out += [f"### `{table}` (one file per `{KEY_COLUMN[table]}`)", "",
+                "| column | Arrow type | nullable | pandas dtype | meaning |", "|---|---|---|---|---|"]
+        out += [f"| `{f.name}` | `{f.type}` | {'yes' if f.nullable else 'no'} | `{dtypes[f.name]}` | "
+                f"{f.metadata[b'doc'].decode()}{_allowed_doc(table, f.name)} |" for f in schema]
+        out.append("")
+    return "\n".join(out)
+
+
+def _allowed_doc(table: str, column: str) -> str:
+    allowed = ALLOWED.get((table, column))
+    return "; one of " + ", ".join(f"`{v}`" for v in sorted(allowed)) if allowed else ""
+
+
+def provenance() -> dict[str, str | None]:
+    """Where a row came from: versions, commit, host and GPU. Ray's version is read from package
+    metadata so that analysts need no Ray; cached because it cannot change within a process."""
+    return dict(_provenance())
+
+
+@functools.cache
+def _provenance() -> dict[str, str | None]:
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(torch.cuda.current_device())
+    except ImportError:
+        pass
+    return {
+        "package_version": pp_cluster.__version__,
+        "git_sha": _git_sha(Path(pp_cluster.__file__).resolve().parents[1]),
+        "ray_version": _dist_version("ray"),
+        "torch_version": _dist_version("torch"),
+        "host": socket.gethostname(),
+        "gpu": gpu,
+    }
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_sha(repo: Path) -> str | None:
+    if not (repo / ".git").exists():
+        return None  # an installed wheel, not a checkout
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _check_table(table: str) -> str:
+    if table not in SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    return table
+
+
+def _check_name(what: str, name: Any) -> str:
+    """Sweep names and keys become path segments: letters, digits, `.`, `_`, `-`, no leading dot
+    (a hidden file would be invisible to readers)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} must be 1-200 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    return name
+
+
+_CHECKS = [
+    (pa.types.is_boolean, lambda v: isinstance(v, (bool, np.bool_)), "a bool"),
+    (pa.types.is_integer, lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)),
+     "an int"),
+    (pa.types.is_floating, lambda v: isinstance(v, (int, float, np.integer, np.floating))
+     and not isinstance(v, (bool, np.bool_)), "a number"),
+    (pa.types.is_string, lambda v: isinstance(v, str), "a str"),
+    (pa.types.is_binary, lambda v: isinstance(v, bytes), "bytes"),
+    (pa.types.is_timestamp, lambda v: isinstance(v, dt.datetime) and v.tzinfo is not None,
+     "a timezone-aware datetime"),
+]
+
+
+def _is_null(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _column(table: str, field: pa.Field, values: list[Any]) -> pa.Array:
+    """One column, checked strictly: pyarrow alone would truncate 1.5 to 1 in an int column or
+    read True as 1.0."""
+    check, kind = next((c, k) for is_type, c, k in _CHECKS if is_type(field.type))
+    for v in values:
+        if _is_null(v):
+            if not field.nullable:
+                raise ValueError(f"{table}.{field.name} is required (not nullable) but a row has {v!r}")
+        elif not check(v):
+            raise ValueError(f"{table}.{field.name} must be {kind} ({field.type}), got {type(v).__name__} {v!r}")
+        elif (table, field.name) in ALLOWED and v not in ALLOWED[table, field.name]:
+            allowed = ", ".join(sorted(ALLOWED[table, field.name]))
+            raise ValueError(f"{table}.{field.name} must be one of {allowed}, got {v!r}")
+    return pa.array([None if _is_null(v) else v for v in values], type=field.type)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _to_uint8(images: Any, what: str) -> np.ndarray:
+    """(N, C, H, W) or (N, H, W) in [0, 1] (torch or NumPy) -> (N, H, W[, C]) uint8 for PIL."""
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim == 4 and a.shape[1] in (1, 3):
+        a = a[:, 0] if a.shape[1] == 1 else a.transpose(0, 2, 3, 1)
+    elif a.ndim != 3:
+        raise ValueError(f"{what} must be (N, C, H, W) with C in (1, 3) or (N, H, W), got shape {a.shape}")
+    if not np.isfinite(a).all() or a.min(initial=0) < 0 or a.max(initial=0) > 1:
+        raise ValueError(f"{what} must be finite and in [0, 1]")
+    return np.round(a * 255).astype(np.uint8)
+
+
+class ResultStore:
+    """Reads and writes the results tables under one root.
+
+    ``root`` is a local path or a filesystem URI (``s3://bucket/prefix``; S3 honours
+    ``AWS_ENDPOINT_URL``); with an explicit pyarrow ``filesystem`` it is a path inside it.
+    Opening does not write (analysts read read-only results); call ``check_writable`` first
+    when about to write.
+    """
+
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None) -> None:
+        if not isinstance(root, str) or not root.strip():
+            raise ValueError(f"results root must be a non-empty path or URI, got {root!r}")
+        self.root = root
+        if filesystem is not None:
+            self.fs, path = filesystem, root.split("://", 1)[-1]
+        else:
+            try:
+                self.fs, path = resolve(root)
+            except (pa.ArrowInvalid, ValueError, OSError) as e:
+                raise ValueError(f"results root {root!r} is not a usable path or URI: {e}") from e
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                path = os.path.abspath(os.path.expanduser(path))
+        self.base = path.rstrip("/")
+        self._atomic_put = self.fs.type_name in _SINGLE_PUT
+
+    def __repr__(self) -> str:
+        return f"ResultStore({self.root!r})"
+
+    def check_writable(self) -> None:
+        """Fail before any work if results could not be written: create and remove a probe file."""
+        probe = f"{self.base}/.probe-{uuid.uuid4().hex}"
+        try:
+            self.fs.create_dir(self.base, recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"probe")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"results root {self.root!r} is not writable: {e}") from e
+
+    def _dir(self, table: str, sweep: str) -> str:
+        return f"{self.base}/{_check_table(table)}/sweep={_check_name('sweep', sweep)}"
+
+    def _path(self, table: str, sweep: str, key: str) -> str:
+        return f"{self._dir(table, sweep)}/{_check_name('key', key)}.parquet"
+
+    def write(self, table: str, sweep: str, key: str, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` as the file of ``key`` (replacing it if it exists). Missing nullable
+        columns become null; unknown columns, wrong types and missing required ones raise."""
+        path = self._path(table, sweep, key)
+        if not rows or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{table}: rows must be a non-empty list of dicts")
+        schema = SCHEMAS[table]
+        unknown = sorted(set().union(*rows) - set(schema.names))
+        if unknown:
+            raise ValueError(f"{table}: unknown columns {', '.join(unknown)}")
+        key_col = KEY_COLUMN[table]
+        for col, want in (("sweep", sweep), (key_col, key)):
+            bad = {r[col] for r in rows if col in r and r[col] != want}
+            if bad:
+                raise ValueError(f"{table}.{col} must be {want!r} (the file's {col}), rows have {sorted(bad)}")
+        file_schema = FILE_SCHEMAS[table]
+        arrays = [
+            _column(table, f, [key if f.name == key_col else r.get(f.name) for r in rows]) for f in file_schema
+        ]
+        self._put(path, pa.Table.from_arrays(arrays, schema=file_schema))
+
+    def write_reconstructions(self, sweep: str, model_id: str, attack_id: str, originals: Any,
+                              reconstructions: Any) -> None:
+        """Keep an attack's first reconstructions beside their originals, as PNGs in [0, 255]."""
+        orig, rec = _to_uint8(originals, "originals"), _to_uint8(reconstructions, "reconstructions")
+        if orig.shape != rec.shape:
+            raise ValueError(f"originals {orig.shape} and reconstructions {rec.shape} differ in shape")
+        rows = [{"model_id": model_id, "index": i, "original": _png(o), "reconstruction": _png(r)}
+                for i, (o, r) in enumerate(zip(orig, rec))]
+        if rows:
+            self.write("reconstructions", sweep, attack_id, rows)
+
+    def _put(self, path: str, data: pa.Table) -> None:
+        directory, name = path.rsplit("/", 1)
+        self.fs.create_dir(directory, recursive=True)
+        if self._atomic_put:
+            pq.write_table(data, path, filesystem=self.fs)
+            return
+        tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
+        try:
+            pq.write_table(data, tmp, filesystem=self.fs)
+            self.fs.move(tmp, path)  # rename(2) locally: readers see the old file or the new one
+        except BaseException:
+            if self.fs.get_file_info(tmp).type == pafs.FileType.File:
+                self.fs.delete_file(tmp)
+            raise
+
+    def exists(self, table: str, sweep: str, key: str) -> bool:
+        return self.fs.get_file_info(self._path(table, sweep, key)).type == pafs.FileType.File
+
+    def _files(self, table: str, sweep: str | None) -> list[str]:
+        """Data files, skipping dot/underscore names as pyarrow datasets do (temp files, probes)."""
+        where = self._dir(table, sweep) if sweep is not None else f"{self.base}/{_check_table(table)}"
+        infos = self.fs.get_file_info(pafs.FileSelector(where, recursive=True, allow_not_found=True))
+        return sorted(
+            i.path for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+            and not any(part[:1] in "._" for part in i.path[len(where):].split("/") if part)
+        )
+
+    def done_keys(self, table: str, sweep: str) -> set[str]:
+        """Keys (model or attack ids) that already have a file: what a resumed sweep can skip."""
+        return {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in self._files(table, sweep)}
+
+    def read(self, table: str, sweep: str | None = None) -> pd.DataFrame:
+        """One sweep's rows, or every sweep's, as a DataFrame with the documented dtypes and
+        `sweep` as a categorical column first."""
+        files = self._files(table, sweep)
+        if not files:
+            return empty_frame(table)
+        sweep_field = pa.field("sweep", pa.string())
+        dataset = ds.dataset(
+            files, schema=FILE_SCHEMAS[table].insert(0, sweep_field), format="parquet", filesystem=self.fs,
+            partitioning=ds.partitioning(pa.schema([sweep_field]), flavor="hive"),
+            partition_base_dir=f"{self.base}/{table}",
+        )
+        df = dataset.to_table().to_pandas()
+        df["sweep"] = df["sweep"].astype("category")
+        return df
+
+    def update_column(self, table: str, sweep: str, key: str, column: str, value: Any) -> None:
+        """Set ``column`` to ``value`` in every row of ``key``'s file, rewritten atomically
+        (how the analysis marks Pareto-optimal models)."""
+        path = self._path(table, sweep, key)
+        schema = FILE_SCHEMAS[table]
+        if column not in schema.names or column == KEY_COLUMN[table]:
+            raise ValueError(f"{table}: cannot update column {column!r}")
+        if not self.exists(table, sweep, key):
+            raise FileNotFoundError(f"no {table} file for key {key!r} in sweep {sweep!r} under {self.root}")
+        data = pq.read_table(path, filesystem=self.fs, schema=schema)
+        i = schema.get_field_index(column)
+        self._put(path, data.set_column(i, schema.field(i), _column(table, schema.field(i), [value] * len(data))))
