@@ -263,9 +263,11 @@ def train_defended(
     test_on_device = Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device))
     use_amp = cfg.amp and device.type == "cuda"
 
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+
     def amp() -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
-    sync_choice = len(defenders) > 1 and world > 1 and dist.is_available() and dist.is_initialized()
+
     n_used = len(train) - len(train) % world
 
     def state_fn(epoch: int) -> dict[str, Any]:
@@ -330,7 +332,7 @@ def train_defended(
                 best = 0
                 if len(dists) > 1:
                     values = torch.stack([v.detach() for v in dists])
-                    if sync_choice:  # every shard must pick the same defender (global batch)
+                    if distributed:  # every shard must pick the same defender (global batch)
                         dist.all_reduce(values)
                     best = int(values.argmin())
                 best_counts[best] += 1
@@ -342,7 +344,12 @@ def train_defended(
 
             stats = torch.stack([loss.detach().float(), *(w.float() for w in watched),
                                  (logits.argmax(dim=1) == y).sum().float()]).tolist()
-            if not all(math.isfinite(v) for v in stats[:-1]):
+            finite = all(math.isfinite(v) for v in stats[:-1])
+            if distributed:  # stop every shard together, or the others would wait forever
+                flag = torch.tensor(float(finite), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag)
+            if not finite:
                 return diverged(epoch)
             task_sum += stats[1]
             dist_sum += stats[-2] if defenders else 0.0

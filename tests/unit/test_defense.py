@@ -283,3 +283,47 @@ def test_conv_net_with_batchnorm_augmentation_and_channels_last_is_reproducible(
     a, b, c = run(1), run(1), run(2)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    net, local, remote = _net(dropout=0.0)
+    defenders = [_defender(seed=1), _defender(seed=2)]
+    cfg = TrainConfig(lam=0.5, epochs=2, batch_size=4, seed=0)
+    result = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR, cfg,
+                            wrap=DistributedDataParallel, shard=(rank, world))
+    torch.save({"params": _params(net, *defenders), "counts": [r["best_defender_counts"] for r in result.epochs]},
+               f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path):
+    """Two gloo workers with batch 4 each = one process with batch 8: the gradients are
+    averaged by DDP and the defender choice is made on the global batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+    assert ranks[0]["counts"] == ranks[1]["counts"]
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+
+    net, local, remote = _net(dropout=0.0)
+    defenders = [_defender(seed=1), _defender(seed=2)]
+    single = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR,
+                            TrainConfig(lam=0.5, epochs=2, batch_size=8, seed=0))
+    assert [r["best_defender_counts"] for r in single.epochs] == ranks[0]["counts"]
+    for a, b in zip(ranks[0]["params"], _params(net, *defenders)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
