@@ -144,7 +144,8 @@ ALLOWED = {
     ("attacks", "status"): {"ok", "failed"},
     ("attacks", "attacker_data"): {"train", "disjoint"},
 }
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# Sweep names and keys become path segments (hive decodes %-escapes, a leading dot hides a file).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Object stores: one PUT is atomic and a rename would be a copy, so no temp file.
 _SINGLE_PUT = {"s3", "gcs", "abfs"}
 
@@ -249,9 +250,7 @@ def _check_table(table: str) -> str:
 
 
 def _check_name(what: str, name: Any) -> str:
-    """Sweep names and keys become path segments: letters, digits, `.`, `_`, `-`, no leading dot
-    (a hidden file would be invisible to readers)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"{what} {name!r} must be 1-200 letters, digits, '.', '_' or '-', starting with a "
                          "letter or digit")
     return name
