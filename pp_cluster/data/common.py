@@ -143,12 +143,16 @@ def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 # -- tensors --------------------------------------------------------------------------
 def to_value_range(x: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
-    """uint8 (0..255) or float in [0, 1] -> float32 in ``value_range``."""
-    t = torch.as_tensor(x)
-    scale = 1 / 255 if t.dtype == torch.uint8 else 1.0
+    """uint8 (0..255) or float in [0, 1] -> a new float32 tensor in ``value_range``.
+
+    NumPy, not torch: torch's intra-op threads spin when Ray workers share the cores, which
+    made this 3x slower than single-threaded NumPy in a loaded 2-core measurement."""
+    a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     lo, hi = value_range
-    out = t.to(torch.float32, copy=True)  # a fresh tensor, so the in-place ops below never touch x
-    return out.mul_((hi - lo) * scale).add_(lo)
+    scale = (hi - lo) / 255 if a.dtype == np.uint8 else hi - lo
+    out = np.multiply(a, np.float32(scale), dtype=np.float32)  # always a fresh array
+    out += np.float32(lo)
+    return torch.from_numpy(out)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -160,8 +164,14 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 # -- splits ---------------------------------------------------------------------------
 def take(split: Split, idx: np.ndarray | torch.Tensor) -> Split:
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    return Split(split.x[idx], split.y[idx], {k: v[idx] for k, v in split.attrs.items()})
+    """Rows ``idx`` of every (CPU) tensor, indexed through NumPy (see :func:`to_value_range`:
+    10-40x faster than torch's threaded indexing on busy cores)."""
+    idx = np.asarray(idx, dtype=np.int64)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(t.numpy()[idx])
+
+    return Split(pick(split.x), pick(split.y), {k: pick(v) for k, v in split.attrs.items()})
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
