@@ -1,7 +1,9 @@
-"""The paper's figures, the frontier plot and training curves (matplotlib, Agg backend).
+"""The paper's figures, the frontier plot and training curves (matplotlib, Agg canvas).
 
 Every function takes the tidy frame built in :mod:`analysis.tables`, writes one PNG per
-(sweep, dataset) into ``out`` and returns the paths, so the report can link them.
+(sweep, dataset) into ``out`` and returns the paths, so the report can link them. Figures
+are drawn on their own Agg canvases, not through pyplot: importing this module leaves a
+notebook's backend and pyplot's global figure list alone.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, rc_context
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from analysis.tables import PAPER_DEFENSES, SETTING, in_setting, natural_key  # noqa: E402
+from analysis.tables import PAPER_DEFENSES, SETTING, in_setting, natural_key
 
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
          "xtick.labelsize": 10, "ytick.labelsize": 10, "savefig.dpi": 150}
@@ -38,7 +41,20 @@ FIG5_TITLES = ["accuracy", "reprint accuracy", "SSIM of best attack", "MSE of be
 
 def config_label(defense: str, defenders: str, lam: float) -> str:
     """'no defense' or e.g. 'λ=0.1 (deconv)': the legend entry of one defense setting."""
-    return "no defense" if defense == "none" else f"{'' if defense == 'partition' else defense + ', '}λ={lam:g} ({defenders})"
+    if defense == "none":
+        return "no defense"
+    other = "" if defense == "partition" else f"{defense}, "
+    return f"{other}λ={lam:g} ({defenders})"
+
+
+def _color(i: int) -> tuple:
+    return colormaps["tab10"](i % 10)
+
+
+def _figure(**kw) -> Figure:
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)  # attaches itself: savefig and get_renderer work without pyplot
+    return fig
 
 
 def model_label(partition: str, defense: str, lam: float, suite: str = "") -> str:
@@ -53,9 +69,8 @@ def _slug(*parts: object) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", str(p)).strip("-") for p in parts)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -77,11 +92,11 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
         configs = sorted(g.groupby([*SETTING, "partition"], observed=True, sort=False),
                          key=lambda kv: (kv[0][0] != "none", kv[0][0], kv[0][2], kv[0][1], natural_key(kv[0][3])))
         n_cols = min(n_images, int(g.groupby("attack_id")["index"].nunique().max()))
-        with plt.rc_context(STYLE):
+        with rc_context(STYLE):
             # Square cells in (original, reconstruction) pairs with a gap between pairs; no margins:
             # bbox_inches="tight" grows the canvas to fit the row labels.
             n = len(configs)
-            fig = plt.figure(figsize=(1.1 * n_cols, 2.5 * n))
+            fig = _figure(figsize=(1.1 * n_cols, 2.5 * n))
             grid = fig.add_gridspec(3 * n - 1, n_cols, height_ratios=([1, 1, 0.3] * n)[:-1], hspace=0.06,
                                     wspace=0.06, left=0, right=1, bottom=0, top=1)
             for r, ((defense, defenders, lam, partition), rows) in enumerate(configs):
@@ -105,9 +120,11 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
     return paths
 
 
-def _grouped_bars(ax: plt.Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> bool:
+def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> bool:
+    """One bar per setting at each partition, std whiskers where there are 2+ seeds; False
+    (and a bare panel) when no setting has a value for ``col``."""
     partitions = sorted(g["partition"].unique(), key=natural_key)
-    width = 0.8 / max(len(configs), 1)
+    width = min(0.8 / max(len(configs), 1), 0.35)
     drawn = False
     for k, cfg in enumerate(configs):
         sub = g[in_setting(g, cfg)].set_index("partition").reindex(partitions)
@@ -115,10 +132,16 @@ def _grouped_bars(ax: plt.Axes, g: pd.DataFrame, col: str, scale: float, configs
         if np.isnan(mean).all():
             continue
         x = np.arange(len(partitions)) + (k - (len(configs) - 1) / 2) * width
-        ax.bar(x, mean, width, yerr=np.nan_to_num(std), capsize=3, color=colors[cfg], label=config_label(*cfg))
+        ax.bar(x, mean, width, color=colors[cfg], label=config_label(*cfg))
+        spread = ~np.isnan(std)
+        ax.errorbar(x[spread], mean[spread], yerr=std[spread], fmt="none", ecolor="black", capsize=3, lw=1)
         drawn = True
-    ax.set_xticks(np.arange(len(partitions)), partitions)
-    ax.set_xlabel("partition point")
+    if drawn:
+        ax.set_xticks(np.arange(len(partitions)), partitions)
+        ax.set_xlim(-0.6, len(partitions) - 0.4)
+        ax.set_xlabel("partition point")
+    else:
+        ax.set_xticks([]), ax.set_yticks([])
     return drawn
 
 
@@ -128,10 +151,10 @@ def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
     paths = []
     for sweep, dataset, g in _per_dataset(data):
         configs = settings(g)
-        colors = {cfg: plt.cm.tab10(i % 10) for i, cfg in enumerate(configs)}
-        with plt.rc_context(STYLE):
-            fig, axes = plt.subplots(1, len(FIG5_PANELS), figsize=(3.6 * len(FIG5_PANELS), 3.8),
-                                     layout="constrained")
+        colors = {cfg: _color(i) for i, cfg in enumerate(configs)}
+        with rc_context(STYLE):
+            fig = _figure(figsize=(3.6 * len(FIG5_PANELS), 3.8), layout="constrained")
+            axes = fig.subplots(1, len(FIG5_PANELS))
             for i, (ax, (col, ylabel, scale), title) in enumerate(zip(axes, FIG5_PANELS, FIG5_TITLES)):
                 ax.set_title(f"({'abcde'[i]}) {title}")
                 ax.set_ylabel(ylabel)
@@ -140,7 +163,7 @@ def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
                             transform=ax.transAxes, color="0.4")
             n = g["ssim_n"]
             seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
-            handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in configs]
+            handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in configs]
             fig.legend(handles, [config_label(*c) for c in configs], loc="outside upper center",
                        ncol=len(configs), title=f"{dataset} (sweep {sweep}) — mean ± std over {seeds} seed(s)")
             paths.append(_save(fig, out / f"figure5_{_slug(sweep, dataset)}.png"))
@@ -153,8 +176,9 @@ def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
     for sweep, dataset, g in _per_dataset(data):
         g = g.sort_values("epsilon")
         eps = g["epsilon"].to_numpy(float)
-        with plt.rc_context(STYLE):
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+        with rc_context(STYLE):
+            fig = _figure(figsize=(9, 3.6), layout="constrained")
+            axes = fig.subplots(1, 2)
             for ax, col, ylabel, scale in ((axes[0], "ssim", "SSIM (1 = identical)", 1.0),
                                            (axes[1], "test_acc", "classification accuracy (%)", 100.0)):
                 ax.errorbar(eps, g[f"{col}_mean"] * scale, yerr=np.nan_to_num(g[f"{col}_std"] * scale),
@@ -169,7 +193,7 @@ def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def place_labels(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
+def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
                  avoid: np.ndarray | None = None, fontsize: float = 9) -> None:
     """Annotate points without overlapping labels: each label takes the first candidate offset
     (growing rings of eight directions) whose box stays inside the axes and clears every label
@@ -223,12 +247,13 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
     paths = []
     for sweep, dataset, g in _per_dataset(points):
         partitions = sorted(g["partition"].unique(), key=natural_key)
-        colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(partitions)}
+        colors = {p: _color(i) for i, p in enumerate(partitions)}
         front = g[g["on_frontier"]].sort_values("ssim")
         # Name the defender suite only where λ alone would not tell two configurations apart.
         many_suites = g.loc[g["defenders"] != "", "defenders"].nunique() > 1
-        with plt.rc_context(STYLE):
-            fig, ax = plt.subplots(figsize=(7.5, 5.2), layout="constrained")
+        with rc_context(STYLE):
+            fig = _figure(figsize=(7.5, 5.2), layout="constrained")
+            ax = fig.subplots()
             ax.step(front["ssim"], front["test_acc"] * 100, where="post", color="0.3", lw=1, zorder=1,
                     label="Pareto frontier")
             for p in partitions:
@@ -276,14 +301,15 @@ def training_curves(epochs: pd.DataFrame, models: pd.DataFrame, out: Path) -> li
         keys = ["partition", "defenders", "lam"]
         lines = sorted(g.groupby(keys, observed=True, sort=False),
                        key=lambda kv: (natural_key(kv[0][0]), kv[0][1], kv[0][2]))
-        with plt.rc_context(STYLE):
-            fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES) + 2.5, 3.6), layout="constrained")
+        with rc_context(STYLE):
+            fig = _figure(figsize=(4.2 * len(CURVES) + 2.5, 3.6), layout="constrained")
+            axes = fig.subplots(1, len(CURVES))
             for i, ((partition, defenders, lam), sub) in enumerate(lines):
                 mean = sub.groupby("epoch")[[c for c, _, _ in CURVES]].mean()
                 label = f"{partition}, λ={lam:g}" + (f" [{defenders}]" if defenders else "")
                 for ax, (col, _, fn) in zip(axes, CURVES):
                     ax.plot(mean.index, fn(mean[col]), marker="." if len(mean) < 30 else None,
-                            color=plt.cm.tab10(i % 10), label=label)
+                            color=_color(i), label=label)
             kinds = g.loc[g["distance"].notna(), "distance_kind"].unique()
             units = " / ".join(DISTANCE_UNITS.get(k, k) for k in sorted(kinds)) or "no defenders"
             for ax, (col, ylabel, _) in zip(axes, CURVES):

@@ -166,6 +166,8 @@ def pareto_mask(acc: Sequence[float], leak: Sequence[float]) -> np.ndarray:
     if np.isnan(a).any() or np.isnan(lk).any():
         raise ValueError("pareto_mask: acc and leak must not contain NaN (drop diverged models first)")
     mask = np.zeros(len(a), dtype=bool)
+    if not len(a):
+        return mask
     best = math.inf  # lowest leakage among strictly more accurate points
     order = np.lexsort((lk, -a))
     for level in np.split(order, np.flatnonzero(np.diff(a[order])) + 1):
