@@ -209,8 +209,10 @@ class SweepSpec:
         def bad(fieldname: str, msg: str) -> None:
             raise SpecError(f"SweepSpec.{fieldname}: {msg}")
 
-        if not self.name or any(c in self.name for c in "/\\= \t\n"):
-            bad("name", f"{self.name!r} must be non-empty without '/', '=', or spaces")
+        from pp_cluster.farm.store import NAME_PATTERN
+
+        if not NAME_PATTERN.fullmatch(self.name or ""):
+            bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
         if self.dataset not in DATASETS:
             bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.arch not in ARCHS:

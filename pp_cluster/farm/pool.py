@@ -18,10 +18,16 @@ import torch
 from pp_cluster.config import AttackSpec, ModelSpec
 
 POOL_PREFIX = "pp_attack_pool"
+NAMESPACE = "pp_cluster"
 
 
 def pool_name(sweep: str) -> str:
     return f"{POOL_PREFIX}:{sweep}"
+
+
+def get_pool(sweep: str):
+    """The sweep's pool, from any process of the cluster (trials, the progress line)."""
+    return ray.get_actor(pool_name(sweep), namespace=NAMESPACE)
 
 
 @ray.remote(max_restarts=0)
@@ -129,7 +135,8 @@ class AttackPool:
 
 
 def start_pool(sweep: str, size: int, results_uri: str, cpus: float, gpus: float):
-    """The sweep's pool (created once; a resumed driver gets a fresh one)."""
-    return AttackPool.options(name=pool_name(sweep), get_if_exists=True, lifetime=None).remote(
+    """The sweep's pool. The caller must hold the handle for the sweep's duration: the
+    pool lives as long as its creator's handle (a resumed driver starts a fresh one)."""
+    return AttackPool.options(name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True).remote(
         size, results_uri, cpus, gpus
     )

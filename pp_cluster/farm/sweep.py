@@ -25,7 +25,7 @@ import torch
 from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec
 from pp_cluster.farm.fs import is_shared, storage_args
-from pp_cluster.farm.pool import pool_name, start_pool
+from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
 from pp_cluster.farm.train import fit_model
 
@@ -79,7 +79,7 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
             model.local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device
         )
         inputs_ref, net_ref = ray.put(inputs), ray.put(net_state)
-        pool = ray.get_actor(pool_name(sweep.name))
+        pool = get_pool(sweep.name)
         shape = (list(ds.image_shape), ds.num_classes, list(ds.value_range))
         pending = []
         for attack_id, attack in attacks.items():
@@ -223,7 +223,7 @@ class Progress(tune.Callback):
             return
         self._last = now
         try:
-            s = ray.get(ray.get_actor(pool_name(self.sweep.name)).stats.remote(), timeout=2)
+            s = ray.get(get_pool(self.sweep.name).stats.remote(), timeout=2)
             attacks = f"attacks {s['done']} done, {s['running']} running, {s['failed']} failed" + (
                 f", {s['replaced']} actors replaced" if s["replaced"] else "")
         except Exception:  # the pool is gone at shutdown; progress is best effort
@@ -274,7 +274,7 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
             )
         r = sweep.resources
         use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
-        start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
+        pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
                    r.attacker_gpus if use_gpu else 0.0)
         data_ref = ray.put(ds)
         trainable = tune.with_resources(
@@ -301,6 +301,7 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
         if sweep.search == "optuna":
             mark_pareto(store, sweep.name)
         n_err = sum(1 for res in grid if res.error is not None)
+        ray.kill(pool)
     finally:
         if started_ray:
             ray.shutdown()

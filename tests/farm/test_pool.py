@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pp_cluster import pipeline
-from pp_cluster.farm.pool import pool_name, start_pool
+from pp_cluster.farm.pool import start_pool
 
 pytestmark = pytest.mark.farm
 
@@ -67,4 +67,4 @@ def test_killed_attacker_actor_is_replaced_and_its_attack_retried(tiny_sweep, ra
     assert row["status"] == "ok" and stats["replaced"] == 1 and stats["done"] == 1
     attacks = pd.read_parquet(tmp_path / "res" / "attacks")
     assert len(attacks) == 1 and attacks["attack_id"].iloc[0] == job["attack_id"]
-    ray.kill(ray.get_actor(pool_name(sweep.name)))
+    ray.kill(pool)

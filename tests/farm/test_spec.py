@@ -32,6 +32,7 @@ def no_ray(monkeypatch):
     ({"attacker_fraction": 0.0}, "attacker_fraction"),
     ({"search": "optuna", "lam_range": None}, "lam_range"),
     ({"search": "random"}, "search"),
+    ({"name": "a+b"}, "name"),
 ])
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
