@@ -154,9 +154,11 @@ def _summary(res: Results) -> str:
         lines.append("\nModels that did not finish:\n")
         bad = bad.assign(error=bad["error"].fillna("").str.slice(0, 120))
         lines.append(md_table(bad[["sweep", "model_id", "partition", "lam", "status", "diverged_epoch", "error"]]))
-    reasons = a["dpd_reason"].dropna().unique() if "dpd_reason" in a.columns else []
+    ok = a[a["status"] == "ok"]
+    reasons = ok["dpd_reason"].dropna().unique()
     if len(reasons):
-        lines.append(f"\nDPD unavailable for {a['dpd'].isna().sum()} attack(s): " + "; ".join(map(str, reasons)))
+        lines.append(f"\nDPD unavailable for {ok['dpd'].isna().sum()} successful attack(s): "
+                     + "; ".join(map(str, reasons)))
     return "\n".join(lines)
 
 
@@ -181,17 +183,12 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
     def images(paths: list[Path]) -> str:
         return "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
 
-    def tab_i() -> str:
-        t = table_i(res)
-        return f"{table_i_md(t)}\n\n{csv(t, 'table_i')}"
-
-    def tab_ii() -> str:
-        t = table_ii(res)
-        return f"{table_ii_md(t)}\n\n{csv(t, 'table_ii')}"
-
-    def tab_iii() -> str:
-        t = table_iii(res)
-        return f"{table_iii_md(t)}\n\n{csv(t, 'table_iii')}"
+    def table(build: Callable[[Results], pd.DataFrame], render: Callable[[pd.DataFrame], str],
+              name: str) -> Callable[[], str]:
+        def run() -> str:
+            t = build(res)
+            return f"{render(t)}\n\n{csv(t, name)}"
+        return run
 
     def fig4() -> str:
         d = figure4_data(res)
@@ -209,18 +206,17 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
 
     def front() -> str:
         points, hv = frontiers(res)
-        drop = [c for c in ("config_json",) if c in points.columns]
         return (f"{images(figures.frontier_plot(points, hv, out))}\n\n{frontier_md(points, hv)}\n\n"
-                f"{csv(points.drop(columns=drop), 'frontier')} · {csv(hv, 'hypervolume')}")
+                f"{csv(points.drop(columns=['config_json']), 'frontier')} · {csv(hv, 'hypervolume')}")
 
     def curves() -> str:
         if res.epochs.empty:
             raise Missing("Training curves: the epochs table is empty")
         return images(figures.training_curves(res.epochs, res.models, out))
 
-    artefact("Table I — accuracy and attacker MSE/SSIM per defender weight λ", tab_i)
-    artefact("Table II — no, single and multiple defenders", tab_ii)
-    artefact("Table III — gender estimation from reconstructions", tab_iii)
+    artefact("Table I — accuracy and attacker MSE/SSIM per defender weight λ", table(table_i, table_i_md, "table_i"))
+    artefact("Table II — no, single and multiple defenders", table(table_ii, table_ii_md, "table_ii"))
+    artefact("Table III — gender estimation from reconstructions", table(table_iii, table_iii_md, "table_iii"))
     artefact("Figure 4 — original vs reconstructed images", fig4)
     artefact("Figure 5 — five criteria per partition × defense", fig5)
     artefact("Figure 7 — DP image pixelation against ε", fig7)

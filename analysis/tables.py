@@ -352,7 +352,7 @@ def figure4_data(res: Results) -> pd.DataFrame:
     (max SSIM) attacker among those whose reconstructions were saved."""
     recon = res.reconstructions()
     if recon.empty:
-        raise Missing("Figure 4: no reconstructions in these tables (the sweep did not save them)")
+        raise Missing("Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)")
     j = _ok_joined(res)
     j = j[j["attack_id"].isin(recon["attack_id"])].dropna(subset=["ssim"])
     if j.empty:

@@ -4,7 +4,6 @@ on a small sweep written through the farm's own ResultStore (no Ray)."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from PIL import Image
 
 from analysis import aggregate, frontier, hypervolume, load, pareto_mask, worst_case
 from analysis.report import build_report
-from analysis.tables import Missing, table_i, table_ii, table_iii
+from analysis.tables import Missing, figure4_data, figure5_data, figure7_data, table_i, table_ii, table_iii
 from pp_cluster.farm.store import ResultStore, provenance
 
 SWEEP = "lfw-mini"
@@ -78,12 +77,6 @@ def attack_row(sweep: str, model_id: str, attack_id: str, **kw) -> dict:
             "train_seconds": 2.0, "status": "ok", "finished_at": NOW, **kw}
 
 
-def _png(rng: np.random.Generator) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (25, 25), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_sweep(root: str) -> None:
     """A small LFW-like sweep: 2 partitions × λ {0, 0.1} × 2 seeds, a 2-defender suite, a diverged
     model, two DP-pixelation models, 3 attackers each (plus one failed attack), epochs, images."""
@@ -112,9 +105,8 @@ def write_sweep(root: str) -> None:
                 row.update(n_cg=gender[0], n_df=gender[1], n_ti=gender[2], gender_acc=gender[0] / gender[2])
             store.write("attacks", SWEEP, aid, [row])
             if mid in ("A", "C", "E", "F") and attacker == "deconv":
-                store.write("reconstructions", SWEEP, aid, [
-                    {"sweep": SWEEP, "model_id": mid, "attack_id": aid, "index": i,
-                     "original": _png(rng), "reconstruction": _png(rng)} for i in range(4)])
+                # What the attacker pool calls: images in [0, 1], N×C×H×W, stored as PNGs.
+                store.write_reconstructions(SWEEP, mid, aid, rng.random((4, 1, 25, 25)), rng.random((4, 1, 25, 25)))
     # A failed attack with a (bogus) SSIM above every real one: it must not count as the worst case.
     store.write("attacks", SWEEP, "A-broken", [attack_row(SWEEP, "A", "A-broken", attacker="broken", ssim=0.99,
                                                           mse=0.0, status="failed", error="CUDA OOM")])
@@ -230,6 +222,19 @@ def write_bare(root: str) -> None:
     store = ResultStore(root)
     store.write("models", "s", "m", [model_row("s", "m", test_acc=0.9)])
     store.write("attacks", "s", "a", [attack_row("s", "m", "a", attacker="fc", ssim=0.5, mse=0.1)])
+
+
+def test_figure_data(res):
+    f4 = figure4_data(res)
+    # Per partition × setting: the lowest seed's model, its strongest attacker with saved images.
+    assert sorted(f4["attack_id"].unique()) == ["A-deconv", "C-deconv", "E-deconv", "F-deconv"]
+    assert len(f4) == 16 and f4["original"].map(lambda b: b[:8] == b"\x89PNG\r\n\x1a\n").all()
+    f5 = figure5_data(res).set_index(["partition", "defenders"])
+    assert f5.loc[("pool1", ""), "ssim_mean"] == pytest.approx(0.79)  # max SSIM of A (.80) and B (.78)
+    assert f5.loc[("pool1", ""), "mse_mean"] == pytest.approx((0.010 + 0.022) / 2)  # min MSE per model
+    assert f5.loc[("pool2", "deconv"), "test_acc_n"] == 1  # H diverged
+    f7 = figure7_data(res).set_index("epsilon")
+    assert (f7.loc[1.0, "ssim_mean"], f7.loc[10.0, "test_acc_mean"]) == (0.10, 0.60)
 
 
 def test_missing_inputs_raise_missing(tmp_path):
