@@ -16,7 +16,10 @@ def ray_cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     # Four logical CPUs on a 2-core machine: a trial's Train worker and the attacker
     # actors can then run side by side, as they would on a real node.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from pp_cluster.farm.sweep import TRAIN_ENV
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": TRAIN_ENV})
     yield ray
     ray.shutdown()
 
