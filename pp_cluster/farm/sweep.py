@@ -277,12 +277,16 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
             )
         r = sweep.resources
         use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
+        concurrency = _check_capacity(sweep, use_gpu, autoscaling=address is not None)
         pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
                    r.attacker_gpus if use_gpu else 0.0)
         data_ref = ray.put(ds)
+        # The trial itself is a light driver: it holds no CPU (its Train workers and the
+        # pool's actors do), only a token of memory, and a sliver of GPU when there is one so
+        # that it can compute the activations there.
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref]),
-            {"CPU": 0.01, **({"GPU": 0.01} if use_gpu else {})},
+            {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})},
         )
         n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
         run_config = tune.RunConfig(
@@ -299,7 +303,7 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True, **fs_kw)
         else:
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
-                               tune_config=_tune_config(sweep), run_config=run_config)
+                               tune_config=_tune_config(sweep, concurrency), run_config=run_config)
         grid = tuner.fit()
         if sweep.search == "optuna":
             mark_pareto(store, sweep.name)
@@ -328,15 +332,35 @@ def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:
     }
 
 
-def _tune_config(sweep: SweepSpec) -> tune.TuneConfig:
+def _check_capacity(sweep: SweepSpec, use_gpu: bool, autoscaling: bool) -> int:
+    """Fail fast when a model's Train workers can never be placed beside the attacker pool
+    (rather than wait forever), and return how many trials may run at once: as many as can
+    train side by side, plus one so that a model's attacks overlap the next one's training."""
     r = sweep.resources
+    total = ray.cluster_resources()
+    kind = "GPU" if use_gpu else "CPU"
+    per_trial = r.num_workers * (
+        (r.gpus_per_trial if r.num_workers == 1 else 1.0) if use_gpu else r.cpus_per_worker)
+    pool = r.pool_size * (r.attacker_gpus if use_gpu else r.attacker_cpus)
+    free = total.get(kind, 0.0) - pool
+    if not autoscaling and free < per_trial - 1e-9:
+        raise SpecError(
+            f"SweepSpec.resources: a model needs {per_trial:g} {kind} for its Train workers but the cluster has "
+            f"{total.get(kind, 0.0):g} {kind}, {pool:g} of them held by the attacker pool "
+            f"({r.pool_size} actors); lower pool_size / attacker_{kind.lower()}s or cpus_per_worker"
+        )
+    if r.max_concurrent_trials is not None:
+        return r.max_concurrent_trials
+    return max(1, int(max(free, per_trial) // per_trial)) + 1
+
+
+def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:
     if sweep.search == "grid":
-        return tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials)
+        return tune.TuneConfig(max_concurrent_trials=concurrency)
     from ray.tune.search.optuna import OptunaSearch
 
     search = OptunaSearch(metric=["test_acc", "worst_ssim"], mode=["max", "min"], seed=sweep.seeds[0])
-    return tune.TuneConfig(search_alg=search, num_samples=sweep.num_samples,
-                           max_concurrent_trials=r.max_concurrent_trials)
+    return tune.TuneConfig(search_alg=search, num_samples=sweep.num_samples, max_concurrent_trials=concurrency)
 
 
 def pareto_mask(acc: np.ndarray, leak: np.ndarray) -> np.ndarray:
