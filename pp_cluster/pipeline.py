@@ -7,6 +7,7 @@ plain loop. Nothing here imports Ray.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -116,6 +117,14 @@ def attack_inputs(local: nn.Module, ds: Dataset, data: str, fraction: float, see
     )
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy view of an array that may come read-only from Ray's object store; the
+    attack only reads it, so torch's warning about non-writable memory does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def run_attack(
     attack: AttackSpec,
     net: nn.Module,
@@ -137,12 +146,11 @@ def run_attack(
     torch.manual_seed(seed)
     attacker = build_decoder(attack.attacker, net, spec.partition, value_range)
     cfg = AttackConfig(epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=seed, device=device)
-    attacker, history = train_attacker(
-        attacker, torch.from_numpy(inputs.h_train), torch.from_numpy(inputs.x_train), value_range, cfg
-    )
+    h_train, x_train, h_eval, x_eval, y_eval = map(
+        _tensor, (inputs.h_train, inputs.x_train, inputs.h_eval, inputs.x_eval, inputs.y_eval))
+    attacker, history = train_attacker(attacker, h_train, x_train, value_range, cfg)
     result = evaluate_attack(
-        attacker, torch.from_numpy(inputs.h_eval), torch.from_numpy(inputs.x_eval), value_range,
-        classifier=net, y_eval=torch.from_numpy(inputs.y_eval), n_keep=n_keep,
+        attacker, h_eval, x_eval, value_range, classifier=net, y_eval=y_eval, n_keep=n_keep,
     )
     row = dict(result.metrics)
     row.update(
