@@ -203,6 +203,8 @@ class Progress(tune.Callback):
         self.running: set[str] = set()
         self._last = 0.0
         self._t0 = time.time()
+        self._stats: dict | None = None
+        self._stats_ref = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -225,15 +227,29 @@ class Progress(tune.Callback):
         if not force and now - self._last < 10:
             return
         self._last = now
-        try:
-            s = ray.get(get_pool(self.sweep.name).stats.remote(), timeout=2)
-            attacks = f"attacks {s['done']} done, {s['running']} running, {s['failed']} failed" + (
-                f", {s['replaced']} actors replaced" if s["replaced"] else "")
-        except Exception:  # the pool is gone at shutdown; progress is best effort
-            attacks = "attacks ?"
         total = f"/{self.n_trials}" if self.n_trials else ""
         print(f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running, "
-              f"{self.failed} failed | {attacks}", file=sys.stderr, flush=True)
+              f"{self.failed} failed | {self._attacks()}", file=sys.stderr, flush=True)
+
+    def _attacks(self) -> str:
+        """The pool's counters, without ever blocking Tune's loop: ask, and read the answer
+        at the next print if it has arrived."""
+        if self._stats_ref is not None and ray.wait([self._stats_ref], timeout=0)[0]:
+            try:
+                self._stats = ray.get(self._stats_ref)
+            except Exception:  # the pool is gone at shutdown; progress is best effort
+                self._stats = None
+            self._stats_ref = None
+        if self._stats_ref is None:
+            try:
+                self._stats_ref = get_pool(self.sweep.name).stats.remote()
+            except ValueError:  # not started yet
+                pass
+        s = self._stats
+        if s is None:
+            return "attacks: pool starting"
+        return f"attacks {s['done']} done, {s['running']} running, {s['failed']} failed" + (
+            f", {s['replaced']} actors replaced" if s["replaced"] else "")
 
 
 def _cluster_has_gpu() -> bool:
