@@ -13,7 +13,6 @@ import datetime as dt
 from typing import Any
 
 import ray
-import torch
 
 from pp_cluster.config import AttackSpec, ModelSpec
 
@@ -35,6 +34,8 @@ class AttackerWorker:
     """Trains attackers one at a time. Science only: ``pipeline.run_attack``."""
 
     def __init__(self, results_uri: str, threads: float) -> None:
+        import torch
+
         from pp_cluster.farm.store import ResultStore
 
         torch.set_num_threads(max(1, int(threads)))
@@ -46,6 +47,8 @@ class AttackerWorker:
         return os.getpid()
 
     def run(self, job: dict[str, Any], inputs: Any, net_state: dict) -> dict[str, Any]:
+        import torch
+
         from pp_cluster import pipeline
         from pp_cluster.farm.store import provenance
         from pp_cluster.nets import build_net
