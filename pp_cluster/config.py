@@ -135,7 +135,9 @@ class SweepSpec:
     def storage(self) -> str:
         """Where Ray Tune and Ray Train keep experiment state and checkpoints."""
         if self.storage_path:
-            return self.storage_path
+            if "://" in self.storage_path:
+                return self.storage_path
+            return str(Path(self.storage_path).expanduser().resolve())
         if "://" in self.results:
             return self.results.rstrip("/") + "/_ray"
         return str(Path(self.results).expanduser().resolve() / "_ray")

@@ -265,6 +265,8 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
     """Validate, load the data, start (or join) Ray, run the Tuner, mark the Pareto set."""
     t0 = time.time()
     sweep.validate()
+    # Trials run in other processes with other working directories: pin relative paths now.
+    sweep = sweep.with_(results=sweep.results_uri(), storage_path=sweep.storage())
     store = ResultStore(sweep.results_uri())
     store.check_writable()
     # Bad data paths fail here, before Ray starts; the loaded data set is shared with every

@@ -38,13 +38,16 @@ def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray
     assert attacks["dpd"].isna().all() == attacks["dpd_reason"].notna().all()
 
 
-def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, ray_cluster, tmp_path):
+def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, ray_cluster, tmp_path, monkeypatch):
     from pp_cluster.cli import check_fresh
     from pp_cluster.config import SpecError
 
-    spec = tiny_sweep(tmp_path / "res", name="again", partitions=("pool1",), lams=(0.0,), attackers=("fc",))
+    # A relative results path, as users type it: trials run with other working directories.
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_sweep("res", name="again", partitions=("pool1",), lams=(0.0,), attackers=("fc",))
     run_sweep(spec, verbose=False)
     files = sorted((tmp_path / "res").rglob("*.parquet"))
+    assert {f.parent.parent.name for f in files} == {"models", "attacks", "epochs"}
     mtimes = [f.stat().st_mtime_ns for f in files]
     with pytest.raises(SpecError, match="--resume"):
         check_fresh(spec, resume=False)
