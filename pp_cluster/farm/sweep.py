@@ -381,19 +381,10 @@ def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:
     return tune.TuneConfig(search_alg=search, num_samples=sweep.num_samples, max_concurrent_trials=concurrency)
 
 
-def pareto_mask(acc: np.ndarray, leak: np.ndarray) -> np.ndarray:
-    """Pareto-optimal points for (accuracy ↑, leakage ↓): no other point is at least as good
-    on both and strictly better on one."""
-    n = len(acc)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        dominated = (acc >= acc[i]) & (leak <= leak[i]) & ((acc > acc[i]) | (leak < leak[i]))
-        mask[i] = not dominated.any()
-    return mask
-
-
 def mark_pareto(store: ResultStore, sweep: str) -> None:
     """Set ``models.pareto`` for every model of the sweep from its worst-case attacker SSIM."""
+    from analysis.tables import pareto_mask  # the one Pareto rule, shared with the report
+
     models, attacks = store.read("models", sweep), store.read("attacks", sweep)
     if models.empty:
         return
