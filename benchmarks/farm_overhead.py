@@ -66,7 +66,7 @@ def farm_run(spec: SweepSpec, num_cpus: int) -> tuple[float, float, float]:
     from pp_cluster.farm.sweep import run_sweep
 
     with Timer() as start:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         with Timer() as sweep:
             outcome = run_sweep(spec, verbose=False)

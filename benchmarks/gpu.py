@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"GPU: {card}; {dataset} {options}; face_cnn split at pool2, λ=0.1, deconv defender, "
           f"{args.epochs} epochs per model; packs {packs}", flush=True)
 
-    ray.init(num_gpus=1, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_gpus=1, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     rows, results = [], {}
     try:

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> None:
 
         from pp_cluster.farm.sweep import run_sweep
 
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         walls: dict[int, list[float]] = {n: [] for n in sizes}
         try:
             for r in range(repeats):

@@ -18,7 +18,7 @@ def ray_cluster():
     # actors can then run side by side, as they would on a real node.
     from pp_cluster.farm.sweep import TRAIN_ENV
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": TRAIN_ENV})
     yield ray
     ray.shutdown()
