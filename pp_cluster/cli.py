@@ -56,6 +56,20 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-samples", type=int, help="optuna: trial budget")
     g.add_argument("--save-reconstructions", action="store_true",
                    help="also write a few reconstructed images per attack (they are people's faces: opt-in)")
+    g = p.add_argument_group("defenses and extra evaluations")
+    g.add_argument("--defense", choices=("partition", "nopeek", "noise"),
+                   help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
+                        "correlation weight (nopeek), or Gaussian noise σ on the activation (noise)")
+    g.add_argument("--finetune-epochs", type=int,
+                   help="after training, fine-tune the remote partition with the local one locked (Sec. IV-G) "
+                        "and record the accuracy before and after")
+    g.add_argument("--attributes", action="store_true",
+                   help="Table III: count detected faces and correctly classified genders in every attack's "
+                        "reconstructions (lfw with its gender lists; loads the disjoint people for the classifier)")
+    g.add_argument("--dp-epsilons", type=_floats,
+                   help="Appendix D: evaluate each undefended model on ε-DP pixelated test images, e.g. 0.1,1,10,inf")
+    g.add_argument("--dp-cell", type=int, help="DP pixelation grid b (default 2)")
+    g.add_argument("--dp-m", type=int, dest="dp_neighbourhood", help="DP pixelation neighbourhood m (default 1)")
     g = p.add_argument_group("where and how")
     g.add_argument("--results", help="results root: a local path, NFS path or s3://bucket/prefix")
     g.add_argument("--storage-path", help="Ray Tune/Train storage (default: <results>/_ray)")
@@ -75,7 +89,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 _SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
                "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
-               "results", "storage_path")
+               "results", "storage_path", "defense", "finetune_epochs", "dp_epsilons", "dp_cell",
+               "dp_neighbourhood")
 _RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus")
 
 
@@ -89,6 +104,10 @@ def spec_from_args(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec)
     changes = {k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k, None) is not None}
     if args.save_reconstructions:
         changes["save_reconstructions"] = True
+    if args.attributes:
+        changes["attributes"] = True
+        if spec.dataset == "lfw":  # the gender classifier trains on the people outside the model
+            changes["dataset_options"] = {**spec.dataset_options, "disjoint": True}
     if args.lam_range is not None:
         if len(args.lam_range) != 2:
             raise SpecError("--lam-range: give two numbers 'low,high'")

@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SEARCH_MODES = ("grid", "optuna")
+# What a sweep's λ > 0 means (the `defense` column): the paper's privacy partitioning
+# (Algorithm 1, λ weighs the defenders' distance), NoPeek (λ weighs the distance
+# correlation between input and activation) or Gaussian noise on the activation (λ = σ).
+DEFENSES = ("partition", "nopeek", "noise")
 _ARCH_INPUT = {"mnist_mlp": (1, 28, 28), "face_cnn": (3, 64, 64), "vgg19_bn": (3, 32, 32)}
 ATTACKER_DATA = ("train", "disjoint")
 
@@ -44,6 +48,8 @@ class ModelSpec:
     epochs: int
     batch_size: int
     data_root: str | None = None
+    defense: str = "partition"  # "none" when lam == 0; see DEFENSES
+    finetune_epochs: int = 0  # remote fine-tuning with the local partition locked (Sec. IV-G)
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     arch_options: Mapping[str, Any] = field(default_factory=dict)
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -129,6 +135,12 @@ class SweepSpec:
     lam_range: tuple[float, float] | None = None
     num_samples: int = 8
     save_reconstructions: bool = False
+    defense: str = "partition"
+    finetune_epochs: int = 0
+    attributes: bool = False  # Table III: #DF/#CG on every attack's reconstructions (lfw only)
+    dp_epsilons: tuple[float, ...] = ()  # Appendix D: DP pixelation of each undefended model's test set
+    dp_cell: int = 2  # pixelation grid b
+    dp_neighbourhood: int = 1  # DP neighbourhood m
     resources: Resources = field(default_factory=Resources)
 
     # -- derived -------------------------------------------------------------
@@ -150,7 +162,8 @@ class SweepSpec:
     def model_spec(self, partition: str, lam: float, seed: int, suite: int = 0) -> ModelSpec:
         # λ = 0 is plain training: no defender is trained (Algorithm 1 with λ = 0 only
         # spends compute on defenders whose feedback is multiplied by zero).
-        defenders = self.defender_suites[suite] if lam > 0 else ()
+        defense = self.defense if lam > 0 else "none"
+        defenders = self.defender_suites[suite] if defense == "partition" else ()
         return ModelSpec(
             dataset=self.dataset,
             arch=self.arch,
@@ -165,6 +178,8 @@ class SweepSpec:
             dataset_options=dict(self.dataset_options),
             arch_options=dict(self.arch_options),
             train_overrides=dict(self.train_overrides),
+            defense=defense,
+            finetune_epochs=self.finetune_epochs,
         )
 
     def attack_specs(self) -> tuple[AttackSpec, ...]:
@@ -243,6 +258,23 @@ class SweepSpec:
         for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
                             ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
             if not isinstance(value, int) or value < 1:
+                bad(name, f"must be an integer >= 1, got {value!r}")
+        if self.defense not in DEFENSES:
+            bad("defense", f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            bad("finetune_epochs", f"must be an integer >= 0 (0 = no fine-tuning), got {self.finetune_epochs!r}")
+        if self.attributes and not (self.dataset == "lfw" and self.dataset_options.get("disjoint")):
+            bad("attributes", "gender inference (Table III) needs dataset 'lfw' with dataset option disjoint=True "
+                "(the gender classifier trains on people outside the model's identities)")
+        for eps in self.dp_epsilons:
+            if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
+                bad("dp_epsilons", f"ε must be a number > 0 (inf: pixelation without noise), got {eps!r}")
+        if self.dp_epsilons and (self.search != "grid" or 0.0 not in self.lams):
+            bad("dp_epsilons", "DP pixelation is evaluated on the undefended model: a grid sweep with λ = 0 in lams")
+        for name in ("dp_cell", "dp_neighbourhood"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 bad(name, f"must be an integer >= 1, got {value!r}")
         if self.distance not in DISTANCES:
             bad("distance", f"unknown distance {self.distance!r}; choose from {', '.join(DISTANCES)}")

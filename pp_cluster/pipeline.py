@@ -19,7 +19,9 @@ from pp_cluster.config import AttackSpec, ModelSpec
 from pp_cluster.data import Dataset, load_dataset
 from pp_cluster.data.attacker import attacker_data
 from pp_cluster.nets import build_decoder, build_net, split
-from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack, train_attacker
+from pp_cluster.data.base import Split
+from pp_cluster.privacy.attack import (AttackConfig, AttackResult, compute_activations, evaluate_attack,
+                                       train_attacker)
 from pp_cluster.privacy.defense import TrainResult, train_defended
 from pp_cluster.privacy.recipes import recipe
 
@@ -38,20 +40,35 @@ class Model:
     defenders: list[nn.Module]
 
 
+def build_classifier(spec: ModelSpec, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The untrained classifier of ``spec``, with the noise defense's noise stage at the
+    split when it has one (the noise belongs to the deployed local partition)."""
+    net = build_net(spec.arch, tuple(image_shape), num_classes, **dict(spec.arch_options))
+    if spec.defense == "noise":
+        from pp_cluster.nets import add_activation_noise
+
+        net = add_activation_noise(net, spec.partition, spec.lam)
+    return net
+
+
 def build_model(spec: ModelSpec, ds: Dataset) -> Model:
     # The seed fixes the initial weights, so a retried trial starts from the same model.
     torch.manual_seed(spec.seed)
-    net = build_net(spec.arch, ds.image_shape, ds.num_classes, **dict(spec.arch_options))
+    net = build_classifier(spec, ds.image_shape, ds.num_classes)
     local, remote = split(net, spec.partition)
     defenders = [build_decoder(d, net, spec.partition, ds.value_range) for d in spec.defenders]
     return Model(net, local, remote, defenders)
+
+
+# The sweep's defense names (the `defense` column) -> the training loop's.
+TRAIN_DEFENSE = {"none": "adversarial", "partition": "adversarial", "nopeek": "nopeek", "noise": "noise"}
 
 
 def train_config(spec: ModelSpec, ds: Dataset, device: str):
     overrides = dict(spec.train_overrides)
     overrides.update(
         lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
-        seed=spec.seed, device=device,
+        seed=spec.seed, device=device, defense=TRAIN_DEFENSE[spec.defense],
     )
     return recipe(ds.name, **overrides)
 
@@ -74,6 +91,17 @@ def train_model(
         on_epoch=on_epoch, resume=resume, wrap=wrap, shard=shard,
     )
     return model, result
+
+
+def finetune(model: Model, spec: ModelSpec, ds: Dataset, device: str = "cpu") -> dict[str, Any]:
+    """Sections IV-G / V-D(2): fine-tune the remote partition with the local one locked,
+    with the model's own recipe, for ``spec.finetune_epochs``. Returns the accuracy before
+    and after (the attacks keep judging the model as trained: the local partition, hence
+    every activation an attacker sees, is unchanged)."""
+    from pp_cluster.privacy.finetune import finetune_remote
+
+    cfg = train_config(spec, ds, device)
+    return finetune_remote(model.local, model.remote, ds.train, ds.test, cfg, spec.finetune_epochs)
 
 
 def describe(module: nn.Module) -> str:
@@ -104,16 +132,19 @@ class AttackInputs:
     h_eval: np.ndarray
     x_eval: np.ndarray
     y_eval: np.ndarray
+    gender_eval: np.ndarray | None = None  # 1 male, 0 female, -1 unknown (lfw with gender lists)
 
 
 def attack_inputs(local: nn.Module, ds: Dataset, data: str, fraction: float, seed: int, device: str = "cpu") -> AttackInputs:
     train, evaluation = attacker_data(ds, data, fraction, seed)
+    gender = evaluation.attrs.get("gender")
     return AttackInputs(
         h_train=compute_activations(local, train.x, device=device).numpy(),
         x_train=train.x.numpy(),
         h_eval=compute_activations(local, evaluation.x, device=device).numpy(),
         x_eval=evaluation.x.numpy(),
         y_eval=evaluation.y.numpy(),
+        gender_eval=None if gender is None else gender.cpu().numpy(),
     )
 
 
@@ -135,11 +166,14 @@ def run_attack(
     seed: int = 0,
     device: str = "cpu",
     n_keep: int = 0,
+    judge: Any = None,
 ) -> tuple[dict[str, Any], Any]:
     """Train one attacker of the zoo on cached activations and evaluate it.
 
     ``ds_shape`` is (image_shape, num_classes, value_range): the attacker only needs the
-    shapes, not the data set. Returns (metric row, AttackResult).
+    shapes, not the data set. With ``judge`` (a ``privacy.attributes.AttributeJudge``) every
+    reconstruction of the evaluation images is also scored for Table III (#TI/#DF/#CG).
+    Returns (metric row, AttackResult) with the first ``n_keep`` reconstructions.
     """
     image_shape, _, value_range = ds_shape
     t0 = time.perf_counter()
@@ -149,10 +183,20 @@ def run_attack(
     h_train, x_train, h_eval, x_eval, y_eval = map(
         _tensor, (inputs.h_train, inputs.x_train, inputs.h_eval, inputs.x_eval, inputs.y_eval))
     attacker, history = train_attacker(attacker, h_train, x_train, value_range, cfg)
+    n_eval = len(x_eval)
     result = evaluate_attack(
-        attacker, h_eval, x_eval, value_range, classifier=net, y_eval=y_eval, n_keep=n_keep,
+        attacker, h_eval, x_eval, value_range, classifier=net, y_eval=y_eval,
+        n_keep=n_eval if judge is not None else n_keep,
     )
     row = dict(result.metrics)
+    if judge is not None:
+        if inputs.gender_eval is None:
+            raise ValueError("attribute inference needs gender labels of the evaluation images")
+        lo, hi = value_range
+        recs = result.reconstructions.cpu() * (hi - lo) + lo  # AttackResult keeps [0, 1]
+        scores = judge.score(recs, Split(x_eval, y_eval, {"gender": _tensor(inputs.gender_eval)}))
+        row.update({k: scores[k] for k in ("n_ti", "n_df", "n_cg", "gender_acc")})
+        result = AttackResult(result.metrics, result.reconstructions[:n_keep], result.originals[:n_keep])
     row.update(
         attacker=attack.attacker,
         attacker_arch=describe(attacker),

@@ -46,24 +46,23 @@ class AttackerWorker:
 
         return os.getpid()
 
-    def run(self, job: dict[str, Any], inputs: Any, net_state: dict) -> dict[str, Any]:
+    def run(self, job: dict[str, Any], inputs: Any, net_state: dict, judge: Any = None) -> dict[str, Any]:
         import torch
 
         from pp_cluster import pipeline
         from pp_cluster.farm.store import provenance
-        from pp_cluster.nets import build_net
 
         spec = ModelSpec.from_dict(job["model"])
         attack = AttackSpec(**job["attack"])
         image_shape, num_classes, value_range = job["shape"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        net = build_net(spec.arch, tuple(image_shape), num_classes, **dict(spec.arch_options))
+        net = pipeline.build_classifier(spec, tuple(image_shape), num_classes)
         net.load_state_dict(net_state)
         net.to(device).eval()
         n_keep = job["n_keep"]
         row, result = pipeline.run_attack(
             attack, net, spec, (tuple(image_shape), num_classes, tuple(value_range)), inputs,
-            seed=spec.seed, device=device, n_keep=n_keep,
+            seed=spec.seed, device=device, n_keep=n_keep, judge=judge,
         )
         prov = provenance()
         row.update(
@@ -99,16 +98,17 @@ class AttackPool:
         self._idle.put_nowait(w)
 
     async def attack(self, job: dict[str, Any], refs: list) -> dict[str, Any]:
-        """Run one attack; ``refs`` = [activations ref, weights ref] (wrapped in a list so the
-        pool forwards references instead of fetching the arrays itself)."""
-        inputs_ref, net_ref = refs
+        """Run one attack; ``refs`` = [activations ref, weights ref, attribute judge ref or
+        None] (wrapped in a list so the pool forwards references instead of fetching the
+        arrays itself)."""
+        inputs_ref, net_ref, judge_ref = (list(refs) + [None])[:3]
         self.stats_["submitted"] += 1
         error = ""
         for _ in range(self._max_retries + 1):
             worker = await self._idle.get()
             self.stats_["running"] += 1
             try:
-                row = await worker.run.remote(job, inputs_ref, net_ref)
+                row = await worker.run.remote(job, inputs_ref, net_ref, judge_ref)
             except ray.exceptions.RayActorError as e:
                 # The actor (or its node) died mid-attack: replace it and retry the job.
                 error = f"attacker actor died: {e}"
@@ -139,7 +139,14 @@ class AttackPool:
 
 def start_pool(sweep: str, size: int, results_uri: str, cpus: float, gpus: float):
     """The sweep's pool. The caller must hold the handle for the sweep's duration: the
-    pool lives as long as its creator's handle (a resumed driver starts a fresh one)."""
-    return AttackPool.options(name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True).remote(
-        size, results_uri, cpus, gpus
-    )
+    pool lives as long as its creator's handle (a resumed driver starts a fresh one).
+
+    The manager asks for no resources, so Ray would put it on any node, a worker among them;
+    it is kept on the caller's node (the driver's: the head on a cluster) so that a worker
+    node that goes away takes only its attacker actors, which the manager replaces, and not
+    the manager and with it the attacks of every later trial."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return AttackPool.options(name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True,
+                              scheduling_strategy=here).remote(size, results_uri, cpus, gpus)

@@ -62,7 +62,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("dataset", pa.string(), "data set registry name (`lfw`, `mnist`, `cifar10`, ...)", null=False),
         _col("arch", pa.string(), "classifier architecture (`mnist_mlp`, `face_cnn`, `vgg19_bn`)", null=False),
         _col("partition", pa.string(), "split point: the last layer kept local (`pool1`, `fc1`, ...)", null=False),
-        _col("lam", pa.float64(), "λ, weight of the defenders' distance in the loss (0 = undefended)", null=False),
+        _col("lam", pa.float64(), "strength of the defense (0 = undefended): λ, the weight of the defenders' "
+             "distance in the loss (`partition`); NoPeek's dCor weight (`nopeek`); the noise σ (`noise`)", null=False),
         _col("defenders", pa.string(), "comma-joined defender decoder names; empty string = none", null=False),
         _col("distance", pa.string(), "image distance between inputs and the defenders' reconstructions "
              "(`ssim`, `mse`)", null=False),
@@ -73,7 +74,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("test_acc", pa.float64(), "test accuracy; null if the model diverged or failed"),
         _col("train_acc", pa.float64(), "accuracy on the training set in the last epoch"),
         _col("final_task_loss", pa.float64(), "task (cross-entropy) loss of the last epoch"),
-        _col("final_distance", pa.float64(), "defender distance of the last epoch"),
+        _col("final_distance", pa.float64(), "defender distance of the last epoch (`nopeek`: dCor(x, H))"),
         _col("status", pa.string(), "outcome of training", null=False),
         _col("diverged_epoch", pa.int64(), "epoch at which the loss became non-finite; null if it did not"),
         _ERROR,
@@ -121,7 +122,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         _SWEEP, _MODEL_ID,
         _col("epoch", pa.int64(), "epoch number", null=False),
         _col("task_loss", pa.float64(), "mean task loss over the epoch; null if non-finite"),
-        _col("distance", pa.float64(), "mean defender distance over the epoch; null when not measured"),
+        _col("distance", pa.float64(), "mean defender distance over the epoch (`nopeek`: dCor(x, H)); null when not measured"),
         _col("train_acc", pa.float64(), "training accuracy over the epoch"),
         _col("test_acc", pa.float64(), "test accuracy after the epoch; null if not evaluated"),
         _col("lr", pa.float64(), "learning rate during the epoch"),

@@ -23,7 +23,7 @@ import ray.tune as tune
 import torch
 
 from pp_cluster import pipeline
-from pp_cluster.config import SpecError, SweepSpec
+from pp_cluster.config import SpecError, SweepSpec, content_id
 from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
@@ -51,7 +51,8 @@ def worst_case(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
-    """The Tune trainable: one model and its attacks."""
+    """The Tune trainable: one model and its attacks. ``refs`` = [data set, attribute judge
+    or None], both in the object store."""
     point = config["model"] if "model" in config else config
     spec = sweep.model_spec(point["partition"], point["lam"], point.get("seed", sweep.seeds[0]),
                             point.get("suite", 0))
@@ -81,7 +82,10 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
         inputs = pipeline.attack_inputs(
             model.local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device
         )
+        if spec.lam == 0 and sweep.dp_epsilons:
+            _write_dp_pixelation(store, sweep, spec, model_id, model.net, ds, device)
         inputs_ref, net_ref = ray.put(inputs), ray.put(net_state)
+        judge_ref = refs[1] if len(refs) > 1 else None
         pool = get_pool(sweep.name)
         shape = (list(ds.image_shape), ds.num_classes, list(ds.value_range))
         pending = []
@@ -93,7 +97,7 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
                 "model": spec.to_dict(), "attack": attack.__dict__, "shape": shape,
                 "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
             }
-            pending.append(pool.attack.remote(job, [inputs_ref, net_ref]))
+            pending.append(pool.attack.remote(job, [inputs_ref, net_ref, judge_ref]))
         for row in ray.get(pending):
             if row["status"] != "ok":
                 _write_failed_attack(store, sweep.name, row)
@@ -121,22 +125,28 @@ def _records(df) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
+def _model_base(sweep: SweepSpec, spec, model_id: str, started: dt.datetime) -> dict:
+    """The columns every models row of this trial shares: what was trained, where, when."""
+    prov = provenance()
+    return {
+        "sweep": sweep.name, "model_id": model_id, "trial_id": tune.get_context().get_trial_id(),
+        "seed": spec.seed, "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition,
+        "lam": spec.lam, "defenders": ",".join(spec.defenders), "distance": spec.distance,
+        "defense": spec.defense, "epochs": spec.epochs, "lr": _lr(spec), "batch_size": spec.batch_size,
+        "started_at": started, "finished_at": _utcnow(), "config_json": json.dumps(spec.to_dict(), sort_keys=True),
+        **{k: prov[k] for k in ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")},
+    }
+
+
 def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, final: dict,
                  history: list[dict], started: dt.datetime) -> dict:
-    prov = provenance()
-    ctx = tune.get_context()
     row = {
-        "sweep": sweep.name, "model_id": model_id, "trial_id": ctx.get_trial_id(), "seed": spec.seed,
-        "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition, "lam": spec.lam,
-        "defenders": ",".join(spec.defenders), "distance": spec.distance,
-        "defense": "partition" if spec.lam > 0 else "none",
-        "epochs": spec.epochs, "lr": _lr(spec), "batch_size": spec.batch_size,
+        **_model_base(sweep, spec, model_id, started),
         "test_acc": final["test_acc"], "train_acc": final["train_acc"],
         "final_task_loss": _finite(final["final_task_loss"]), "final_distance": _finite(final["final_distance"]),
         "status": final["status"], "diverged_epoch": final["diverged_epoch"],
-        "train_seconds": final["train_seconds"], "started_at": started, "finished_at": _utcnow(),
-        "config_json": json.dumps(spec.to_dict(), sort_keys=True),
-        **{k: prov[k] for k in ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")},
+        "train_seconds": final["train_seconds"],
+        "finetune_acc_before": final.get("finetune_acc_before"), "finetune_acc_after": final.get("finetune_acc_after"),
     }
     store.write("models", sweep.name, model_id, [row])
     epochs = [
@@ -149,6 +159,36 @@ def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, fina
     if epochs:
         store.write("epochs", sweep.name, model_id, epochs)
     return row
+
+
+def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: str, net, ds, device: str) -> None:
+    """Appendix D / Figure 7: release the test images through ε-DP pixelation instead of a
+    partition; per ε, one models row (``defense = "dp_pixelation"``, the undefended model's
+    accuracy on the released images, ε in ``config_json``) and one attacks row for the release
+    itself (attacker ``dp_pixelation``: the released image is what anyone sees)."""
+    from pp_cluster.privacy.baselines import pixelation_sweep
+
+    started = _utcnow()
+    test = ds.test.__class__(ds.test.x.to(device), ds.test.y.to(device))
+    b, m = sweep.dp_cell, sweep.dp_neighbourhood
+    for r in pixelation_sweep(net, test, ds.value_range, sweep.dp_epsilons, b=b, m=m, seed=spec.seed):
+        config = {**spec.to_dict(), "base_model_id": model_id, "epsilon": r["eps"], "dp_cell": b,
+                  "dp_neighbourhood": m}
+        dp_id = content_id("dp_pixelation", sweep.name, model_id, r["eps"], b, m)
+        if store.exists("models", sweep.name, dp_id):
+            continue
+        row = {**_model_base(sweep, spec, dp_id, started), "defense": "dp_pixelation", "status": "ok",
+               "test_acc": r["test_acc"], "config_json": json.dumps(config, sort_keys=True)}
+        attack_id = content_id("attack", dp_id, "dp_pixelation")
+        store.write("attacks", sweep.name, attack_id, [{
+            "sweep": sweep.name, "model_id": dp_id, "attack_id": attack_id, "attacker": "dp_pixelation",
+            "attacker_arch": f"Fan's DP pixelation (b={b}, m={m}, ε={r['eps']:g}): the released image",
+            "mse": r["mse"], "ssim": r["ssim"], "psnr": _finite(r["psnr"]), "reprint_acc": r["test_acc"],
+            "n_eval": len(test), "status": "ok", "finished_at": _utcnow(),
+            **{k: provenance()[k] for k in ("host", "gpu")},
+        }])
+        # The models row last: it is what marks the ε as done.
+        store.write("models", sweep.name, dp_id, [row])
 
 
 def _lr(spec) -> float:
@@ -252,6 +292,23 @@ class Progress(tune.Callback):
             f", {s['replaced']} actors replaced" if s["replaced"] else "")
 
 
+def _attribute_judge(sweep: SweepSpec, ds):
+    """Table III's detector and gender classifier, fitted once per sweep on original images
+    (before Ray starts: missing gender lists are a bad input, not a failed trial)."""
+    from pp_cluster.privacy.attributes import AttributeJudge
+
+    t0 = time.time()
+    try:
+        judge = AttributeJudge.for_dataset(ds.test, ds.disjoint, ds.value_range, seed=sweep.seeds[0])
+    except ValueError as e:
+        raise SpecError(f"SweepSpec.attributes: {e}") from None
+    cal = judge.detector.calibration
+    print(f"[pp-farm] attribute judge: face detector finds {cal['detection_rate']:.3f} of "
+          f"{cal['n_originals']} original test faces ({cal['false_rate']:.3f} of non-faces); gender classifier "
+          f"trained on {len(ds.disjoint)} images of other people [{time.time() - t0:.0f} s]", file=sys.stderr)
+    return judge
+
+
 def _cluster_has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -275,10 +332,12 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
     if sweep.attacker_data == "disjoint" and ds.disjoint is None:
         raise SpecError("SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
                         "(for lfw set dataset option disjoint=True)")
+    judge = _attribute_judge(sweep, ds) if sweep.attributes else None
 
     started_ray = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus if address is None else None,
+        # address None: a new local cluster, never one that happens to run on this machine.
+        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
                  num_gpus=num_gpus if address is None else None, runtime_env={"env_vars": TRAIN_ENV},
                  include_dashboard=False, log_to_driver=verbose, configure_logging=False)
         started_ray = True
@@ -303,7 +362,7 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
         # pool's actors do), only a token of memory, and a sliver of GPU when there is one so
         # that it can compute the activations there.
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref]),
+            tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]),
             {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})},
         )
         n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples

@@ -27,6 +27,13 @@ def _device() -> str:
     return str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
 
 
+def _backend(use_gpu: bool) -> str:
+    """NCCL only where CUDA is: Ray picks NCCL for any worker that holds a GPU resource, and
+    NCCL refuses to start without a CUDA device (a node advertising logical GPUs, or GPUs the
+    driver cannot see). Decided in the trial, which runs on a GPU node when ``use_gpu``."""
+    return "nccl" if use_gpu and torch.cuda.is_available() else "gloo"
+
+
 def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
     """Report with a checkpoint: Train V2 keeps only metrics that come with one."""
     ctx = ray.train.get_context()
@@ -70,7 +77,14 @@ def train_worker(config: dict[str, Any]) -> None:
     model, result = pipeline.train_model(
         spec, ds, _device(), on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
     )
+    # The attacks judge the model as trained; fine-tuning (rank 0, local partition locked)
+    # only adds the before/after accuracies.
+    net_state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
+    tuned = {"finetune_acc_before": None, "finetune_acc_after": None}
+    if spec.finetune_epochs and result.status == "ok" and rank == 0:
+        tuned.update(pipeline.finetune(model, spec, ds, _device()))
     final = {
+        **tuned,
         "status": result.status,
         "diverged_epoch": result.diverged_epoch,
         "test_acc": result.test_acc,
@@ -81,7 +95,7 @@ def train_worker(config: dict[str, Any]) -> None:
         "done": True,
     }
     _report(final, {"train_state": None, "history": history, "done": True, "final": final,
-                    "net": {k: v.cpu() for k, v in model.net.state_dict().items()}})
+                    "net": net_state})
 
 
 def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool,
@@ -106,6 +120,7 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
+        torch_config=ray.train.torch.TorchConfig(backend=_backend(use_gpu)),
         run_config=ray.train.RunConfig(
             name=f"train-{model_id}",
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),

@@ -82,6 +82,15 @@ class FaceDetector:
         self.calibration: dict[str, Any] | None = None
         self._cascade = feature.Cascade(data.lbp_frontal_face_cascade_filename())
 
+    # The cascade is a compiled object that cannot be pickled; it is rebuilt from the file
+    # that ships with scikit-image, so a calibrated detector can travel to other processes.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_cascade"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cascade = feature.Cascade(data.lbp_frontal_face_cascade_filename())
+
     def _found(self, grey: np.ndarray, params: DetectorParams) -> np.ndarray:
         out = np.zeros(len(grey), dtype=bool)
         for i, im in enumerate(grey):
@@ -255,3 +264,26 @@ def attribute_metrics(reconstructions: Tensor, originals_split: Split, detector:
         "gender_balanced_acc": balanced,
         "n_gender_unknown": int((labels < 0).sum()),
     }
+
+
+@dataclass
+class AttributeJudge:
+    """The fixed pipeline that scores every reconstruction of a sweep (Table III): one
+    detector calibrated on original test images and one gender classifier trained on
+    people outside the model's identities, built once per sweep and shipped to the
+    attackers."""
+
+    detector: FaceDetector
+    classifier: GenderClassifier
+
+    @classmethod
+    def for_dataset(cls, test: Split, disjoint: Split | None, value_range: tuple[float, float],
+                    n_calibrate: int = 200, seed: int = 0) -> "AttributeJudge":
+        if disjoint is None or "gender" not in disjoint.attrs or "gender" not in test.attrs:
+            raise ValueError("attribute inference needs gender labels and a disjoint split of other people "
+                             "(lfw: dataset options disjoint=True and the gender lists beside the images)")
+        detector = FaceDetector(value_range).calibrate(test.x[:n_calibrate])
+        return cls(detector, GenderClassifier(value_range, seed=seed).fit(disjoint))
+
+    def score(self, reconstructions: Tensor, originals: Split) -> dict[str, float | int]:
+        return attribute_metrics(reconstructions, originals, self.detector, self.classifier)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pp_cluster.data.base import Split
-from pp_cluster.privacy.metrics import mse, reprint_accuracy, ssim
+from pp_cluster.privacy.metrics import mse, psnr, reprint_accuracy, ssim
 
 
 def _check_int(name: str, value: object) -> int:
@@ -79,7 +79,7 @@ def pixelation_sweep(
 ) -> list[dict[str, float | int]]:
     """Figure 7: for each ε, pixelate ``split.x`` once (seeded), and measure the trained
     ``classifier``'s accuracy on the released images and their SSIM/MSE to the originals.
-    Rows: {eps, b, m, test_acc, ssim, mse}."""
+    Rows: {eps, b, m, test_acc, ssim, mse, psnr}."""
     if not len(eps_values):
         raise ValueError("eps_values is empty")
     rows = []
@@ -91,5 +91,6 @@ def pixelation_sweep(
             "test_acc": reprint_accuracy(classifier, released, split.y),
             "ssim": ssim(split.x, released, value_range),
             "mse": mse(split.x, released, value_range),
+            "psnr": psnr(split.x, released, value_range),
         })
     return rows

@@ -33,6 +33,12 @@ def no_ray(monkeypatch):
     ({"search": "optuna", "lam_range": None}, "lam_range"),
     ({"search": "random"}, "search"),
     ({"name": "a+b"}, "name"),
+    ({"defense": "blur"}, "defense"),
+    ({"finetune_epochs": -1}, "finetune_epochs"),
+    ({"attributes": True}, "attributes"),  # lfw-subset has no gender lists
+    ({"dp_epsilons": (0.0,)}, "dp_epsilons"),
+    ({"dp_epsilons": (1.0,), "lams": (1.0,)}, "dp_epsilons"),  # no undefended model to pixelate for
+    ({"dp_cell": 0}, "dp_cell"),
 ])
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
@@ -57,3 +63,23 @@ def test_cli_flags_reach_the_spec(tiny_sweep, tmp_path, no_ray, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "SweepSpec.partitions" in err and "pool7" in err
+
+
+def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
+    import argparse
+
+    from pp_cluster.cli import add_sweep_args, spec_from_args
+    from pp_cluster.profiles import LFW_GRID, LFW_GRID_QUICK
+
+    p = argparse.ArgumentParser()
+    add_sweep_args(p)
+    args = p.parse_args(["--defense", "nopeek", "--finetune-epochs", "3", "--dp-epsilons", "0.5,inf",
+                         "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path)])
+    spec = spec_from_args(args, LFW_GRID, LFW_GRID_QUICK)
+    assert (spec.defense, spec.finetune_epochs, spec.dp_epsilons) == ("nopeek", 3, (0.5, float("inf")))
+    assert (spec.dp_cell, spec.dp_neighbourhood, spec.attributes) == (4, 2, True)
+    # The gender classifier needs the people outside the model's identities.
+    assert spec.dataset == "lfw" and spec.dataset_options["disjoint"] is True
+    model = spec.model_spec("pool2", 0.1, 0)
+    assert (model.defense, model.defenders, model.finetune_epochs) == ("nopeek", (), 3)
+    assert spec.model_spec("pool2", 0.0, 0).defense == "none"

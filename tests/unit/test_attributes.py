@@ -177,3 +177,35 @@ def test_attribute_metrics_on_originals_and_noise(lfw, lfw_detector, lfw_gender)
     rand = attribute_metrics(noise, sub, lfw_detector, lfw_gender)
     assert rand["n_df"] <= 0.05 * 120 and rand["n_cg"] <= rand["n_df"]
     assert rand["n_df_original"] == same["n_df_original"]
+
+
+def test_a_calibrated_detector_survives_pickling(lfw_subset):
+    """The farm ships the judge to attacker actors through Ray's object store (pickle);
+    the compiled cascade is rebuilt, the calibration kept."""
+    import pickle
+
+    faces, non_faces = lfw_subset
+    det = FaceDetector(UNIT).calibrate(faces[:50], grid=SMALL_GRID)
+    copy = pickle.loads(pickle.dumps(det))
+    assert copy.params == det.params and copy.calibration == det.calibration
+    both = torch.cat([faces[50:], non_faces])
+    assert np.array_equal(copy.detect(both), det.detect(both))
+
+
+def test_attribute_judge_needs_gender_and_other_people(lfw_subset):
+    from pp_cluster.privacy.attributes import AttributeJudge
+
+    faces, _ = lfw_subset
+    no_gender = Split(faces, torch.zeros(len(faces), dtype=torch.long))
+    with pytest.raises(ValueError, match="gender labels and a disjoint split"):
+        AttributeJudge.for_dataset(no_gender, None, UNIT)
+
+
+def test_attribute_judge_on_real_lfw_scores_originals_like_its_parts(lfw):
+    from pp_cluster.privacy.attributes import AttributeJudge
+
+    judge = AttributeJudge.for_dataset(lfw.test, lfw.disjoint, lfw.value_range, n_calibrate=60)
+    sub = Split(lfw.test.x[:40], lfw.test.y[:40], {"gender": lfw.test.attrs["gender"][:40]})
+    scores = judge.score(sub.x, sub)
+    assert scores == attribute_metrics(sub.x, sub, judge.detector, judge.classifier)
+    assert scores["n_ti"] == 40 and scores["n_df"] > 30
