@@ -1,15 +1,18 @@
-"""Partitionable classifiers, their split points, and the decoder zoo shared by
-defenders and attackers. Plain PyTorch: nothing here imports Ray."""
+"""Partitionable classifiers, their split points, the decoder zoo shared by defenders
+and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray."""
 
 from pp_cluster.nets.classifiers import ARCHS, PartitionedNet, activation_shape, build_net, split
 from pp_cluster.nets.decoders import DECODERS, build_decoder, clip_to_range
 from pp_cluster.nets.measure import flops_per_sample, output_shape, param_count
+from pp_cluster.nets.noise import GaussianNoise, add_activation_noise
 
 __all__ = [
     "ARCHS",
     "DECODERS",
+    "GaussianNoise",
     "PartitionedNet",
     "activation_shape",
+    "add_activation_noise",
     "build_decoder",
     "build_net",
     "clip_to_range",

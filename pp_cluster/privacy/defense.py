@@ -12,6 +12,16 @@ Per mini-batch, with ``h = f_local(x)`` computed once:
    for them).
 
 With no defender and λ = 0 this is exactly a plain training loop (see the test).
+
+``TrainConfig.defense`` picks the defense, and with it what ``lam`` means:
+
+- ``"adversarial"`` (default): Algorithm 1 above, ``lam`` = the paper's λ;
+- ``"nopeek"`` (Vepakomma et al. 2020): no defenders; the classifier minimises
+  ``CE(y, f(x)) + α·dCor(x, h)`` per batch, ``lam`` = α (see
+  :func:`pp_cluster.privacy.nopeek.distance_correlation`);
+- ``"noise"``: no defenders; ``lam`` = σ of the Gaussian noise that the local partition
+  adds to its output (:func:`pp_cluster.nets.add_activation_noise`, applied to the net
+  before it is split). Training is plain cross-entropy: the noise lives in the network.
 """
 
 from __future__ import annotations
@@ -29,8 +39,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pp_cluster.data.base import Split
+from pp_cluster.nets.noise import GaussianNoise
 from pp_cluster.privacy.metrics import DISTANCES, distance, reprint_accuracy
+from pp_cluster.privacy.nopeek import distance_correlation
 
+DEFENSES = ("adversarial", "nopeek", "noise")
 OPTIMIZERS = ("adam", "sgd")
 AUGMENTS = ("none", "crop_flip")
 _EVAL_BATCH = 512
@@ -39,7 +52,11 @@ _CROP_PAD = 4
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one model is trained. ``defender_*`` = None means "same as the model's"."""
+    """How one model is trained. ``defender_*`` = None means "same as the model's".
+
+    ``lam`` is the strength of ``defense`` (one of :data:`DEFENSES`): λ of Algorithm 1
+    for ``"adversarial"``, the dCor weight α for ``"nopeek"``, the noise σ for ``"noise"``.
+    """
 
     lam: float = 0.0
     distance: str = "ssim"
@@ -60,6 +77,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False  # bf16 autocast, on CUDA only
     channels_last: bool = False
+    defense: str = "adversarial"
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -67,6 +85,8 @@ class TrainConfig:
 
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             bad("lam", "must be a finite number >= 0")
+        if self.defense not in DEFENSES:
+            bad("defense", f"choose from {', '.join(DEFENSES)}")
         if self.distance not in DISTANCES:
             bad("distance", f"choose from {', '.join(DISTANCES)}")
         for name in ("epochs", "batch_size"):
@@ -202,6 +222,14 @@ def train_defended(
     A row's ``train_acc`` is the running accuracy over the epoch's batches (train mode,
     free); the result's ``train_acc`` is measured on the whole split in eval mode.
     ``wrap`` (e.g. DDP) wraps the x -> (h, logits) module and each defender.
+
+    ``cfg.defense`` "nopeek" and "noise" take no defenders. With "nopeek" a row's and the
+    result's ``distance`` is the epoch's mean dCor(x, h) over batches (computed, without
+    gradient, at α = 0 too); under sharding each shard penalises the dCor of its own
+    sub-batch. With "noise" and σ = ``cfg.lam`` > 0, ``local`` must contain a
+    :class:`~pp_cluster.nets.GaussianNoise` of that σ (so a forgotten
+    ``add_activation_noise``, or one applied after splitting, is an error, not a silently
+    undefended model); ``distance`` is None, as without defenders.
     """
     lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
@@ -209,8 +237,16 @@ def train_defended(
     rank, world = shard
     if not (world >= 1 and 0 <= rank < world):
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-    if cfg.lam > 0 and not defenders:
-        raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
+    if cfg.defense == "adversarial":
+        if cfg.lam > 0 and not defenders:
+            raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
+    elif defenders:
+        raise ValueError(f"defense {cfg.defense!r} trains no defenders, got {len(defenders)}")
+    if cfg.defense == "noise" and cfg.lam > 0:
+        sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
+        if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
+            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
+                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
     for name, s in (("train", train), ("test", test)):
         if len(s) == 0 or len(s.y) != len(s):
             raise ValueError(f"{name} split must be non-empty with one label per image, got "
@@ -285,6 +321,8 @@ def train_defended(
     def diverged(epoch: int) -> TrainResult:
         return TrainResult("diverged", epoch, None, None, None, None, rows, time.perf_counter() - t_start)
 
+    nopeek = cfg.defense == "nopeek"
+    tracks_distance = bool(defenders) or nopeek  # the rows' "distance": d(x, D_best(h)) or dCor
     rows: list[dict[str, Any]] = []
     for epoch in range(start, cfg.epochs + 1):
         t_epoch = time.perf_counter()
@@ -338,6 +376,12 @@ def train_defended(
                 best_counts[best] += 1
                 loss = task - cfg.lam * dists[best]
                 watched.append(dists[best].detach())
+            elif nopeek:  # NoPeek: CE + α·dCor(x, h), the gradient reaching the local part through h
+                with torch.set_grad_enabled(cfg.lam > 0):
+                    dcor = distance_correlation(x, h)
+                if cfg.lam > 0:
+                    loss = task + cfg.lam * dcor
+                watched.append(dcor.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -352,7 +396,7 @@ def train_defended(
             if not finite:
                 return diverged(epoch)
             task_sum += stats[1]
-            dist_sum += stats[-2] if defenders else 0.0
+            dist_sum += stats[-2] if tracks_distance else 0.0
             correct += int(stats[-1])
             seen += len(idx)
             batches += 1
@@ -363,7 +407,7 @@ def train_defended(
         row = {
             "epoch": epoch,
             "task_loss": task_sum / batches,
-            "distance": dist_sum / batches if defenders else None,
+            "distance": dist_sum / batches if tracks_distance else None,
             "train_acc": correct / seen,
             "test_acc": evaluate_accuracy(net, test_on_device, _EVAL_BATCH, device),
             "lr": lr,
