@@ -137,6 +137,7 @@ class AttackInputs:
 
 def attack_inputs(local: nn.Module, ds: Dataset, data: str, fraction: float, seed: int, device: str = "cpu") -> AttackInputs:
     train, evaluation = attacker_data(ds, data, fraction, seed)
+    torch.manual_seed(seed)  # the noise defense draws its noise here: reproducible activations
     gender = evaluation.attrs.get("gender")
     return AttackInputs(
         h_train=compute_activations(local, train.x, device=device).numpy(),

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from pp_cluster.nets.classifiers import PartitionedNet, activation_shape, split
+from pp_cluster.nets.noise import GaussianNoise
 
 _OUTPUT_ACTIVATIONS: dict[tuple[float, float], type[nn.Module]] = {(0.0, 1.0): nn.Sigmoid, (-1.0, 1.0): nn.Tanh}
 
@@ -44,7 +45,8 @@ def _image_head(in_features: int, image_shape: tuple[int, ...], out_act: nn.Modu
 # --- deconv: the local partition, reversed (App. B and C) ------------------------------
 
 # Layers that change neither shape nor channel count: nothing to undo.
-_SHAPE_PRESERVING = (nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
+# Layers the mirrored decoder skips: they keep the shape (activation noise included).
+_SHAPE_PRESERVING = (nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, GaussianNoise)
 
 
 def _reverse(module: nn.Module, channels: int, image_shape: tuple[int, ...], first: bool) -> nn.Module:

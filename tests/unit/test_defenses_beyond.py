@@ -264,3 +264,17 @@ def test_activation_noise_lowers_attacker_ssim_and_degrades_accuracy_gracefully(
           f"test acc {acc_plain:.3f} vs {acc_noisy:.3f}")
     assert ssim_noisy < ssim_plain - 0.05
     assert 0.5 < acc_noisy <= acc_plain + 0.02  # worse or equal, far from chance (0.1)
+
+
+def test_the_mirrored_deconv_decoder_skips_activation_noise():
+    """The paper's deconv defender/attacker is derived from the local layers; the noise stage
+    changes no shape, so the decoder of a noisy net equals the plain net's."""
+    from pp_cluster.nets import activation_shape, add_activation_noise, build_decoder, build_net
+
+    plain = build_net("face_cnn", (3, 32, 32), 4, widths=(4, 8, 8, 8), fc=16)
+    noisy = add_activation_noise(build_net("face_cnn", (3, 32, 32), 4, widths=(4, 8, 8, 8), fc=16), "pool2", 0.5)
+    d_plain = build_decoder("deconv", plain, "pool2", (-1.0, 1.0))
+    d_noisy = build_decoder("deconv", noisy, "pool2", (-1.0, 1.0))
+    assert str(d_plain) == str(d_noisy)
+    h = torch.randn(2, *activation_shape(noisy, "pool2"))
+    assert d_noisy(h).shape == (2, 3, 32, 32)
