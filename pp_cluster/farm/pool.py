@@ -142,11 +142,12 @@ def start_pool(sweep: str, size: int, results_uri: str, cpus: float, gpus: float
     pool lives as long as its creator's handle (a resumed driver starts a fresh one).
 
     The manager asks for no resources, so Ray would put it on any node, a worker among them;
-    it is kept on the caller's node (the driver's: the head on a cluster) so that a worker
+    it is pinned to the caller's node (the driver's: the head on a cluster) so that a worker
     node that goes away takes only its attacker actors, which the manager replaces, and not
-    the manager and with it the attacks of every later trial."""
+    the manager and with it the attacks of every later trial. Pinned, not preferred: Ray
+    places an actor with a soft affinity for a node without CPUs elsewhere."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return AttackPool.options(name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True,
                               scheduling_strategy=here).remote(size, results_uri, cpus, gpus)

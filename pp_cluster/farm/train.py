@@ -9,12 +9,15 @@ retried or resumed trial continues the same run instead of starting over.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
 from typing import Any
 
 import ray
 import ray.train
 import ray.train.torch
+import ray.tune as tune
 import torch
 
 from pp_cluster.config import ModelSpec, Resources
@@ -132,3 +135,63 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
     with result.checkpoint.as_directory() as d:
         saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
     return saved["final"], saved["history"], saved["net"]
+
+
+def reap_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creator actor has died; how many were removed.
+
+    A ``TorchTrainer``'s controller actor creates its workers' placement group, and Ray scopes
+    a placement group to the creating *job*, not actor. When a node dies with a trial on it,
+    the controller dies too but its placement group lives on (Ray reschedules it onto the
+    surviving nodes), holding the run's CPUs and GPUs until the sweep's driver exits; the
+    retried trial then waits forever for them. Ray Train's own cleaner finds the dead
+    controller through the state API, which needs the dashboard (``ray[default]``): without
+    it (this project installs ``ray[tune,train]``) nothing frees them. This reads the GCS
+    placement-group table directly (what ``ray list placement-groups`` shows): a group whose
+    creator is an actor that is now dead can never be used again. Placement groups the driver
+    made (Tune's, one per trial) have no creator actor and are left alone, as are detached ones.
+    Best effort: if Ray's internal table cannot be read, nothing is removed.
+    """
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table = gcs_pb2.PlacementGroupTableData
+    gone = (table.REMOVED,)
+    nil_actor = ray.ActorID.nil().binary()
+    try:
+        rows = [table.FromString(raw) for raw in state._connect_and_get_accessor().get_placement_group_table()]
+    except Exception:  # Ray internals moved: leave cleaning to Ray
+        return 0
+    removed = 0
+    for pg in rows:
+        if (pg.state in gone or pg.is_detached or not pg.creator_actor_dead
+                or pg.creator_actor_id in (b"", nil_actor)):
+            continue
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+        except Exception:  # removed meanwhile
+            pass
+    return removed
+
+
+class PlacementGroupReaper(tune.Callback):
+    """Tune callback of the sweep's driver: every few seconds, frees the placement groups
+    of Train runs whose controller died (``reap_orphaned_placement_groups``). A node's death
+    reaches Ray's tables some seconds after Tune has seen the trial fail, so this polls rather
+    than reacting to the failure."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        n = reap_orphaned_placement_groups()
+        if n:
+            print(f"[pp-farm] freed {n} placement group(s) of Train runs whose controller died", file=sys.stderr,
+                  flush=True)
