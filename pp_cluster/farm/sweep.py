@@ -27,7 +27,7 @@ from pp_cluster.config import SpecError, SweepSpec, content_id
 from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
-from pp_cluster.farm.train import fit_model
+from pp_cluster.farm.train import PlacementGroupReaper, fit_model
 
 # Tune's metric names for the worst-case attacker ("the best attacks" of the paper).
 WORST = {"ssim": "max", "mse": "min", "psnr": "max", "reprint_acc": "max"}
@@ -369,14 +369,18 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
         run_config = tune.RunConfig(
             name=sweep.name,
             failure_config=tune.FailureConfig(max_failures=r.max_failures),
-            callbacks=[Progress(sweep, n_trials)],
+            # The reaper frees what Train runs killed with a node leave reserved (train.py).
+            callbacks=[Progress(sweep, n_trials), PlacementGroupReaper()],
             verbose=0,
             **storage_args(sweep.storage()),
         )
-        path = sweep.storage().rstrip("/") + "/" + sweep.name
-        fs_kw = {k: v for k, v in storage_args(sweep.storage()).items() if k == "storage_filesystem"}
+        # With an explicit filesystem (s3://...) Tune wants the path inside it, not the URI.
+        storage = storage_args(sweep.storage())
+        path = storage["storage_path"].rstrip("/") + "/" + sweep.name
+        fs_kw = {k: v for k, v in storage.items() if k == "storage_filesystem"}
         if tune.Tuner.can_restore(path, **fs_kw):
-            print(f"[pp-farm] resuming sweep {sweep.name!r} from {path}", file=sys.stderr)
+            print(f"[pp-farm] resuming sweep {sweep.name!r} from {sweep.storage().rstrip('/')}/{sweep.name}",
+                  file=sys.stderr)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True, **fs_kw)
         else:
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
