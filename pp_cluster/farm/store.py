@@ -147,7 +147,9 @@ ALLOWED = {
 }
 # Sweep names and keys become path segments (hive decodes %-escapes, a leading dot hides a file).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-# Object stores: one PUT is atomic and a rename would be a copy, so no temp file.
+# Object stores: one PUT is atomic and a rename would be a copy, so no temp file; and no
+# directories either: pyarrow's create_dir writes empty "dir/" marker objects there, which
+# make fsspec's s3fs (pandas' storage_options=) fail to read the hive-partitioned tables.
 _SINGLE_PUT = {"s3", "gcs", "abfs"}
 
 
@@ -344,7 +346,8 @@ class ResultStore:
         """Fail before any work if results could not be written: create and remove a probe file."""
         probe = f"{self.base}/.probe-{uuid.uuid4().hex}"
         try:
-            self.fs.create_dir(self.base, recursive=True)
+            if not self._atomic_put:
+                self.fs.create_dir(self.base, recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"probe")
             self.fs.delete_file(probe)
@@ -391,10 +394,10 @@ class ResultStore:
 
     def _put(self, path: str, data: pa.Table) -> None:
         directory, name = path.rsplit("/", 1)
-        self.fs.create_dir(directory, recursive=True)
         if self._atomic_put:
             pq.write_table(data, path, filesystem=self.fs)
             return
+        self.fs.create_dir(directory, recursive=True)
         tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
         try:
             pq.write_table(data, tmp, filesystem=self.fs)

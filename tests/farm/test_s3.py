@@ -81,8 +81,10 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
         ours = store.read(table, SWEEP)
         assert len(ours) == expected_rows[table] and ours[key].is_unique, ours
         # pandas as docs/cluster.md shows it (pyarrow's S3, endpoint from AWS_ENDPOINT_URL),
-        # and with the endpoint given explicitly as a filesystem.
+        # with fsspec's storage_options, and with the endpoint given explicitly as a filesystem.
+        options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
         for via in (pd.read_parquet(f"{results}/{table}"),
+                    pd.read_parquet(f"{results}/{table}", storage_options=options),
                     pd.read_parquet(f"{BUCKET}/{PREFIX}/{table}", filesystem=path_fs)):
             assert sorted(via.columns) == sorted(ours.columns)
             pd.testing.assert_frame_equal(
