@@ -2,14 +2,22 @@
 
 Cached (what the farm does): ``pipeline.attack_inputs`` runs the local partition once over
 the attacker's training and evaluation images, then ``pipeline.run_attack`` trains and
-scores each attacker of the zoo on those arrays. Naive: every attacker re-runs the local
+scores each attacker of the zoo on those arrays. Naive: the same ``train_attacker`` and
+``evaluate_attack`` calls on images, with the attacker wrapped so that it re-runs the local
 partition (eval mode, no grad) on every batch of every epoch, on every validation pass and
 on the evaluation images. Same attacker, seed, epochs, batch size and validation split,
-so both arms do the same attacker arithmetic; the final validation MSE of each arm is
-printed (equal up to float rounding) to show that. The classifier is freshly initialised (its weights do not change
-the cost). Target: >= 1.5x at pool3 of face_cnn on LFW-like 64x64 RGB images.
+so both arms do the same attacker arithmetic; the evaluation MSE of each arm is printed
+(equal up to float rounding) to show that. The classifier is freshly initialised (its
+weights do not change the cost). Target: >= 1.5x at pool3 of face_cnn on LFW-like 64x64
+RGB images.
 
-    python benchmarks/attack_cache.py --quick
+Both wall and process-CPU seconds are reported; run with ``--threads 1`` on a loaded
+machine and read the CPU columns. A per-batch profile (local forward vs each attacker's
+training step) gives the bound the speed-up approaches with many epochs:
+sum_a (step_a + local) / sum_a step_a.
+
+    python benchmarks/attack_cache.py --quick --threads 1
+    python benchmarks/attack_cache.py --partitions pool3 --epochs 5 --threads 1
     python benchmarks/attack_cache.py --data-root ../shared/data/lfw --epochs 20
 """
 
@@ -17,20 +25,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import Timer, lfw_like, machine_line, print_table
+from _common import lfw_like, machine_line, print_table
 from pp_cluster import pipeline
 from pp_cluster.config import AttackSpec, ModelSpec
 from pp_cluster.data.attacker import attacker_data
-from pp_cluster.nets import activation_shape, build_decoder, clip_to_range, flops_per_sample
-from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack
-from pp_cluster.privacy.defense import build_optimizer
+from pp_cluster.nets import activation_shape, build_decoder, flops_per_sample
+from pp_cluster.privacy.attack import AttackConfig, attacker_optimizer, evaluate_attack, train_attacker
 from pp_cluster.privacy.metrics import to_unit
 
 ZOO = ("deconv", "fc", "sparse_fc")  # the paper's LFW attackers (V-C)
@@ -48,49 +55,86 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+class LocalInTheLoop(nn.Module):
+    """``attacker(f_local(x))`` with the local partition frozen (eval mode, no grad): the
+    naive attacker. ``local`` is kept out of the module tree, so ``parameters()``,
+    ``state_dict()`` (the best-epoch copies) and ``train()`` see only the attacker, and
+    ``train_attacker`` / ``evaluate_attack`` do exactly the attacker arithmetic of the
+    cached arm, plus the local forward wherever the cached arm reads a stored activation."""
+
+    def __init__(self, local: nn.Module, attacker: nn.Module) -> None:
+        super().__init__()
+        self.attacker = attacker
+        object.__setattr__(self, "local", local.eval())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.local(x)
+        return self.attacker(h)
+
+
 def naive_attack(attack: AttackSpec, local: nn.Module, net: nn.Module, spec: ModelSpec,
                  value_range: tuple[float, float], x_train: torch.Tensor, x_eval: torch.Tensor,
                  y_eval: torch.Tensor) -> float:
-    """``train_attacker`` + ``evaluate_attack`` with the local partition in the loop: the
-    same seeded permutation, held-out validation pairs and best-epoch selection, but
-    ``h = f_local(x)`` recomputed wherever the cached arm reads a stored activation.
-    Returns the evaluation MSE (the ``mse`` column of the cached arm's row)."""
+    """``pipeline.run_attack``'s steps (seeded attacker, ``train_attacker`` with its validation
+    split and best-epoch selection, ``evaluate_attack``) on images instead of activations,
+    the attacker wrapped in :class:`LocalInTheLoop`. Returns the evaluation MSE (the ``mse``
+    column of the cached arm's row)."""
     cfg = AttackConfig(epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=spec.seed)
-    local.eval()
-
-    def h_of(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return local(x)
-
     torch.manual_seed(spec.seed)
-    attacker = build_decoder(attack.attacker, net, spec.partition, value_range)
-    n_val = max(1, round(len(x_train) * cfg.val_fraction))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    perm = torch.randperm(len(x_train), generator=gen)
-    x_val, train_idx = x_train[perm[:n_val]], perm[n_val:]
-    optimizer = build_optimizer(cfg.optimizer, attacker.parameters(), cfg.lr)
-    best, best_state = math.inf, attacker.state_dict()
-    for _ in range(cfg.epochs):
-        attacker.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for i in range(0, len(order), cfg.batch_size):
-            x = x_train[order[i : i + cfg.batch_size]]
-            loss = F.mse_loss(to_unit(attacker(h_of(x)), value_range), to_unit(x, value_range))
+    attacker = LocalInTheLoop(local, build_decoder(attack.attacker, net, spec.partition, value_range))
+    attacker, _ = train_attacker(attacker, x_train, x_train, value_range, cfg)
+    result = evaluate_attack(attacker, x_eval, x_eval, value_range, classifier=net, y_eval=y_eval, n_keep=0)
+    return float(result.metrics["mse"])
+
+
+def per_batch_ms(model: pipeline.Model, partition: str, x: torch.Tensor, value_range: tuple[float, float],
+                 repeats: int = 3) -> dict[str, float]:
+    """Process-CPU ms of one training batch ``x``: the local forward (eval, no grad) and each
+    attacker's step (forward, MSE, backward, optimizer step), fastest of ``repeats``."""
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return min(times) * 1e3
+
+    local = model.local.eval()
+    with torch.no_grad():
+        out = {"local forward": best(lambda: local(x))}
+        h = local(x)
+    target = to_unit(x, value_range)
+    for name in ZOO:
+        torch.manual_seed(0)
+        attacker = build_decoder(name, model.net, partition, value_range).train()
+        optimizer = attacker_optimizer(AttackConfig(), attacker.parameters())
+
+        def step() -> None:
+            loss = F.mse_loss(to_unit(attacker(h), value_range), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        attacker.eval()
-        with torch.no_grad():
-            rec = torch.cat([attacker(h_of(x_val[i : i + 4 * cfg.batch_size]))
-                             for i in range(0, len(x_val), 4 * cfg.batch_size)])
-        val = float(F.mse_loss(to_unit(clip_to_range(rec, value_range), value_range), to_unit(x_val, value_range)))
-        if val < best:
-            best, best_state = val, {k: v.detach().clone() for k, v in attacker.state_dict().items()}
-    attacker.load_state_dict(best_state)
-    result = evaluate_attack(attacker, compute_activations(local, x_eval), x_eval, value_range,
-                             classifier=net, y_eval=y_eval, n_keep=0)
-    return float(result.metrics["mse"])
+
+        out[f"{name} step"] = best(step)
+    return out
+
+
+class Clock:
+    """Accumulates wall and process-CPU seconds over ``with`` blocks. With ``--threads 1``
+    CPU time is the steadier figure on a loaded machine (it leaves out time the process
+    waited for a core)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> "Clock":
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall += time.perf_counter() - self._t0
+        self.cpu += time.process_time() - self._c0
 
 
 def flop_ceiling(model: pipeline.Model, partition: str, image_shape: tuple[int, ...]) -> float:
@@ -119,38 +163,48 @@ def main(args: argparse.Namespace) -> None:
           f"{len(evaluation)}; zoo {', '.join(ZOO)}, {epochs} epochs, batch {args.batch_size}, "
           f"{args.threads} threads")
 
-    rows = []
+    rows, profile_rows = [], []
     for partition in args.partitions.split(","):
         spec = dataclasses.replace(base, partition=partition)
         model = pipeline.build_model(spec, ds)
         model.net.eval()
         # Alternate the arms per attacker, so load drift on a shared machine hits both.
-        cached_s = naive_s = 0.0
-        with Timer() as t:
+        cached, naive = Clock(), Clock()
+        with cached:
             inputs = pipeline.attack_inputs(model.local, ds, "train", 1.0, spec.seed)
-        cached_s += t.seconds
         cached_val, naive_val = [], []
         for attack in attacks:
-            with Timer() as t:
+            with cached:
                 row, _ = pipeline.run_attack(attack, model.net, spec, shape, inputs, seed=spec.seed)
-            cached_s += t.seconds
-            with Timer() as t:
+            with naive:
                 naive_val.append(naive_attack(attack, model.local, model.net, spec, ds.value_range,
                                               train.x, evaluation.x, evaluation.y))
-            naive_s += t.seconds
             cached_val.append(row["mse"])
+        ms = per_batch_ms(model, partition, train.x[: args.batch_size], ds.value_range)
+        steps = sum(v for k, v in ms.items() if k != "local forward")
+        bound = (steps + len(ZOO) * ms["local forward"]) / steps
         h = inputs.h_train.shape[1:]
-        rows.append((partition, "x".join(map(str, h)), f"{cached_s:.1f}", f"{naive_s:.1f}",
-                     f"{naive_s / cached_s:.2f}x", f"{flop_ceiling(model, partition, ds.image_shape):.2f}x"))
-        print(f"  {partition}: cached {cached_s:.1f} s, naive {naive_s:.1f} s; eval MSE per attacker "
-              f"cached {', '.join(f'{v:.4f}' for v in cached_val)} | naive "
-              f"{', '.join(f'{v:.4f}' for v in naive_val)}", flush=True)
+        rows.append((partition, "x".join(map(str, h)), f"{cached.wall:.1f}", f"{naive.wall:.1f}",
+                     f"{naive.wall / cached.wall:.2f}x", f"{cached.cpu:.1f}", f"{naive.cpu:.1f}",
+                     f"{naive.cpu / cached.cpu:.2f}x", f"{bound:.2f}x",
+                     f"{flop_ceiling(model, partition, ds.image_shape):.2f}x"))
+        profile_rows.append((partition, *(f"{v:.0f}" for v in ms.values()),
+                             f"{len(ZOO) * ms['local forward'] / (steps + len(ZOO) * ms['local forward']):.0%}"))
+        print(f"  {partition}: cached {cached.wall:.1f} s wall / {cached.cpu:.1f} s CPU, naive {naive.wall:.1f} s "
+              f"wall / {naive.cpu:.1f} s CPU; eval MSE per attacker cached "
+              f"{', '.join(f'{v:.4f}' for v in cached_val)} | naive {', '.join(f'{v:.4f}' for v in naive_val)}",
+              flush=True)
 
     print()
-    print_table(("partition", "activation", "cached s", "naive s", "naive / cached", "FLOP ceiling"), rows)
+    print(f"Per training batch of {args.batch_size} (process CPU ms, fastest of 3):")
+    print_table(("partition", *(f"{k}" for k in ms), "local share of a naive batch"), profile_rows)
+    print()
+    print_table(("partition", "activation", "cached s", "naive s", "naive / cached", "cached CPU s", "naive CPU s",
+                 "naive / cached (CPU)", "per-batch bound", "FLOP ceiling"), rows)
     last = rows[-1]
-    print(f"speed-up from cached activations at {last[0]}: {last[4]} (FLOP ceiling {last[5]}; "
-          "target >= 1.5x at pool3)")
+    print(f"speed-up from cached activations at {last[0]}: {last[4]} wall, {last[7]} CPU (bound from per-batch "
+          f"times {last[8]}, FLOP ceiling {last[9]}; target >= 1.5x at pool3)")
+    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ Every image metric is computed in [0, 1] pixel space whatever the data set's
 SSIM uses one window for every data set: scikit-image's default 7×7 uniform window.
 It fits every image size we train on (digits 8×8, lfw-subset 25×25, MNIST 28×28,
 CIFAR 32×32, LFW 64×64); the smaller 8×8 leaves only 2×2 window positions but is still
-defined. The training loss (:func:`distance`) uses the *same* SSIM through torchmetrics,
-so the quantity a defender is trained against is the one an attack is scored by.
+defined. The training loss (:func:`distance`) uses the *same* SSIM, reimplemented in
+torch (:func:`ssim_per_sample`, equal to scikit-image's to ~1e-6 in float32), so the quantity
+a defender is trained against is the one an attack is scored by.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 DISTANCES = ("ssim", "mse")
 SSIM_WIN = 7
-# skimage normalises (co)variances by NP/(NP-1) (sample covariance); torchmetrics does
-# not. Scaling both by that factor is the same as dividing C2 by it, i.e. K2/sqrt(.).
+# scikit-image's SSIM with its defaults (uniform window, K1 0.01, K2 0.03) at data_range 1,
+# the (co)variances as sample estimates (NP / (NP - 1)).
 _NP = SSIM_WIN * SSIM_WIN
-_SSIM_K2 = 0.03 * math.sqrt((_NP - 1) / _NP)
-_SSIM_PAD = (SSIM_WIN - 1) // 2
+_SSIM_COV_NORM = _NP / (_NP - 1)
+_SSIM_C1 = 0.01**2
+_SSIM_C2 = 0.03**2
 
 
 def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
@@ -90,20 +90,56 @@ def psnr(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
         )
 
 
+def _box_mean(t: Tensor, use_conv: bool | None = None) -> Tensor:
+    """Mean of every full ``SSIM_WIN``×``SSIM_WIN`` window of each channel (valid
+    positions only: N×K×(H-6)×(W-6)).
+
+    float32 on the CPU: two depthwise 1-D convolutions (oneDNN; several times faster than
+    ``avg_pool2d`` there, forward and backward). Otherwise ``avg_pool2d``: CUDA runs float32
+    convolutions in TF32 by default, whose 10-bit mantissa would wreck the
+    ``E[x²] - mu²`` variances (pooling is exact float32), and float64 convolutions on the
+    CPU bypass oneDNN and cost tens of ms per call even on tiny inputs.
+    """
+    if use_conv is None:
+        use_conv = t.device.type == "cpu" and t.dtype == torch.float32
+    if not use_conv:
+        return F.avg_pool2d(t, SSIM_WIN, stride=1)
+    k = t.shape[1]
+    rows = t.new_full((k, 1, SSIM_WIN, 1), 1.0 / SSIM_WIN)
+    cols = t.new_full((k, 1, 1, SSIM_WIN), 1.0 / SSIM_WIN)
+    return F.conv2d(F.conv2d(t, rows, groups=k), cols, groups=k)
+
+
+def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None) -> Tensor:
+    """Per-image SSIM of N×C×H×W images in [0, 1], as scikit-image computes it.
+
+    skimage filters x, y, x², y², xy with a uniform 7×7 window (reflected borders),
+    takes sample (co)variances, forms the SSIM map and averages it after cropping
+    (7-1)//2 px from every border (mean over channels too). The cropped map is exactly
+    the map at the windows that fit inside the image, so no padding is needed; the five
+    moment maps are filtered in one call, stacked on the channel axis.
+    """
+    c = a.shape[1]
+    moments = _box_mean(torch.cat([a, b, a * a, b * b, a * b], dim=1), use_conv)
+    ux, uy, uxx, uyy, uxy = moments.split(c, dim=1)
+    uxuy = ux * uy
+    sq = ux * ux + uy * uy
+    num = (2 * uxuy + _SSIM_C1) * (2 * _SSIM_COV_NORM * (uxy - uxuy) + _SSIM_C2)
+    den = (sq + _SSIM_C1) * (_SSIM_COV_NORM * (uxx + uyy - sq) + _SSIM_C2)
+    return (num / den).mean(dim=(1, 2, 3))
+
+
 def ssim_per_sample(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
     """Differentiable SSIM of each image, equal to :func:`ssim`'s per-image value.
 
-    torchmetrics with a uniform 7×7 window, skimage's constants, and the border crop
-    skimage applies (torchmetrics would average reflected border windows too).
+    Computed in float32 (float64 inputs stay float64) with autocast off, whatever the
+    inputs' dtype: the variances are differences of close numbers.
     """
     _check_pair(x, x_rec)
-    a, b = to_unit(x_rec.float(), value_range), to_unit(x.float(), value_range)
-    _, full = structural_similarity_index_measure(
-        a, b, gaussian_kernel=False, kernel_size=SSIM_WIN, data_range=1.0, k1=0.01, k2=_SSIM_K2,
-        return_full_image=True,
-    )
-    p = _SSIM_PAD
-    return full[..., p:-p, p:-p].mean(dim=(1, 2, 3))
+    dtype = torch.promote_types(torch.promote_types(x.dtype, x_rec.dtype), torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        a, b = to_unit(x_rec.to(dtype), value_range), to_unit(x.to(dtype), value_range)
+        return _ssim_images(a, b)
 
 
 def distance_per_sample(name: str, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:

@@ -9,7 +9,10 @@ from skimage.data import lfw_subset
 from torch import nn
 
 from pp_cluster.privacy import metrics as M
-from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack, train_attacker
+from pp_cluster.privacy.attack import (
+    AttackConfig, attacker_optimizer, compute_activations, evaluate_attack, train_attacker,
+)
+from pp_cluster.privacy.defense import build_optimizer
 
 SIDE = 25
 
@@ -77,6 +80,63 @@ def test_best_validation_epoch_weights_are_returned():
     with torch.no_grad():
         kept = F.mse_loss(attacker(h[val]).clamp(0, 1), x[val]).item()
     assert kept == pytest.approx(history["best_val_mse"], rel=1e-5)
+
+
+def _counting(attacker: nn.Module) -> dict[str, int]:
+    """Count the attacker's state_dict() (best-weight copies) and load_state_dict() calls."""
+    calls = {"state_dict": 0, "load_state_dict": 0}
+    for name in calls:
+        method = getattr(attacker, name)
+
+        def counted(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(attacker, name, counted)
+    return calls
+
+
+def test_best_weights_are_copied_only_when_a_later_epoch_moves_them():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=g)
+    h = x.flatten(1) @ torch.randn(64, 64, generator=g)  # an invertible encoder: val MSE keeps falling
+    torch.manual_seed(0)
+    attacker = nn.Sequential(nn.Linear(64, 64), nn.Unflatten(1, (1, 8, 8)))
+    calls = _counting(attacker)
+    cfg = AttackConfig(epochs=5, batch_size=8, lr=1e-2, val_fraction=0.25, seed=0)
+    attacker, history = train_attacker(attacker, h, x, (0, 1), cfg)
+    assert history["best_epoch"] == history["epochs_run"] == 5, history["val_mse"]
+    assert calls == {"state_dict": 4, "load_state_dict": 0}  # epochs 1-4's weights, each before the next epoch
+    val = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:16]
+    with torch.no_grad():
+        kept = F.mse_loss(attacker(h[val]).clamp(0, 1), x[val]).item()
+    assert kept == pytest.approx(history["best_val_mse"], rel=1e-5)
+
+    torch.manual_seed(0)  # one epoch: its weights are the best, nothing is copied or reloaded
+    one = nn.Sequential(nn.Linear(64, 64), nn.Unflatten(1, (1, 8, 8)))
+    calls = _counting(one)
+    train_attacker(one, h, x, (0, 1), AttackConfig(epochs=1, batch_size=8, val_fraction=0.25))
+    assert calls == {"state_dict": 0, "load_state_dict": 0}
+
+
+def test_attacker_adam_is_fused_and_follows_the_plain_adam():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    b = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    b.load_state_dict(a.state_dict())
+    fused = attacker_optimizer(AttackConfig(lr=1e-2), a.parameters())
+    plain = build_optimizer("adam", b.parameters(), 1e-2)
+    assert isinstance(fused, torch.optim.Adam) and fused.defaults["fused"]
+    x, y = torch.randn(64, 16), torch.randn(64, 4)
+    for _ in range(10):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            F.mse_loss(net(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+    sgd = attacker_optimizer(AttackConfig(optimizer="sgd", lr=0.1), a.parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 0.1
 
 
 def test_patience_stops_early():

@@ -58,7 +58,7 @@ def test_differentiable_ssim_matches_skimage_on_real_images(value_range):
                 im, deg, data_range=1.0, channel_axis=-1 if im.ndim == 3 else None
             )
             ours = 1 - float(M.distance("ssim", x, r, value_range))
-            assert abs(ours - reference) < 0.01, (name, kind, ours, reference)
+            assert abs(ours - reference) < 1e-5, (name, kind, ours, reference)
             assert abs(M.ssim(x, r, value_range) - reference) < 1e-6
 
 
@@ -69,12 +69,84 @@ def test_batch_ssim_is_mean_of_images_and_differentiable():
     r = torch.cat([_tensor(_degraded(ims["camera28"], rng)["blur"]), _tensor(ims["camera28"].T[::-1].copy())])
     per = M.ssim_per_sample(x, r, (0, 1))
     assert per.shape == (2,)
-    assert abs(float(per.mean()) - M.ssim(x, r, (0, 1))) < 0.01
+    assert abs(float(per.mean()) - M.ssim(x, r, (0, 1))) < 1e-5
     r.requires_grad_(True)
     d = M.distance("ssim", x, r, (0, 1))
     d.backward()
     with torch.no_grad():  # a small step against the gradient makes the images more alike
         assert float(M.distance("ssim", x, r - 0.05 * r.grad / r.grad.abs().max(), (0, 1))) < float(d)
+
+
+def _torchmetrics_ssim_per_sample(x, x_rec, value_range):
+    """The implementation ssim_per_sample replaced (torchmetrics, kept here as a reference):
+    uniform 7×7 window, K2 scaled for skimage's sample covariance, skimage's border crop."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = M.to_unit(x_rec.float(), value_range), M.to_unit(x.float(), value_range)
+    _, full = structural_similarity_index_measure(
+        a, b, gaussian_kernel=False, kernel_size=7, data_range=1.0, k1=0.01, k2=0.03 * np.sqrt(48 / 49),
+        return_full_image=True,
+    )
+    return full[..., 3:-3, 3:-3].mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (4, 3, 64, 64), (3, 3, 8, 8), (2, 2, 9, 13)])
+def test_ssim_equals_the_torchmetrics_implementation_it_replaced(shape):
+    pytest.importorskip("torchmetrics")
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=gen) * 2 - 1
+    for r in (x + 0.3 * torch.randn(shape, generator=gen), torch.rand(shape, generator=gen) * 2 - 1, x.flip(-1)):
+        r = r.clamp(-1, 1)
+        old = _torchmetrics_ssim_per_sample(x, r, (-1, 1))
+        torch.testing.assert_close(M.ssim_per_sample(x, r, (-1, 1)), old, atol=2e-6, rtol=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny inputs: a second intra-op thread only adds waits (seconds on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ssim_gradient_passes_gradcheck(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 8, 9, generator=gen, dtype=torch.float64)  # 2×3 window positions
+    r = torch.rand(2, 2, 8, 9, generator=gen, dtype=torch.float64)
+    ssim_x_r = lambda a, b: M.ssim_per_sample(a, b, (0, 1))  # noqa: E731
+    assert torch.autograd.gradcheck(ssim_x_r, (x.requires_grad_(True), r.requires_grad_(True)))
+    # The value range is an affine map in front: the gradient goes through it too.
+    assert torch.autograd.gradcheck(lambda b: M.distance_per_sample("ssim", x.detach(), b, (-1, 1)),
+                                    (r.detach().requires_grad_(True),), fast_mode=True)
+
+
+def test_ssim_box_filter_paths_agree():
+    """The float32 CPU path (depthwise convolutions) and the one used elsewhere and by the
+    gradcheck above (avg_pool2d) are the same filter, in value and gradient."""
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 3, 3, 20, 17, generator=gen)
+    values, grads = [], []
+    for flag in (True, False):
+        a_ = a.clone().requires_grad_(True)
+        v = M._ssim_images(a_, b, use_conv=flag)
+        v.sum().backward()
+        values.append(v.detach())
+        grads.append(a_.grad)
+    torch.testing.assert_close(values[0], values[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_ssim_distance_stays_float32_under_autocast():
+    gen = torch.Generator().manual_seed(2)
+    x, r = torch.rand(2, 4, 3, 32, 32, generator=gen)
+    plain = M.distance_per_sample("ssim", x, r, (0, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = M.distance_per_sample("ssim", x, r.bfloat16(), (0, 1))
+    assert autocast.dtype == torch.float32
+    # only r's rounding to bf16 differs (about 1e-3 of SSIM), not the filter's arithmetic
+    torch.testing.assert_close(autocast, M.distance_per_sample("ssim", x, r.bfloat16().float(), (0, 1)))
+    assert (autocast - plain).abs().max() < 1e-2
 
 
 def test_mse_and_psnr_are_in_unit_space():
