@@ -31,6 +31,8 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    from pp_cluster.privacy.defense import DEFENSES
+
     g = p.add_argument_group("what to run")
     g.add_argument("--quick", action="store_true",
                    help="small CPU profile: the embedded data set (unless --data-root is given), few epochs")
@@ -57,7 +59,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-reconstructions", action="store_true",
                    help="also write a few reconstructed images per attack (they are people's faces: opt-in)")
     g = p.add_argument_group("defenses and extra evaluations")
-    g.add_argument("--defense", choices=("partition", "nopeek", "noise"),
+    g.add_argument("--defense", choices=DEFENSES,
                    help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
                         "correlation weight (nopeek), or Gaussian noise σ on the activation (noise)")
     g.add_argument("--finetune-epochs", type=int,

@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SEARCH_MODES = ("grid", "optuna")
-# What a sweep's λ > 0 means (the `defense` column): the paper's privacy partitioning
-# (Algorithm 1, λ weighs the defenders' distance), NoPeek (λ weighs the distance
-# correlation between input and activation) or Gaussian noise on the activation (λ = σ).
-DEFENSES = ("partition", "nopeek", "noise")
 _ARCH_INPUT = {"mnist_mlp": (1, 28, 28), "face_cnn": (3, 64, 64), "vgg19_bn": (3, 32, 32)}
 ATTACKER_DATA = ("train", "disjoint")
 
@@ -48,7 +44,7 @@ class ModelSpec:
     epochs: int
     batch_size: int
     data_root: str | None = None
-    defense: str = "partition"  # "none" when lam == 0; see DEFENSES
+    defense: str = "partition"  # "none" when lam == 0; see privacy.defense.DEFENSES
     finetune_epochs: int = 0  # remote fine-tuning with the local partition locked (Sec. IV-G)
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     arch_options: Mapping[str, Any] = field(default_factory=dict)
@@ -135,6 +131,8 @@ class SweepSpec:
     lam_range: tuple[float, float] | None = None
     num_samples: int = 8
     save_reconstructions: bool = False
+    # What λ > 0 means (privacy.defense.DEFENSES): the paper's privacy partitioning (λ weighs
+    # the defenders' distance), NoPeek (λ weighs dCor(x, H)) or Gaussian noise on H (λ = σ).
     defense: str = "partition"
     finetune_epochs: int = 0
     attributes: bool = False  # Table III: #DF/#CG on every attack's reconstructions (lfw only)
@@ -221,6 +219,7 @@ class SweepSpec:
         """Check every field that can be checked without data; raise SpecError naming it."""
         from pp_cluster.nets import ARCHS, DECODERS
         from pp_cluster.data import DATASETS
+        from pp_cluster.privacy.defense import DEFENSES
         from pp_cluster.privacy.metrics import DISTANCES
 
         def bad(fieldname: str, msg: str) -> None:

@@ -60,15 +60,12 @@ def build_model(spec: ModelSpec, ds: Dataset) -> Model:
     return Model(net, local, remote, defenders)
 
 
-# The sweep's defense names (the `defense` column) -> the training loop's.
-TRAIN_DEFENSE = {"none": "adversarial", "partition": "adversarial", "nopeek": "nopeek", "noise": "noise"}
-
-
 def train_config(spec: ModelSpec, ds: Dataset, device: str):
     overrides = dict(spec.train_overrides)
     overrides.update(
         lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
-        seed=spec.seed, device=device, defense=TRAIN_DEFENSE[spec.defense],
+        seed=spec.seed, device=device, # λ = 0 ("none") trains as the partition defense without defenders: plain training.
+        defense="partition" if spec.defense == "none" else spec.defense,
     )
     return recipe(ds.name, **overrides)
 

@@ -98,10 +98,10 @@ class AttackPool:
         self._idle.put_nowait(w)
 
     async def attack(self, job: dict[str, Any], refs: list) -> dict[str, Any]:
-        """Run one attack; ``refs`` = [activations ref, weights ref, attribute judge ref or
-        None] (wrapped in a list so the pool forwards references instead of fetching the
-        arrays itself)."""
-        inputs_ref, net_ref, judge_ref = (list(refs) + [None])[:3]
+        """Run one attack; ``refs`` = [activations ref, weights ref] and optionally the
+        attribute judge's ref (wrapped in a list so the pool forwards references instead of
+        fetching the arrays itself)."""
+        inputs_ref, net_ref, judge_ref = (*refs, None)[:3]
         self.stats_["submitted"] += 1
         error = ""
         for _ in range(self._max_retries + 1):

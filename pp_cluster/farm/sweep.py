@@ -24,6 +24,7 @@ import torch
 
 from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec, content_id
+from pp_cluster.data.base import Split
 from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
@@ -85,7 +86,6 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
         if spec.lam == 0 and sweep.dp_epsilons:
             _write_dp_pixelation(store, sweep, spec, model_id, model.net, ds, device)
         inputs_ref, net_ref = ray.put(inputs), ray.put(net_state)
-        judge_ref = refs[1] if len(refs) > 1 else None
         pool = get_pool(sweep.name)
         shape = (list(ds.image_shape), ds.num_classes, list(ds.value_range))
         pending = []
@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
                 "model": spec.to_dict(), "attack": attack.__dict__, "shape": shape,
                 "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
             }
-            pending.append(pool.attack.remote(job, [inputs_ref, net_ref, judge_ref]))
+            pending.append(pool.attack.remote(job, [inputs_ref, net_ref, refs[1]]))
         for row in ray.get(pending):
             if row["status"] != "ok":
                 _write_failed_attack(store, sweep.name, row)
@@ -169,7 +169,7 @@ def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: s
     from pp_cluster.privacy.baselines import pixelation_sweep
 
     started = _utcnow()
-    test = ds.test.__class__(ds.test.x.to(device), ds.test.y.to(device))
+    test = Split(ds.test.x.to(device), ds.test.y.to(device))
     b, m = sweep.dp_cell, sweep.dp_neighbourhood
     for r in pixelation_sweep(net, test, ds.value_range, sweep.dp_epsilons, b=b, m=m, seed=spec.seed):
         config = {**spec.to_dict(), "base_model_id": model_id, "epsilon": r["eps"], "dp_cell": b,

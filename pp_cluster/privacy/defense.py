@@ -15,7 +15,8 @@ With no defender and λ = 0 this is exactly a plain training loop (see the test)
 
 ``TrainConfig.defense`` picks the defense, and with it what ``lam`` means:
 
-- ``"adversarial"`` (default): Algorithm 1 above, ``lam`` = the paper's λ;
+- ``"partition"`` (default): the paper's privacy partitioning, Algorithm 1 above,
+  ``lam`` = the paper's λ;
 - ``"nopeek"`` (Vepakomma et al. 2020): no defenders; the classifier minimises
   ``CE(y, f(x)) + α·dCor(x, h)`` per batch, ``lam`` = α (see
   :func:`pp_cluster.privacy.nopeek.distance_correlation`);
@@ -43,7 +44,8 @@ from pp_cluster.nets.noise import GaussianNoise
 from pp_cluster.privacy.metrics import DISTANCES, distance, reprint_accuracy
 from pp_cluster.privacy.nopeek import distance_correlation
 
-DEFENSES = ("adversarial", "nopeek", "noise")
+# The names are the `defense` column's (the results store adds "none" for λ = 0).
+DEFENSES = ("partition", "nopeek", "noise")
 OPTIMIZERS = ("adam", "sgd")
 AUGMENTS = ("none", "crop_flip")
 _EVAL_BATCH = 512
@@ -55,7 +57,7 @@ class TrainConfig:
     """How one model is trained. ``defender_*`` = None means "same as the model's".
 
     ``lam`` is the strength of ``defense`` (one of :data:`DEFENSES`): λ of Algorithm 1
-    for ``"adversarial"``, the dCor weight α for ``"nopeek"``, the noise σ for ``"noise"``.
+    for ``"partition"``, the dCor weight α for ``"nopeek"``, the noise σ for ``"noise"``.
     """
 
     lam: float = 0.0
@@ -77,7 +79,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False  # bf16 autocast, on CUDA only
     channels_last: bool = False
-    defense: str = "adversarial"
+    defense: str = "partition"
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -237,7 +239,7 @@ def train_defended(
     rank, world = shard
     if not (world >= 1 and 0 <= rank < world):
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-    if cfg.defense == "adversarial":
+    if cfg.defense == "partition":
         if cfg.lam > 0 and not defenders:
             raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
     elif defenders:

@@ -156,9 +156,11 @@ def _blobs(n: int, seed: int = 0) -> Split:
     return Split(x.clamp(0, 1), y)
 
 
-def _mlp(seed: int = 0, sigma: float | None = None):
+def _mlp(seed: int = 0, sigma: float | None = None, *, side: int = 8, classes: int = 3, hidden: int = 16,
+         dropout: float = 0.2):
+    """A seeded MLP split at fc1, with activation noise of ``sigma`` when given."""
     torch.manual_seed(seed)
-    net = build_net("mnist_mlp", (1, 8, 8), 3, hidden=16, dropout=0.2)
+    net = build_net("mnist_mlp", (1, side, side), classes, hidden=hidden, dropout=dropout)
     if sigma is not None:
         add_activation_noise(net, "fc1", sigma)
     return (net, *split(net, "fc1"))
@@ -169,7 +171,7 @@ def _params(net: nn.Module) -> list[torch.Tensor]:
 
 
 def test_config_validation_and_defender_rules():
-    assert DEFENSES == ("adversarial", "nopeek", "noise") and TrainConfig().defense == "adversarial"
+    assert DEFENSES == ("partition", "nopeek", "noise") and TrainConfig().defense == "partition"
     with pytest.raises(ValueError, match="defense"):
         TrainConfig(defense="dropout")
     train, test = _blobs(16), _blobs(8, seed=1)
@@ -220,11 +222,7 @@ def digits():
 
 
 def _digits_net(seed: int = 0, sigma: float | None = None):
-    torch.manual_seed(seed)
-    net = build_net("mnist_mlp", (1, 28, 28), 10, hidden=64, dropout=0.1)
-    if sigma is not None:
-        add_activation_noise(net, "fc1", sigma)
-    return (net, *split(net, "fc1"))
+    return _mlp(seed, sigma, side=28, classes=10, hidden=64, dropout=0.1)
 
 
 def test_nopeek_lowers_held_out_distance_correlation_and_still_trains(digits):
