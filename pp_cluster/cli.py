@@ -31,7 +31,7 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    from pp_cluster.privacy.defense import DEFENSES
+    from pp_cluster.privacy.defense import DEFENSES, UPDATES
 
     g = p.add_argument_group("what to run")
     g.add_argument("--quick", action="store_true",
@@ -62,6 +62,9 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--defense", choices=DEFENSES,
                    help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
                         "correlation weight (nopeek), or Gaussian noise σ on the activation (noise)")
+    g.add_argument("--update", choices=UPDATES,
+                   help="Algorithm 1's order (alternating, the paper's) or simultaneous: one defender "
+                        "forward + backward per batch, the λ-gradient from the pre-update defender (faster)")
     g.add_argument("--finetune-epochs", type=int,
                    help="after training, fine-tune the remote partition with the local one locked (Sec. IV-G) "
                         "and record the accuracy before and after")
@@ -114,8 +117,9 @@ def spec_from_args(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec)
         if len(args.lam_range) != 2:
             raise SpecError("--lam-range: give two numbers 'low,high'")
         changes["lam_range"] = tuple(args.lam_range)
-    if args.lr is not None:
-        changes["train_overrides"] = {**spec.train_overrides, "lr": args.lr}
+    overrides = {k: getattr(args, k) for k in ("lr", "update") if getattr(args, k, None) is not None}
+    if overrides:
+        changes["train_overrides"] = {**spec.train_overrides, **overrides}
     res = {k: getattr(args, k) for k in _RESOURCE_FLAGS if getattr(args, k, None) is not None}
     if args.max_concurrent is not None:
         res["max_concurrent_trials"] = args.max_concurrent

@@ -231,6 +231,12 @@ class SweepSpec:
             bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
         if self.dataset not in DATASETS:
             bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        from pp_cluster.privacy.recipes import recipe
+
+        try:  # a misspelt or out-of-range override must fail here, not inside every trial
+            recipe(self.dataset, **dict(self.train_overrides))
+        except (ValueError, TypeError) as err:
+            bad("train_overrides", str(err))
         if self.arch not in ARCHS:
             bad("arch", f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
         if not self.partitions:

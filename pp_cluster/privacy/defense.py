@@ -13,6 +13,18 @@ Per mini-batch, with ``h = f_local(x)`` computed once:
 
 With no defender and λ = 0 this is exactly a plain training loop (see the test).
 
+``TrainConfig.update`` = ``"simultaneous"`` runs the same three steps on one forward and
+one backward pass per defender instead of two of each: ``d(x, D_k(h))`` is computed once
+on a detached copy of ``h`` that requires grad, its backward gives the defender's
+gradient *and* ``∂d/∂h``, the defenders step, and the classifier steps on
+``CE`` with ``-λ·∂d_best/∂h`` fed into ``h`` — the best defender being the argmin
+*before* the update. That is simultaneous gradient play (as in gradient-reversal
+adversarial training) instead of the paper's alternating order: the λ-gradient comes from
+the defender as it was at the start of the batch, one step behind. It saves about
+``2·F_D`` per defender and batch (``F_D`` = a defender's forward cost; at the face
+CNN's pool2 the floor falls from 2.10× to 1.66× a plain step with one deconv defender).
+The default, ``"alternating"``, is Algorithm 1 as the paper states it.
+
 ``TrainConfig.defense`` picks the defense, and with it what ``lam`` means:
 
 - ``"partition"`` (default): the paper's privacy partitioning, Algorithm 1 above,
@@ -47,6 +59,7 @@ from pp_cluster.privacy.nopeek import distance_correlation
 # The names are the `defense` column's (the results store adds "none" for λ = 0).
 DEFENSES = ("partition", "nopeek", "noise")
 OPTIMIZERS = ("adam", "sgd")
+UPDATES = ("alternating", "simultaneous")
 AUGMENTS = ("none", "crop_flip")
 _EVAL_BATCH = 512
 _CROP_PAD = 4
@@ -77,9 +90,10 @@ class TrainConfig:
     augment: str = "none"
     seed: int = 0
     device: str = "cpu"
-    amp: bool = False  # bf16 autocast, on CUDA only
-    channels_last: bool = False
+    amp: bool | None = None  # bf16 autocast, CUDA only; None = on when training on CUDA
+    channels_last: bool | None = None  # None = on when training on CUDA
     defense: str = "partition"
+    update: str = "alternating"  # Algorithm 1's order, or "simultaneous" (module doc)
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> None:
@@ -89,6 +103,11 @@ class TrainConfig:
             bad("lam", "must be a finite number >= 0")
         if self.defense not in DEFENSES:
             bad("defense", f"choose from {', '.join(DEFENSES)}")
+        if self.update not in UPDATES:
+            bad("update", f"choose from {', '.join(UPDATES)}")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) not in (None, True, False):
+                bad(name, "must be True, False or None (= on for CUDA)")
         if self.distance not in DISTANCES:
             bad("distance", f"choose from {', '.join(DISTANCES)}")
         for name in ("epochs", "batch_size"):
@@ -120,6 +139,12 @@ class TrainConfig:
             torch.device(self.device)
         except RuntimeError as err:
             raise ValueError(f"TrainConfig.device: {err}") from None
+
+    def fast_paths(self) -> tuple[bool, bool]:
+        """(AMP, channels-last) as used: unset means on for CUDA, and AMP is CUDA only."""
+        cuda = torch.device(self.device).type == "cuda"
+        amp = cuda if self.amp is None else self.amp
+        return amp and cuda, cuda if self.channels_last is None else self.channels_last
 
     def defender_settings(self) -> tuple[str, float, float, float]:
         """(optimizer, lr, momentum, weight_decay) of the defenders, defaults resolved."""
@@ -193,6 +218,17 @@ def _all_finite(modules: Sequence[nn.Module]) -> bool:
     return bool(torch.isfinite(torch.cat(params)).all()) if params else True
 
 
+def _best(dists: Sequence[Tensor], distributed: bool) -> int:
+    """Index of the smallest distance; under DDP summed over shards first, so every shard
+    picks the same defender (the argmin on the global batch)."""
+    if len(dists) == 1:
+        return 0
+    values = torch.stack([v.detach() for v in dists])
+    if distributed:
+        dist.all_reduce(values)
+    return int(values.argmin())
+
+
 def evaluate_accuracy(net: nn.Module, split: Split, batch_size: int = _EVAL_BATCH,
                       device: str | torch.device | None = None) -> float:
     """Classification accuracy of ``net`` on a split (eval mode, no grad)."""
@@ -262,7 +298,8 @@ def train_defended(
 
     t_start = time.perf_counter()
     device = torch.device(cfg.device)
-    fmt = torch.channels_last if cfg.channels_last and train.x.ndim == 4 else torch.contiguous_format
+    use_amp, channels_last = cfg.fast_paths()
+    fmt = torch.channels_last if channels_last and train.x.ndim == 4 else torch.contiguous_format
     net.to(device, memory_format=fmt)
     for d in defenders:
         d.to(device, memory_format=fmt)
@@ -299,7 +336,6 @@ def train_defended(
     x_train = train.x.to(device).contiguous(memory_format=fmt)
     y_train = train.y.to(device)
     test_on_device = Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device))
-    use_amp = cfg.amp and device.type == "cuda"
 
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
 
@@ -347,21 +383,39 @@ def train_defended(
                 h, logits = model(x)
                 task = F.cross_entropy(logits, y)
             watched = [task]
-
-            # (1) each defender steps on d(x, D(h)) with h detached: the classifier is untouched.
-            for d, opt in zip(wrapped_defenders, d_optimizers):
-                opt.zero_grad(set_to_none=True)
-                with amp():
-                    rec = d(h.detach())
-                d_loss = distance(cfg.distance, x, rec.float(), value_range)
-                d_loss.backward()
-                opt.step()
-                watched.append(d_loss.detach())
-
-            # (2) distances after the update, differentiable in h only (defender weights
-            # as constants); (3) the classifier's loss uses the argmin.
-            loss = task
-            if defenders:
+            loss, h_grad = task, None
+            if defenders and cfg.update == "simultaneous":
+                # (1)-(3) on one pass per defender: d's backward through a detached copy of h
+                # gives the defender's gradient and ∂d/∂h; the argmin is taken before the step.
+                inputs = [h.detach().requires_grad_(cfg.lam > 0) for _ in defenders]
+                dists = []
+                for d, opt, h_d in zip(wrapped_defenders, d_optimizers, inputs):
+                    opt.zero_grad(set_to_none=True)
+                    with amp():
+                        rec = d(h_d)
+                    dists.append(distance(cfg.distance, x, rec.float(), value_range))
+                torch.stack(dists).sum().backward()
+                for opt in d_optimizers:
+                    opt.step()
+                watched.extend(v.detach() for v in dists)
+                best = _best(dists, distributed)
+                best_counts[best] += 1
+                loss = task - cfg.lam * dists[best].detach()
+                if cfg.lam > 0:
+                    h_grad = -cfg.lam * inputs[best].grad
+                watched.append(dists[best].detach())
+            elif defenders:
+                # (1) each defender steps on d(x, D(h)) with h detached: the classifier is untouched.
+                for d, opt in zip(wrapped_defenders, d_optimizers):
+                    opt.zero_grad(set_to_none=True)
+                    with amp():
+                        rec = d(h.detach())
+                    d_loss = distance(cfg.distance, x, rec.float(), value_range)
+                    d_loss.backward()
+                    opt.step()
+                    watched.append(d_loss.detach())
+                # (2) distances after the update, differentiable in h only (defender weights
+                # as constants); (3) the classifier's loss uses the argmin.
                 with torch.set_grad_enabled(cfg.lam > 0):
                     dists = []
                     for d in defenders:
@@ -369,12 +423,7 @@ def train_defended(
                         with amp():
                             rec = functional_call(d, frozen, (h if cfg.lam > 0 else h.detach(),))
                         dists.append(distance(cfg.distance, x, rec.float(), value_range))
-                best = 0
-                if len(dists) > 1:
-                    values = torch.stack([v.detach() for v in dists])
-                    if distributed:  # every shard must pick the same defender (global batch)
-                        dist.all_reduce(values)
-                    best = int(values.argmin())
+                best = _best(dists, distributed)
                 best_counts[best] += 1
                 loss = task - cfg.lam * dists[best]
                 watched.append(dists[best].detach())
@@ -385,7 +434,10 @@ def train_defended(
                     loss = task + cfg.lam * dcor
                 watched.append(dcor.detach())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if h_grad is None:
+                loss.backward()
+            else:  # CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
+                torch.autograd.backward([task, h], [torch.ones_like(task), h_grad])
             optimizer.step()
 
             stats = torch.stack([loss.detach().float(), *(w.float() for w in watched),

@@ -39,6 +39,8 @@ def no_ray(monkeypatch):
     ({"dp_epsilons": (0.0,)}, "dp_epsilons"),
     ({"dp_epsilons": (1.0,), "lams": (1.0,)}, "dp_epsilons"),  # no undefended model to pixelate for
     ({"dp_cell": 0}, "dp_cell"),
+    ({"train_overrides": {"update": "interleaved"}}, "train_overrides"),
+    ({"train_overrides": {"learning_rate": 0.1}}, "train_overrides"),
 ])
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
@@ -74,10 +76,12 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
     p = argparse.ArgumentParser()
     add_sweep_args(p)
     args = p.parse_args(["--defense", "nopeek", "--finetune-epochs", "3", "--dp-epsilons", "0.5,inf",
-                         "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path)])
+                         "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path),
+                         "--update", "simultaneous", "--lr", "0.05"])
     spec = spec_from_args(args, LFW_GRID, LFW_GRID_QUICK)
     assert (spec.defense, spec.finetune_epochs, spec.dp_epsilons) == ("nopeek", 3, (0.5, float("inf")))
     assert (spec.dp_cell, spec.dp_neighbourhood, spec.attributes) == (4, 2, True)
+    assert dict(spec.train_overrides) == {"update": "simultaneous", "lr": 0.05}
     # The gender classifier needs the people outside the model's identities.
     assert spec.dataset == "lfw" and spec.dataset_options["disjoint"] is True
     model = spec.model_spec("pool2", 0.1, 0)

@@ -152,6 +152,70 @@ def test_lambda_gradient_moves_the_local_partition_to_increase_the_distance():
         assert float(d_at(start_local)) > before
 
 
+@pytest.mark.parametrize("n_defenders", [1, 2])
+def test_simultaneous_update_at_lambda_zero_equals_alternating(n_defenders):
+    """Without the λ-term the two orders do the same work: every weight ends up equal."""
+    train, test = _data(40), _data(10, seed=1)
+    ends = {}
+    for update in ("alternating", "simultaneous"):
+        net, local, remote = _net()
+        defenders = [_defender(seed=s) for s in range(1, n_defenders + 1)]
+        cfg = TrainConfig(lam=0.0, epochs=2, batch_size=8, lr=1e-2, defender_lr=1e-2, seed=5, update=update)
+        result = train_defended(net, local, remote, defenders, train, test, VR, cfg)
+        assert result.status == "ok" and result.final_distance is not None
+        ends[update] = _params(net, *defenders)
+    for a, b in zip(ends["alternating"], ends["simultaneous"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (2, 1)])
+def test_simultaneous_update_is_one_gradient_step_on_the_pre_update_defenders(seeds):
+    """One SGD step of the simultaneous order, computed independently: the defenders step
+    on their own d, the best is the argmin *before* that step, and the local partition
+    gets ∇(CE - λ·d_best) through h while the remote partition gets ∇CE."""
+    train, test = _data(16), _data(8, seed=1)
+    lam, lr, d_lr = 2.0, 0.1, 0.05
+    net, local, remote = _net(dropout=0.0)
+    defenders = [_defender(seed=s) for s in seeds]
+    start_net, start_local, start_remote = copy.deepcopy((net, local, remote))
+    start_defenders = copy.deepcopy(defenders)
+    cfg = TrainConfig(lam=lam, distance="ssim", epochs=1, batch_size=16, optimizer="sgd", lr=lr,
+                      defender_lr=d_lr, seed=3, update="simultaneous")
+    result = train_defended(net, local, remote, defenders, train, test, VR, cfg)
+
+    x, y = train.x, train.y  # one batch holding the whole split; order does not matter for means
+    h = start_local(x)
+    dists = [distance("ssim", x, d(h.detach()), VR) for d in start_defenders]
+    best = int(torch.stack([v.detach() for v in dists]).argmin())
+    assert result.epochs[0]["best_defender_counts"] == [int(k == best) for k in range(2)]
+    assert result.final_distance == pytest.approx(float(dists[best].detach()), rel=1e-5)
+    task = F.cross_entropy(start_remote(h), y)
+    adv = distance("ssim", x, start_defenders[best](h), VR)
+    local_grads = torch.autograd.grad(task - lam * adv, list(start_local.parameters()), retain_graph=True)
+    remote_grads = torch.autograd.grad(task, list(start_remote.parameters()))
+    for p0, g, p1 in zip(start_local.parameters(), local_grads, local.parameters()):
+        torch.testing.assert_close(p1.detach(), p0.detach() - lr * g, rtol=1e-5, atol=1e-6)
+    for p0, g, p1 in zip(start_remote.parameters(), remote_grads, remote.parameters()):
+        torch.testing.assert_close(p1.detach(), p0.detach() - lr * g, rtol=1e-5, atol=1e-6)
+    for d0, v, d1 in zip(start_defenders, dists, defenders):
+        grads = torch.autograd.grad(v, list(d0.parameters()))
+        for p0, g, p1 in zip(d0.parameters(), grads, d1.parameters()):
+            torch.testing.assert_close(p1.detach(), p0.detach() - d_lr * g, rtol=1e-5, atol=1e-6)
+    ce_only = torch.autograd.grad(F.cross_entropy(start_remote(start_local(x)), y), list(start_local.parameters()))
+    assert max(float((a - b).abs().max()) for a, b in zip(local_grads, ce_only)) > 1e-4  # the λ-term acted
+
+
+def test_fast_paths_default_on_for_cuda_only():
+    assert TrainConfig().fast_paths() == (False, False)
+    assert TrainConfig(amp=True, channels_last=True).fast_paths() == (False, True)  # no AMP on CPU
+    assert TrainConfig(device="cuda").fast_paths() == (True, True)
+    assert TrainConfig(device="cuda", amp=False, channels_last=False).fast_paths() == (False, False)
+    with pytest.raises(ValueError, match="update"):
+        TrainConfig(update="interleaved")
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="yes")
+
+
 def test_huge_lambda_diverges_without_nan_metrics():
     train, test = _data(64), _data(16, seed=1)
     net, local, remote = _net(dropout=0.0)
@@ -285,7 +349,7 @@ def test_conv_net_with_batchnorm_augmentation_and_channels_last_is_reproducible(
     assert not all(torch.equal(p, q) for p, q in zip(a, c))
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, update: str) -> None:
     import os
 
     import torch.distributed as dist
@@ -296,7 +360,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     net, local, remote = _net(dropout=0.0)
     defenders = [_defender(seed=1), _defender(seed=2)]
-    cfg = TrainConfig(lam=0.5, epochs=2, batch_size=4, seed=0)
+    cfg = TrainConfig(lam=0.5, epochs=2, batch_size=4, seed=0, update=update)
     result = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR, cfg,
                             wrap=DistributedDataParallel, shard=(rank, world))
     torch.save({"params": _params(net, *defenders), "counts": [r["best_defender_counts"] for r in result.epochs]},
@@ -304,7 +368,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path):
+@pytest.mark.parametrize("update", ["alternating", "simultaneous"])
+def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path, update):
     """Two gloo workers with batch 4 each = one process with batch 8: the gradients are
     averaged by DDP and the defender choice is made on the global batch."""
     import socket
@@ -314,7 +379,7 @@ def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), update), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
     assert ranks[0]["counts"] == ranks[1]["counts"]
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
@@ -323,7 +388,7 @@ def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path):
     net, local, remote = _net(dropout=0.0)
     defenders = [_defender(seed=1), _defender(seed=2)]
     single = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR,
-                            TrainConfig(lam=0.5, epochs=2, batch_size=8, seed=0))
+                            TrainConfig(lam=0.5, epochs=2, batch_size=8, seed=0, update=update))
     assert [r["best_defender_counts"] for r in single.epochs] == ranks[0]["counts"]
     for a, b in zip(ranks[0]["params"], _params(net, *defenders)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
