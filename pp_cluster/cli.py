@@ -90,13 +90,16 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attacker-cpus", type=float, help="CPUs per attacker actor")
     g.add_argument("--attacker-gpus", type=float, help="GPU share per attacker actor")
     g.add_argument("--max-concurrent", type=int, help="most trials running at once")
+    g.add_argument("--checkpoint-interval", type=float, dest="checkpoint_interval_s",
+                   help="seconds between mid-training checkpoints (default 60; 0 = every epoch)")
 
 
 _SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
                "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
                "results", "storage_path", "defense", "finetune_epochs", "dp_epsilons", "dp_cell",
                "dp_neighbourhood")
-_RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus")
+_RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus",
+                   "checkpoint_interval_s")
 
 
 def spec_from_args(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec) -> SweepSpec:

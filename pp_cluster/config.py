@@ -99,6 +99,9 @@ class Resources:
     attacker_gpus: float = 0.0
     max_concurrent_trials: int | None = None
     max_failures: int = 2
+    # At most one mid-training checkpoint per this many seconds (0: every epoch). A retried
+    # trial redoes at most this much training; the finished model is always checkpointed.
+    checkpoint_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,8 @@ class SweepSpec:
             bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
         if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
             bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
+        if not (isinstance(r.checkpoint_interval_s, (int, float)) and r.checkpoint_interval_s >= 0):
+            bad("resources.checkpoint_interval_s", f"must be seconds >= 0 (0 = every epoch), got {r.checkpoint_interval_s!r}")
         if r.pool_size < 1:
             bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
         if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:

@@ -35,7 +35,15 @@ WORST = {"ssim": "max", "mse": "min", "psnr": "max", "reprint_acc": "max"}
 N_RECONSTRUCTIONS = 8
 # Ray Train settings for many short runs: poll the workers often (a run's end is noticed
 # in 0.5 s, not 2 s) and give worker start-up time on a busy node before calling it failed.
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+# Ray Train's Prometheus metrics have no reader without the dashboard: off.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+             "RAY_TRAIN_METRICS_ENABLED": "0"}
+
+
+def train_runtime_env() -> dict[str, Any]:
+    """The job runtime environment the farm's Ray sessions want (``TRAIN_ENV``); a script or
+    test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
+    return {"env_vars": dict(TRAIN_ENV)}
 
 
 def _utcnow() -> dt.datetime:
@@ -338,7 +346,7 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
     if not ray.is_initialized():
         # address None: a new local cluster, never one that happens to run on this machine.
         ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
-                 num_gpus=num_gpus if address is None else None, runtime_env={"env_vars": TRAIN_ENV},
+                 num_gpus=num_gpus if address is None else None, runtime_env=train_runtime_env(),
                  include_dashboard=False, log_to_driver=verbose, configure_logging=False)
         started_ray = True
     try:

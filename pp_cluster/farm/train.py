@@ -1,8 +1,11 @@
 """Ray Train: one defended model per ``TorchTrainer`` run (Algorithm 1 from the science core).
 
 The worker loop is the science's ``train_model`` plus three Ray things: it reads the data
-set from the object store, it checkpoints every epoch through ``ray.train.report``, and it
-resumes from ``ray.train.get_checkpoint()``. The run name derives from the model id, so a
+set from the object store, it checkpoints through ``ray.train.report`` (after an epoch, at
+most once per ``Resources.checkpoint_interval_s``, and always at the end), and it resumes
+from ``ray.train.get_checkpoint()``. A checkpoint costs about a second even for a small
+model (state snapshot, file copy into storage, a round trip through the Train controller),
+so one per epoch dominated short epochs. The run name derives from the model id, so a
 retried or resumed trial continues the same run instead of starting over.
 """
 
@@ -48,6 +51,18 @@ def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def _agreed(due: bool, world: int) -> bool:
+    """Rank 0's decision, on every rank: each ``ray.train.report`` is a step all workers take
+    together, so they must agree on whether this epoch checkpoints."""
+    if world == 1:
+        return due
+    import torch.distributed as dist
+
+    decision = [due]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker; rank 0 checkpoints."""
     torch.set_num_threads(max(1, int(config["threads"])))
@@ -69,10 +84,17 @@ def train_worker(config: dict[str, Any]) -> None:
             _report(saved["final"], saved)
             return
 
+    interval = float(config["checkpoint_interval_s"])
+    last_checkpoint = time.monotonic()
+
     def on_epoch(row: dict, state_fn) -> None:
+        nonlocal last_checkpoint
         history.append(row)
+        if not _agreed(time.monotonic() - last_checkpoint >= interval, world):
+            return
         _report({"epoch": row["epoch"], "test_acc": row.get("test_acc")},
                 {"train_state": state_fn(), "history": history, "done": False})
+        last_checkpoint = time.monotonic()
 
     wrap = None
     if world > 1:
@@ -119,6 +141,7 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
             "model": spec.to_dict(),
             "data_ref": data_ref,
             "threads": resources.cpus_per_worker,
+            "checkpoint_interval_s": resources.checkpoint_interval_s,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker

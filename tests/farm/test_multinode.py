@@ -202,7 +202,8 @@ def _run_failover(cluster, work: Path, facts: dict) -> None:
     # use_gpu left to the farm: the cluster's (logical) GPUs decide it.
     spec = _tiny_sweep(results, name="failover", partitions=("pool1",), lams=(0.0, 1.0), epochs=3,
                        attackers=("fc", "deconv"),
-                       resources=Resources(gpus_per_trial=0.5, cpus_per_worker=0.5, pool_size=2, attacker_cpus=0.5))
+                       resources=Resources(gpus_per_trial=0.5, cpus_per_worker=0.5, pool_size=2, attacker_cpus=0.5,
+                                           checkpoint_interval_s=0))  # every epoch checkpoints
     nodes = {n.node_id: n for n in cluster.worker_nodes}
     checkpoints = work / "failover" / "_ray"
     store = ResultStore(results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pp_cluster.cli import main
-from pp_cluster.config import SpecError
+from pp_cluster.config import Resources, SpecError
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def no_ray(monkeypatch):
     ({"dp_cell": 0}, "dp_cell"),
     ({"train_overrides": {"update": "interleaved"}}, "train_overrides"),
     ({"train_overrides": {"learning_rate": 0.1}}, "train_overrides"),
+    ({"resources": Resources(checkpoint_interval_s=-1.0)}, r"resources\.checkpoint_interval_s"),
 ])
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
@@ -77,11 +78,12 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
     add_sweep_args(p)
     args = p.parse_args(["--defense", "nopeek", "--finetune-epochs", "3", "--dp-epsilons", "0.5,inf",
                          "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path),
-                         "--update", "simultaneous", "--lr", "0.05"])
+                         "--update", "simultaneous", "--lr", "0.05", "--checkpoint-interval", "0"])
     spec = spec_from_args(args, LFW_GRID, LFW_GRID_QUICK)
     assert (spec.defense, spec.finetune_epochs, spec.dp_epsilons) == ("nopeek", 3, (0.5, float("inf")))
     assert (spec.dp_cell, spec.dp_neighbourhood, spec.attributes) == (4, 2, True)
     assert dict(spec.train_overrides) == {"update": "simultaneous", "lr": 0.05}
+    assert spec.resources.checkpoint_interval_s == 0
     # The gender classifier needs the people outside the model's identities.
     assert spec.dataset == "lfw" and spec.dataset_options["disjoint"] is True
     model = spec.model_spec("pool2", 0.1, 0)
