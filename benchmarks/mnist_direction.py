@@ -9,6 +9,7 @@ stays (Table I). Not a test: it prints a table and a verdict.
 
     python benchmarks/mnist_direction.py                       # ../shared/data/mnist
     python benchmarks/mnist_direction.py --lams 0,1,3,10 --limit-train 60000
+    python benchmarks/mnist_direction.py --update simultaneous   # the one-pass Algorithm 1
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--defender", default="mnist_a1")
     p.add_argument("--attackers", default="mnist_a1,mnist_a3", help="comma-separated decoder names")
     p.add_argument("--attack-epochs", type=int, default=5)
+    p.add_argument("--update", choices=("alternating", "simultaneous"), default="alternating",
+                   help="Algorithm 1's order (the paper's) or the one-pass simultaneous update")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> None:
     lams = [float(v) for v in args.lams.split(",")]
     attackers = args.attackers.split(",")
     print(f"MNIST {len(ds.train)} train / {len(ds.test)} test, split at {PARTITION}, defender {args.defender}, "
-          f"{args.epochs} epochs; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)")
+          f"{args.epochs} epochs, {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)")
 
     rows = []
     for lam in lams:
@@ -61,7 +64,7 @@ def main(args: argparse.Namespace) -> None:
         net = build_net("mnist_mlp", ds.image_shape, ds.num_classes)
         local, remote = split(net, PARTITION)
         defenders = [build_decoder(args.defender, net, PARTITION, ds.value_range)] if lam > 0 else []
-        cfg = recipe("mnist", lam=lam, epochs=args.epochs, seed=args.seed)
+        cfg = recipe("mnist", lam=lam, epochs=args.epochs, seed=args.seed, update=args.update)
         result = train_defended(net, local, remote, defenders, ds.train, ds.test, ds.value_range, cfg)
         if result.status != "ok":
             print(f"λ={lam:g}: diverged at epoch {result.diverged_epoch}")

@@ -96,9 +96,11 @@ def main(args: argparse.Namespace) -> None:
 
         import ray
 
-        from pp_cluster.farm.sweep import run_sweep
+        from pp_cluster.farm.sweep import run_sweep, train_runtime_env
 
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # The farm's own Ray Train settings, as when run_sweep starts the cluster itself.
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env=train_runtime_env())
         walls: dict[int, list[float]] = {n: [] for n in sizes}
         try:
             for r in range(repeats):

@@ -198,18 +198,25 @@ class SweepSpec:
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The distinct models of a grid sweep as Tune configs, in a stable order. λ = 0 has no
-        defender, so it appears once however many defender suites are swept."""
-        points, seen = [], set()
+        defender, so it appears once however many defender suites are swept.
+
+        Models with more defenders come first (each defender about doubles a step's cost):
+        longest first, so the last trials to start are the short ones and a sweep does not
+        end with one long model training alone while the other cores idle."""
+        points, seen, defenders = [], set(), []
         for p in self.partitions:
             for lam in self.lams:
                 for k in range(len(self.defender_suites) if lam > 0 else 1):
                     for seed in self.seeds:
                         point = {"partition": p, "lam": float(lam), "seed": int(seed), "suite": k}
-                        key = self.model_spec(**point).model_id(self.name)
+                        model = self.model_spec(**point)
+                        key = model.model_id(self.name)
                         if key not in seen:
                             seen.add(key)
                             points.append(point)
-        return points
+                            defenders.append(len(model.defenders))
+        order = sorted(range(len(points)), key=lambda i: -defenders[i])  # stable
+        return [points[i] for i in order]
 
     def with_(self, **changes: Any) -> "SweepSpec":
         return replace(self, **changes)

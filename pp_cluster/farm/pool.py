@@ -130,6 +130,12 @@ class AttackPool:
         return {"status": "failed", "error": error, "attacker": job["attack"]["attacker"],
                 "attack_id": job["attack_id"], "model_id": job["model_id"]}
 
+    async def ready(self) -> int:
+        """Wait until every attacker actor is placed; how many there are. The sweep calls it
+        before its trials start, which (training in-process) hold CPUs and GPUs themselves."""
+        await asyncio.gather(*(w.__ray_ready__.remote() for w in self._workers))
+        return len(self._workers)
+
     def stats(self) -> dict[str, int]:
         return dict(self.stats_, size=len(self._workers))
 

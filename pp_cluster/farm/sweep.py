@@ -1,8 +1,8 @@
 """Ray Tune: one trial per (partition, λ, seed); grid or multi-objective Optuna search.
 
-A trial is a light driver: it trains its model through Ray Train (``train.fit_model``),
-computes the activations of the attacker's images once, fans the attacker zoo out to the
-sweep's attacker pool, writes its rows, and reports the test accuracy and the worst-case
+A trial trains its model through Ray Train (``train.fit_model``; inside the trial's own
+process when the model has one worker), computes the activations of the attacker's images
+once, fans the attacker zoo out to the sweep's attacker pool, writes its rows, and reports the test accuracy and the worst-case
 (strongest) attacker's metrics to Tune. Every row is keyed by content, so a retried or
 resumed trial skips what is already written and never duplicates a row.
 """
@@ -44,6 +44,16 @@ def train_runtime_env() -> dict[str, Any]:
     """The job runtime environment the farm's Ray sessions want (``TRAIN_ENV``); a script or
     test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
     return {"env_vars": dict(TRAIN_ENV)}
+
+
+def trial_resources(r, use_gpu: bool) -> dict[str, float]:
+    """What a Tune trial holds. A one-worker model trains inside the trial (Ray Train's local
+    mode, ``train.py``), so the trial holds that worker's CPU and GPU share. With DDP the
+    trial is a light driver: no CPU (its Train workers hold theirs), a token of memory, and
+    a sliver of GPU when there is one so that it can compute the activations there."""
+    if r.num_workers == 1:
+        return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
+    return {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})}
 
 
 def _utcnow() -> dt.datetime:
@@ -365,13 +375,15 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
         concurrency = _check_capacity(sweep, use_gpu, autoscaling=address is not None)
         pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
                    r.attacker_gpus if use_gpu else 0.0)
+        if r.max_concurrent_trials is not None and address is None:
+            # A concurrency the user chose may hand every CPU to trials: place the attacker
+            # actors first. (The default one leaves them their share; an autoscaling cluster
+            # may place them only once nodes join.)
+            ray.get(pool.ready.remote())
         data_ref = ray.put(ds)
-        # The trial itself is a light driver: it holds no CPU (its Train workers and the
-        # pool's actors do), only a token of memory, and a sliver of GPU when there is one so
-        # that it can compute the activations there.
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]),
-            {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})},
+            trial_resources(r, use_gpu),
         )
         n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
         run_config = tune.RunConfig(
@@ -422,25 +434,32 @@ def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:
 
 
 def _check_capacity(sweep: SweepSpec, use_gpu: bool, autoscaling: bool) -> int:
-    """Fail fast when a model's Train workers can never be placed beside the attacker pool
+    """Fail fast when a model's training can never be placed beside the attacker pool
     (rather than wait forever), and return how many trials may run at once: as many as can
-    train side by side, plus one so that a model's attacks overlap the next one's training."""
+    train side by side beside the pool, in CPUs and (when used) GPUs. With DDP (whose trials
+    hold nothing themselves) one more, so that a model's attacks overlap the next one's
+    training; a one-worker trial holds its share through its attacks, and one more would
+    take the share the attacker actors need (the sweep would wait forever for its attacks)."""
     r = sweep.resources
     total = ray.cluster_resources()
-    kind = "GPU" if use_gpu else "CPU"
-    per_trial = r.num_workers * (
-        (r.gpus_per_trial if r.num_workers == 1 else 1.0) if use_gpu else r.cpus_per_worker)
-    pool = r.pool_size * (r.attacker_gpus if use_gpu else r.attacker_cpus)
-    free = total.get(kind, 0.0) - pool
-    if not autoscaling and free < per_trial - 1e-9:
-        raise SpecError(
-            f"SweepSpec.resources: a model needs {per_trial:g} {kind} for its Train workers but the cluster has "
-            f"{total.get(kind, 0.0):g} {kind}, {pool:g} of them held by the attacker pool "
-            f"({r.pool_size} actors); lower pool_size / attacker_{kind.lower()}s or cpus_per_worker"
-        )
+    need = {"CPU": (r.num_workers * r.cpus_per_worker, r.pool_size * r.attacker_cpus)}
+    if use_gpu:
+        need["GPU"] = (r.gpus_per_trial if r.num_workers == 1 else float(r.num_workers), r.pool_size * r.attacker_gpus)
+    fits = []
+    for kind, (per_trial, pool) in need.items():
+        free = total.get(kind, 0.0) - pool
+        if not autoscaling and free < per_trial - 1e-9:
+            raise SpecError(
+                f"SweepSpec.resources: a model needs {per_trial:g} {kind} to train but the cluster has "
+                f"{total.get(kind, 0.0):g} {kind}, {pool:g} of them held by the attacker pool "
+                f"({r.pool_size} actors); lower pool_size / attacker_{kind.lower()}s or cpus_per_worker"
+            )
+        if per_trial > 0:
+            fits.append(max(1, int((max(free, per_trial) + 1e-9) // per_trial)))
     if r.max_concurrent_trials is not None:
         return r.max_concurrent_trials
-    return max(1, int(max(free, per_trial) // per_trial)) + 1
+    n = min(fits) if fits else 1
+    return n if r.num_workers == 1 else n + 1
 
 
 def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:

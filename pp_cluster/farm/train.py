@@ -1,19 +1,26 @@
 """Ray Train: one defended model per ``TorchTrainer`` run (Algorithm 1 from the science core).
 
-The worker loop is the science's ``train_model`` plus three Ray things: it reads the data
-set from the object store, it checkpoints through ``ray.train.report`` (after an epoch, at
-most once per ``Resources.checkpoint_interval_s``, and always at the end), and it resumes
-from ``ray.train.get_checkpoint()``. A checkpoint costs about a second even for a small
-model (state snapshot, file copy into storage, a round trip through the Train controller),
-so one per epoch dominated short epochs. The run name derives from the model id, so a
-retried or resumed trial continues the same run instead of starting over.
+A one-worker model trains in Ray Train's local mode (``ScalingConfig(num_workers=0)``): the
+train function runs inside the Tune trial's own process, which holds the worker's CPU and
+GPU share. A worker group would add three processes per model (the Train controller, the
+worker, Train's placement-group cleaner), each importing torch — about 20 s of start-up per
+model on an idle 2-core machine and 40 s under load, for models that often train in a
+minute. ``Resources.num_workers > 1`` starts a worker group and trains with DDP.
+
+The train function is the science's ``train_model`` plus the farm's persistence: the data
+set comes from the object store, and rank 0 saves its state (model, defenders, optimisers,
+RNG, the epochs so far) to ``<storage>/train-<model id>/state.pt`` after an epoch, at most
+once per ``Resources.checkpoint_interval_s``, and when training ends. A retried trial or a
+restarted worker group (the file is on the sweep's shared storage) continues from it; a
+finished model's file holds its final weights, so a trial that died during its attacks
+does not train again. The state is the farm's own file rather than a Train checkpoint
+because local mode keeps checkpoints in memory only.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -25,12 +32,21 @@ import torch
 
 from pp_cluster.config import ModelSpec, Resources
 from pp_cluster import pipeline
+from pp_cluster.farm.fs import read_bytes, write_bytes
 
 STATE_FILE = "state.pt"
 
 
-def _device() -> str:
-    return str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+def state_uri(storage: str, model_id: str) -> str:
+    """Where a model's training state lives, beside Tune's experiment state."""
+    return f"{storage.rstrip('/')}/train-{model_id}/{STATE_FILE}"
+
+
+def _device(local_mode: bool) -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Local mode: the trial's process sees only the GPU Ray gave it.
+    return "cuda" if local_mode else str(ray.train.torch.get_device())
 
 
 def _backend(use_gpu: bool) -> str:
@@ -40,74 +56,65 @@ def _backend(use_gpu: bool) -> str:
     return "nccl" if use_gpu and torch.cuda.is_available() else "gloo"
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-    """Report with a checkpoint: Train V2 keeps only metrics that come with one."""
-    ctx = ray.train.get_context()
-    if ctx.get_world_rank() != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(state, os.path.join(d, STATE_FILE))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+def _save(uri: str, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(uri, buf.getvalue())
 
 
-def _agreed(due: bool, world: int) -> bool:
-    """Rank 0's decision, on every rank: each ``ray.train.report`` is a step all workers take
-    together, so they must agree on whether this epoch checkpoints."""
-    if world == 1:
-        return due
-    import torch.distributed as dist
-
-    decision = [due]
-    dist.broadcast_object_list(decision, src=0)
-    return bool(decision[0])
+def _load(uri: str) -> dict[str, Any] | None:
+    data = read_bytes(uri)
+    return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Train worker; rank 0 checkpoints."""
+    """Runs on every Train worker (or in the trial, in local mode); rank 0 saves the state,
+    at the end with {final, history, net} (a worker group cannot return tensors)."""
     torch.set_num_threads(max(1, int(config["threads"])))
     spec = ModelSpec.from_dict(config["model"])
+    uri, local_mode = config["state_uri"], bool(config["local_mode"])
     ds = ray.get(config["data_ref"])
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    if local_mode:  # (Train's context API refuses to run inside a Tune trial's process)
+        world, rank = 1, 0
+    else:
+        ctx = ray.train.get_context()
+        world, rank = ctx.get_world_size(), ctx.get_world_rank()
 
     resume = None
     history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    saved = _load(uri)
+    if saved is not None:
+        if saved["done"]:
+            return  # trained before the trial was interrupted: the file holds the result
         resume, history = saved["train_state"], saved["history"]
-        if saved.get("done"):
-            # The run had finished before the trial was interrupted: hand the same
-            # result back so the trial can go on to the attacks.
-            _report(saved["final"], saved)
-            return
 
     interval = float(config["checkpoint_interval_s"])
-    last_checkpoint = time.monotonic()
+    last_save = time.monotonic()
 
     def on_epoch(row: dict, state_fn) -> None:
-        nonlocal last_checkpoint
+        nonlocal last_save
         history.append(row)
-        if not _agreed(time.monotonic() - last_checkpoint >= interval, world):
-            return
-        _report({"epoch": row["epoch"], "test_acc": row.get("test_acc")},
-                {"train_state": state_fn(), "history": history, "done": False})
-        last_checkpoint = time.monotonic()
+        if rank == 0 and time.monotonic() - last_save >= interval:
+            _save(uri, {"train_state": state_fn(), "history": history, "done": False})
+            last_save = time.monotonic()
 
     wrap = None
     if world > 1:
         wrap = ray.train.torch.prepare_model
+    device = _device(local_mode)
     model, result = pipeline.train_model(
-        spec, ds, _device(), on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
+        spec, ds, device, on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
     )
+    if rank != 0:
+        return
     # The attacks judge the model as trained; fine-tuning (rank 0, local partition locked)
-    # only adds the before/after accuracies.
-    net_state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
+    # only adds the before/after accuracies, so the trained weights are kept first.
+    tuning = spec.finetune_epochs and result.status == "ok"
+    net_state = {k: v.detach().cpu().clone() if tuning else v.detach().cpu()
+                 for k, v in model.net.state_dict().items()}
     tuned = {"finetune_acc_before": None, "finetune_acc_after": None}
-    if spec.finetune_epochs and result.status == "ok" and rank == 0:
-        tuned.update(pipeline.finetune(model, spec, ds, _device()))
+    if tuning:
+        tuned.update(pipeline.finetune(model, spec, ds, device))
     final = {
         **tuned,
         "status": result.status,
@@ -117,24 +124,27 @@ def train_worker(config: dict[str, Any]) -> None:
         "final_task_loss": result.final_task_loss,
         "final_distance": result.final_distance,
         "train_seconds": result.seconds,
-        "done": True,
     }
-    _report(final, {"train_state": None, "history": history, "done": True, "final": final,
-                    "net": net_state})
+    _save(uri, {"train_state": None, "history": history, "done": True, "final": final, "net": net_state})
 
 
 def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool,
               storage_path: str) -> tuple[dict, list[dict], dict]:
     """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state).
 
+    One worker: local mode, in this (the trial's) process. Several: a worker group with DDP.
     Tune hears only the trial's final report (accuracy and worst-case attack metrics); the
-    per-epoch curves go to the ``epochs`` table, so no TuneReportCallback is attached.
+    per-epoch curves go to the ``epochs`` table.
     """
     from pp_cluster.farm.fs import storage_args
 
-    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
-    if use_gpu:
-        per_worker["GPU"] = resources.gpus_per_trial if resources.num_workers == 1 else 1.0
+    local_mode = resources.num_workers == 1
+    if local_mode:
+        scaling = ray.train.ScalingConfig(num_workers=0)
+    else:
+        per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+        scaling = ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
+                                          resources_per_worker=per_worker)
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={
@@ -142,22 +152,20 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
             "data_ref": data_ref,
             "threads": resources.cpus_per_worker,
             "checkpoint_interval_s": resources.checkpoint_interval_s,
+            "state_uri": state_uri(storage_path, model_id),
+            "local_mode": local_mode,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
-        ),
+        scaling_config=scaling,
         torch_config=ray.train.torch.TorchConfig(backend=_backend(use_gpu)),
         run_config=ray.train.RunConfig(
             name=f"train-{model_id}",
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             **storage_args(storage_path),
         ),
     )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
-    return saved["final"], saved["history"], saved["net"]
+    trainer.fit()
+    out = _load(state_uri(storage_path, model_id))
+    return out["final"], out["history"], out["net"]
 
 
 def reap_orphaned_placement_groups() -> int:

@@ -89,3 +89,16 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
     model = spec.model_spec("pool2", 0.1, 0)
     assert (model.defense, model.defenders, model.finetune_epochs) == ("nopeek", (), 3)
     assert spec.model_spec("pool2", 0.0, 0).defense == "none"
+
+
+def test_grid_starts_the_most_defended_models_first(tiny_sweep, tmp_path):
+    spec = tiny_sweep(tmp_path, partitions=("pool1", "pool2"), lams=(0.0, 1.0), seeds=(0, 1),
+                      defender_suites=(("deconv",), ("deconv", "fc")))
+    points = spec.grid_points()
+    n_defenders = [len(spec.model_spec(**p).defenders) for p in points]
+    assert n_defenders == sorted(n_defenders, reverse=True) and n_defenders[0] == 2 and n_defenders[-1] == 0
+    assert len(points) == 2 * 2 * 2 + 2 * 2  # λ=1 × 2 suites and λ=0 once, per partition and seed
+    assert len({spec.model_spec(**p).model_id(spec.name) for p in points}) == len(points)
+    # Within equal cost the order stays the sweep's own (partition, then λ, then seed).
+    zero = [(p["partition"], p["seed"]) for p in points if p["lam"] == 0]
+    assert zero == [("pool1", 0), ("pool1", 1), ("pool2", 0), ("pool2", 1)]

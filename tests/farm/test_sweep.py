@@ -69,3 +69,25 @@ def test_optuna_search_marks_the_pareto_models(tiny_sweep, ray_cluster, tmp_path
     for m in models["model_id"]:
         dominated = ((acc >= acc[m]) & (worst <= worst[m]) & ((acc > acc[m]) | (worst < worst[m]))).any()
         assert bool(models.set_index("model_id").loc[m, "pareto"]) == (not dominated)
+
+
+def test_two_worker_ddp_model_trains_in_a_worker_group(tiny_sweep, ray_cluster, tmp_path):
+    """num_workers > 1: a Train worker group with DDP (gloo on CPU) instead of local mode;
+    the model's state file records its epochs and final weights, which a retried trial reuses."""
+    from pp_cluster.config import Resources
+    from pp_cluster.farm.train import _load, state_uri
+
+    spec = tiny_sweep(tmp_path / "res", name="ddp", partitions=("pool1",), lams=(1.0,), epochs=2,
+                      attackers=("fc",),
+                      resources=Resources(num_workers=2, cpus_per_worker=1.0, pool_size=1, attacker_cpus=0.5,
+                                          max_failures=1, checkpoint_interval_s=0))
+    outcome = run_sweep(spec, verbose=False)
+    assert outcome.n_trials == 1 and outcome.n_errored == 0
+    models = pd.read_parquet(tmp_path / "res" / "models")
+    epochs = pd.read_parquet(tmp_path / "res" / "epochs")
+    assert len(models) == 1 and models["status"].eq("ok").all()
+    assert sorted(epochs["epoch"]) == [1, 2]
+    model_id = models["model_id"].iloc[0]
+    saved = _load(state_uri(spec.storage(), model_id))
+    assert saved["done"] and [r["epoch"] for r in saved["history"]] == [1, 2]
+    assert saved["final"]["test_acc"] == pytest.approx(models["test_acc"].iloc[0])
