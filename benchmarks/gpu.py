@@ -44,7 +44,6 @@ PAPER_TRAIN_IMAGES = round(2370 * 0.8)  # 34 people with >= 30 images, 20% held 
 PAPER_MODELS = 3 * 2 * 5  # partitions x λ x seeds (Section V-C, 5 runs averaged)
 PAPER_EPOCHS, PAPER_ATTACK_EPOCHS, PAPER_ATTACKERS = 250, 50, 3
 POOL_GPUS = 0.05  # the attacker actor's share of the GPU
-TRIAL_GPUS = 0.01  # what run_sweep reserves for each trial's driver
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,8 +76,9 @@ class Utilisation:
 
 
 def packed_gpus(k: int) -> float:
-    """The largest per-trial share (3 decimals) that lets k trials and the pool fit one GPU."""
-    return math.floor((1.0 - POOL_GPUS - TRIAL_GPUS * k) / k * 1000) / 1000
+    """The largest per-trial share (3 decimals) that lets k trials and the pool fit one GPU (a
+    one-worker trial trains in its own process and holds just that share)."""
+    return math.floor((1.0 - POOL_GPUS) / k * 1000) / 1000
 
 
 def main(args: argparse.Namespace) -> None:
