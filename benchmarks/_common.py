@@ -69,3 +69,17 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
+
+
+def fastest_cpu(fn, repeats: int) -> tuple[float, int]:
+    """(fastest process-CPU ms, fewest minor page faults) of ``repeats`` calls of ``fn``."""
+    import resource
+
+    times, faults = [], []
+    for _ in range(repeats):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return min(times) * 1e3, min(faults)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import lfw_like, machine_line, print_table
+from _common import fastest_cpu, lfw_like, machine_line, print_table
 from pp_cluster import pipeline
 from pp_cluster.config import AttackSpec, ModelSpec
 from pp_cluster.data.attacker import attacker_data
@@ -93,12 +93,7 @@ def per_batch_ms(model: pipeline.Model, partition: str, x: torch.Tensor, value_r
     """Process-CPU ms of one training batch ``x``: the local forward (eval, no grad) and each
     attacker's step (forward, MSE, backward, optimizer step), fastest of ``repeats``."""
     def best(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.process_time()
-            fn()
-            times.append(time.process_time() - t0)
-        return min(times) * 1e3
+        return fastest_cpu(fn, repeats)[0]
 
     local = model.local.eval()
     with torch.no_grad():

@@ -15,20 +15,17 @@ approaches with many epochs is sum_a (step_a + local) / sum_a step_a.
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import machine_line, print_table
+from _common import fastest_cpu, machine_line, print_table
+from attack_cache import ZOO
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec
 from pp_cluster.nets import build_decoder
 from pp_cluster.privacy.attack import AttackConfig, attacker_optimizer
 from pp_cluster.privacy.metrics import to_unit
-
-ZOO = ("deconv", "fc", "sparse_fc")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,18 +34,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     return p
-
-
-def best(fn, n: int = 4) -> tuple[float, int]:
-    """(fastest process-CPU ms, fewest minor page faults) over ``n`` calls."""
-    times, faults = [], []
-    for _ in range(n):
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    return min(times) * 1e3, min(faults)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -61,7 +46,7 @@ def main(args: argparse.Namespace) -> None:
     local = model.local.eval()
     with torch.no_grad():
         h = local(x)
-        local_ms, local_faults = best(lambda: local(x))
+        local_ms, local_faults = fastest_cpu(lambda: local(x), 4)
     target = to_unit(x, vr)
     print(machine_line())
     rows = [("local forward (no grad)", f"{local_ms:.0f}", local_faults, "", "", "", "")]
@@ -90,14 +75,14 @@ def main(args: argparse.Namespace) -> None:
                     attacker(hh)
 
             label = f"{name} (channels-last)" if channels_last else name
-            s, fb, f = best(step), best(fwd_bwd), best(fwd)
+            s, fb, f = (fastest_cpu(fn, 4) for fn in (step, fwd_bwd, fwd))
             steps[label] = s[0]
             rows.append((f"{label} step", f"{s[0]:.0f}", s[1], f"{fb[0]:.0f}", fb[1], f"{f[0]:.0f}", f[1]))
             print(f"  {label}: step {s[0]:.0f} ms", flush=True)
     print()
     print_table(("batch of 64 at " + args.partition, "CPU ms", "page faults", "fwd+bwd ms", "faults",
                  "fwd ms", "faults"), rows)
-    for labels in ((ZOO), ("deconv (channels-last)", "fc", "sparse_fc")):
+    for labels in (ZOO, tuple("deconv (channels-last)" if a == "deconv" else a for a in ZOO)):
         total = sum(steps[k] for k in labels)
         print(f"bound for zoo {', '.join(labels)}: (steps + {len(labels)} x local) / steps = "
               f"{(total + len(labels) * local_ms) / total:.2f}x")

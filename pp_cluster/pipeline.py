@@ -62,10 +62,10 @@ def build_model(spec: ModelSpec, ds: Dataset) -> Model:
 
 def train_config(spec: ModelSpec, ds: Dataset, device: str):
     overrides = dict(spec.train_overrides)
+    # λ = 0 ("none") trains as the partition defense without defenders: plain training.
     overrides.update(
         lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
-        seed=spec.seed, device=device, # λ = 0 ("none") trains as the partition defense without defenders: plain training.
-        defense="partition" if spec.defense == "none" else spec.defense,
+        seed=spec.seed, device=device, defense="partition" if spec.defense == "none" else spec.defense,
     )
     return recipe(ds.name, **overrides)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
@@ -36,6 +36,35 @@ def storage_args(uri: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
+# Object stores: one PUT is atomic and a rename would be a copy, so no temp file; and no
+# directories either: pyarrow's create_dir writes empty "dir/" marker objects there, which
+# make fsspec's s3fs (pandas' storage_options=) fail to read the hive-partitioned tables.
+SINGLE_PUT = {"s3", "gcs", "abfs"}
+
+
+def single_put(fs: pafs.FileSystem) -> bool:
+    return fs.type_name in SINGLE_PUT
+
+
+def replace_file(fs: pafs.FileSystem, path: str, write: Callable[[str], None]) -> None:
+    """Put a whole file at ``path`` in one step, so readers see the old file or the new one:
+    ``write(p)`` writes it at ``p``. On an object store that is ``path`` itself (one PUT);
+    elsewhere a temporary file beside it, renamed over it (rename(2) locally and on NFS)."""
+    if single_put(fs):
+        write(path)
+        return
+    directory, name = path.rsplit("/", 1)
+    fs.create_dir(directory, recursive=True)
+    tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
+    try:
+        write(tmp)
+        fs.move(tmp, path)
+    except BaseException:
+        if fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+        raise
+
+
 def read_bytes(uri: str) -> bytes | None:
     """The whole file at ``uri``, or None when there is none."""
     fs, path = resolve(uri)
@@ -46,22 +75,11 @@ def read_bytes(uri: str) -> bytes | None:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Replace the file at ``uri`` in one step: readers see the old bytes or the new ones.
-    Local and NFS paths write a temporary file and rename it; an object store's PUT is
-    atomic by itself (and has no directories to create)."""
+    """Replace the file at ``uri`` with ``data`` in one step (:func:`replace_file`)."""
     fs, path = resolve(uri)
-    if is_remote(uri):
-        with fs.open_output_stream(path) as f:
+
+    def write(p: str) -> None:
+        with fs.open_output_stream(p) as f:
             f.write(data)
-        return
-    directory = path.rsplit("/", 1)[0]
-    fs.create_dir(directory, recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
-    except BaseException:
-        if fs.get_file_info(tmp).type == pafs.FileType.File:
-            fs.delete_file(tmp)
-        raise
+
+    replace_file(fs, path, write)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 import pp_cluster
 from pp_cluster.config import content_id  # noqa: F401 -- re-exported: ids name the files
-from pp_cluster.farm.fs import resolve
+from pp_cluster.farm.fs import replace_file, resolve, single_put
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -147,10 +147,6 @@ ALLOWED = {
 }
 # Sweep names and keys become path segments (hive decodes %-escapes, a leading dot hides a file).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-# Object stores: one PUT is atomic and a rename would be a copy, so no temp file; and no
-# directories either: pyarrow's create_dir writes empty "dir/" marker objects there, which
-# make fsspec's s3fs (pandas' storage_options=) fail to read the hive-partitioned tables.
-_SINGLE_PUT = {"s3", "gcs", "abfs"}
 
 
 def _pandas_dtype(field: pa.Field) -> str:
@@ -337,7 +333,6 @@ class ResultStore:
             if isinstance(self.fs, pafs.LocalFileSystem):
                 path = os.path.abspath(os.path.expanduser(path))
         self.base = path.rstrip("/")
-        self._atomic_put = self.fs.type_name in _SINGLE_PUT
 
     def __repr__(self) -> str:
         return f"ResultStore({self.root!r})"
@@ -346,7 +341,7 @@ class ResultStore:
         """Fail before any work if results could not be written: create and remove a probe file."""
         probe = f"{self.base}/.probe-{uuid.uuid4().hex}"
         try:
-            if not self._atomic_put:
+            if not single_put(self.fs):  # (no directory markers on object stores)
                 self.fs.create_dir(self.base, recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"probe")
@@ -393,19 +388,7 @@ class ResultStore:
             self.write("reconstructions", sweep, attack_id, rows)
 
     def _put(self, path: str, data: pa.Table) -> None:
-        directory, name = path.rsplit("/", 1)
-        if self._atomic_put:
-            pq.write_table(data, path, filesystem=self.fs)
-            return
-        self.fs.create_dir(directory, recursive=True)
-        tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
-        try:
-            pq.write_table(data, tmp, filesystem=self.fs)
-            self.fs.move(tmp, path)  # rename(2) locally: readers see the old file or the new one
-        except BaseException:
-            if self.fs.get_file_info(tmp).type == pafs.FileType.File:
-                self.fs.delete_file(tmp)
-            raise
+        replace_file(self.fs, path, lambda p: pq.write_table(data, p, filesystem=self.fs))
 
     def exists(self, table: str, sweep: str, key: str) -> bool:
         return self.fs.get_file_info(self._path(table, sweep, key)).type == pafs.FileType.File

@@ -2,8 +2,8 @@
 
 A trial trains its model through Ray Train (``train.fit_model``; inside the trial's own
 process when the model has one worker), computes the activations of the attacker's images
-once, fans the attacker zoo out to the sweep's attacker pool, writes its rows, and reports the test accuracy and the worst-case
-(strongest) attacker's metrics to Tune. Every row is keyed by content, so a retried or
+once, fans the attacker zoo out to the sweep's attacker pool, writes its rows, and reports
+the test accuracy and the worst-case (strongest) attacker's metrics to Tune. Every row is keyed by content, so a retried or
 resumed trial skips what is already written and never duplicates a row.
 """
 
