@@ -33,9 +33,17 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     from pp_cluster.privacy.defense import DEFENSES, UPDATES
 
+    from pp_cluster.privacy.recipes import RECIPE_NAMES
+
     g = p.add_argument_group("what to run")
-    g.add_argument("--quick", action="store_true",
-                   help="small CPU profile: the embedded data set (unless --data-root is given), few epochs")
+    g.add_argument("--profile", choices=("paper", "quick", "cpu"), default=None,
+                   help="paper: the paper's data and budget (default); quick: minutes on the embedded data set "
+                        "(unless --data-root is given); cpu: the real-data job in a 2-core budget (lfw_grid; "
+                        "needs --data-root)")
+    g.add_argument("--quick", action="store_true", help="the same as --profile quick")
+    g.add_argument("--recipe", choices=RECIPE_NAMES,
+                   help="training recipe: the paper's, or our fast one (AdamW, one-cycle, label smoothing, "
+                        "crop+flip; see privacy/recipes.py)")
     g.add_argument("--name", help="sweep name (the `sweep` column and the Tune experiment name)")
     g.add_argument("--data-root", help="folder of the real data set in its standard layout "
                    "(e.g. ../shared/data/lfw/lfw-deepfunneled); without it --quick uses the embedded data")
@@ -97,15 +105,29 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
 _SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
                "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
                "results", "storage_path", "defense", "finetune_epochs", "dp_epsilons", "dp_cell",
-               "dp_neighbourhood")
+               "dp_neighbourhood", "recipe")
 _RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus",
                    "checkpoint_interval_s")
 
 
-def spec_from_args(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec) -> SweepSpec:
-    """The paper's profile or the quick one, then every flag the user gave on top."""
-    spec = quick if args.quick else paper
-    if args.quick and args.data_root and quick.dataset != paper.dataset:
+def profile_name(args: argparse.Namespace) -> str:
+    if args.quick and args.profile not in (None, "quick"):
+        raise SpecError(f"--quick and --profile {args.profile} contradict each other; give one")
+    return "quick" if args.quick else (args.profile or "paper")
+
+
+def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
+    """The driver's chosen profile (paper, quick or cpu), then every flag the user gave on top."""
+    from pp_cluster.profiles import NEEDS_DATA_ROOT, PROFILES
+
+    profiles, name = PROFILES[driver], profile_name(args)
+    if name not in profiles:
+        raise SpecError(f"--profile {name}: {driver} has the profiles {', '.join(profiles)}")
+    if (driver, name) in NEEDS_DATA_ROOT and not args.data_root:
+        raise SpecError(f"--profile {name} trains on real data: pass --data-root (for lfw_grid the "
+                        "lfw-deepfunneled folder, e.g. ../shared/data/lfw/lfw-deepfunneled)")
+    paper, quick, spec = profiles["paper"], profiles["quick"], profiles[name]
+    if name == "quick" and args.data_root and quick.dataset != paper.dataset:
         # --quick with real data: the quick budget on the paper's data set.
         spec = replace(quick, dataset=paper.dataset, dataset_options=paper.dataset_options,
                        arch_options=quick.arch_options, name=quick.name + "_real")
@@ -145,21 +167,21 @@ def check_fresh(spec: SweepSpec, resume: bool) -> None:
         )
 
 
-def sweep_main(paper: SweepSpec, quick: SweepSpec, doc: str | None, argv: Sequence[str] | None = None) -> int:
-    """Entry point of every ``sweeps/*.py`` driver."""
+def sweep_main(driver: str, doc: str | None, argv: Sequence[str] | None = None) -> int:
+    """Entry point of every ``sweeps/*.py`` driver: ``driver`` names its profiles in ``PROFILES``."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sweep_args(p)
     args = p.parse_args(argv)
-    return _run(args, paper, quick)
+    return _run(args, driver)
 
 
-def _run(args: argparse.Namespace, paper: SweepSpec, quick: SweepSpec) -> int:
+def _run(args: argparse.Namespace, driver: str) -> int:
     from pp_cluster.farm.sweep import run_sweep
 
     try:
-        spec = spec_from_args(args, paper, quick).validate()
+        spec = spec_from_args(args, driver).validate()
         check_fresh(spec, args.resume)
-        outcome = run_sweep(spec, address=args.address, num_cpus=args.num_cpus)
+        outcome = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"pp-farm: error: {e}", file=sys.stderr)
         return 2
@@ -205,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("sweep", help="run a sweep profile (the same as python sweeps/<profile>.py)",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("profile", choices=sorted(PROFILES), help="which sweep")
+    sp.add_argument("driver", choices=sorted(PROFILES), help="which sweep (sweeps/<driver>.py)")
     add_sweep_args(sp)
     st = sub.add_parser("status", help="summarise the models and attacks under a results root")
     st.add_argument("results", help="results root (local path or s3://...)")
@@ -216,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fe.add_argument("--root", required=True, help="folder to download into")
     args = p.parse_args(argv)
     if args.command == "sweep":
-        paper, quick = PROFILES[args.profile]
-        return _run(args, paper, quick)
+        return _run(args, args.driver)
     if args.command == "status":
         return _status(args)
     return _fetch(args)

@@ -32,11 +32,15 @@ def content_id(*parts: Any) -> str:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything that determines one defended model (and hence its ``model_id``)."""
+    """Everything that determines one defended model (and hence its ``model_id``).
+
+    ``partition`` is None for an undefended model (λ = 0): plain training does not depend on
+    the split, so one such model per (data, arch, recipe, seed) is attacked at every partition
+    of its grid (:meth:`SweepSpec.attack_partitions`)."""
 
     dataset: str
     arch: str
-    partition: str
+    partition: str | None
     lam: float
     defenders: tuple[str, ...]
     distance: str
@@ -46,6 +50,7 @@ class ModelSpec:
     data_root: str | None = None
     defense: str = "partition"  # "none" when lam == 0; see privacy.defense.DEFENSES
     finetune_epochs: int = 0  # remote fine-tuning with the local partition locked (Sec. IV-G)
+    recipe: str = "paper"  # privacy.recipes: "paper" or our "fast"
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     arch_options: Mapping[str, Any] = field(default_factory=dict)
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -63,6 +68,10 @@ class ModelSpec:
         kw = dict(d)
         kw["defenders"] = tuple(kw.get("defenders", ()))
         return cls(**kw)
+
+    def at(self, partition: str) -> "ModelSpec":
+        """This model seen at ``partition``: where an attacker splits it (the id is unchanged)."""
+        return replace(self, partition=partition)
 
     def model_id(self, sweep: str) -> str:
         # data_root is where the data lives, not what it is: moving it keeps the id.
@@ -82,8 +91,9 @@ class AttackSpec:
     batch_size: int = 64
     lr: float = 1e-3
 
-    def attack_id(self, model_id: str) -> str:
-        return content_id("attack", model_id, asdict(self))
+    def attack_id(self, model_id: str, partition: str) -> str:
+        """Id of this attack on ``model_id`` split at ``partition``."""
+        return content_id("attack", model_id, partition, asdict(self))
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class SweepSpec:
     defender_suites: tuple[tuple[str, ...], ...] = (("deconv",),)
     attackers: tuple[str, ...] = ("deconv", "fc", "sparse_fc")
     seeds: tuple[int, ...] = (0,)
+    recipe: str = "paper"  # privacy.recipes: the paper's recipe or our "fast" one (CPU budgets)
     epochs: int = 250
     batch_size: int = 32
     distance: str = "ssim"
@@ -160,10 +171,14 @@ class SweepSpec:
             return self.results
         return str(Path(self.results).expanduser().resolve())
 
-    def model_spec(self, partition: str, lam: float, seed: int, suite: int = 0) -> ModelSpec:
+    def model_spec(self, partition: str | None, lam: float, seed: int, suite: int = 0) -> ModelSpec:
         # λ = 0 is plain training: no defender is trained (Algorithm 1 with λ = 0 only
-        # spends compute on defenders whose feedback is multiplied by zero).
+        # spends compute on defenders whose feedback is multiplied by zero), and the model does
+        # not depend on the partition: its identity has none (attacked at every partition).
         defense = self.defense if lam > 0 else "none"
+        if lam > 0 and partition is None:
+            raise SpecError("a defended model (λ > 0) needs the partition it is defended at")
+        partition = partition if lam > 0 else None
         defenders = self.defender_suites[suite] if defense == "partition" else ()
         return ModelSpec(
             dataset=self.dataset,
@@ -181,7 +196,12 @@ class SweepSpec:
             train_overrides=dict(self.train_overrides),
             defense=defense,
             finetune_epochs=self.finetune_epochs,
+            recipe=self.recipe,
         )
+
+    def attack_partitions(self, model: ModelSpec) -> tuple[str, ...]:
+        """Where ``model``'s attackers split it: its own partition, or (undefended) every one."""
+        return (model.partition,) if model.partition is not None else tuple(self.partitions)
 
     def attack_specs(self) -> tuple[AttackSpec, ...]:
         return tuple(
@@ -198,7 +218,8 @@ class SweepSpec:
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The distinct models of a grid sweep as Tune configs, in a stable order. λ = 0 has no
-        defender, so it appears once however many defender suites are swept.
+        defender and no partition, so it appears once per seed however many partitions and
+        defender suites are swept (``partition`` None; it is attacked at every partition).
 
         Models with more defenders come first (each defender about doubles a step's cost):
         longest first, so the last trials to start are the short ones and a sweep does not
@@ -208,7 +229,8 @@ class SweepSpec:
             for lam in self.lams:
                 for k in range(len(self.defender_suites) if lam > 0 else 1):
                     for seed in self.seeds:
-                        point = {"partition": p, "lam": float(lam), "seed": int(seed), "suite": k}
+                        point = {"partition": p if lam > 0 else None, "lam": float(lam), "seed": int(seed),
+                                 "suite": k}
                         model = self.model_spec(**point)
                         key = model.model_id(self.name)
                         if key not in seen:
@@ -227,7 +249,7 @@ class SweepSpec:
     # -- validation ----------------------------------------------------------
     def validate(self) -> "SweepSpec":
         """Check every field that can be checked without data; raise SpecError naming it."""
-        from pp_cluster.nets import ARCHS, DECODERS
+        from pp_cluster.nets import ARCHS, DECODERS, MNIST_ONLY
         from pp_cluster.data import DATASETS
         from pp_cluster.privacy.defense import DEFENSES
         from pp_cluster.privacy.metrics import DISTANCES
@@ -241,10 +263,13 @@ class SweepSpec:
             bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
         if self.dataset not in DATASETS:
             bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
-        from pp_cluster.privacy.recipes import recipe
+        from pp_cluster.privacy.recipes import RECIPES, recipe
 
+        if self.recipe not in RECIPES[self.dataset]:
+            bad("recipe", f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
+                f"{', '.join(RECIPES[self.dataset])}")
         try:  # a misspelt or out-of-range override must fail here, not inside every trial
-            recipe(self.dataset, **dict(self.train_overrides))
+            recipe(self.dataset, self.recipe, **dict(self.train_overrides))
         except (ValueError, TypeError) as err:
             bad("train_overrides", str(err))
         if self.arch not in ARCHS:
@@ -296,10 +321,18 @@ class SweepSpec:
         if not self.defender_suites or not all(self.defender_suites):
             bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
         suite_names = tuple(n for suite in self.defender_suites for n in suite)
+        from pp_cluster.nets import BASELINES
+
+        for n in suite_names:
+            if n in BASELINES:
+                bad("defender_suites", f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
+                    "nothing a defender could learn from")
         for role, names in (("defender_suites", suite_names), ("attackers", self.attackers)):
             for n in names:
                 if n not in DECODERS:
                     bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
+                if n in MNIST_ONLY and self.arch != "mnist_mlp":
+                    bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")
         if not self.attackers:
             bad("attackers", "at least one attacker is needed")
         if len(set(self.attackers)) != len(self.attackers):

@@ -55,8 +55,10 @@ def build_model(spec: ModelSpec, ds: Dataset) -> Model:
     # The seed fixes the initial weights, so a retried trial starts from the same model.
     torch.manual_seed(spec.seed)
     net = build_classifier(spec, ds.image_shape, ds.num_classes)
-    local, remote = split(net, spec.partition)
-    defenders = [build_decoder(d, net, spec.partition, ds.value_range) for d in spec.defenders]
+    # An undefended model (partition None) trains whole; its halves here are only nominal.
+    partition = spec.partition or net.default_partition
+    local, remote = split(net, partition)
+    defenders = [build_decoder(d, net, partition, ds.value_range) for d in spec.defenders]
     return Model(net, local, remote, defenders)
 
 
@@ -67,7 +69,7 @@ def train_config(spec: ModelSpec, ds: Dataset, device: str):
         lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
         seed=spec.seed, device=device, defense="partition" if spec.defense == "none" else spec.defense,
     )
-    return recipe(ds.name, **overrides)
+    return recipe(ds.name, spec.recipe, **overrides)
 
 
 def train_model(
@@ -197,6 +199,7 @@ def run_attack(
         result = AttackResult(result.metrics, result.reconstructions[:n_keep], result.originals[:n_keep])
     row.update(
         attacker=attack.attacker,
+        partition=spec.partition,
         attacker_arch=describe(attacker),
         attacker_data=attack.attacker_data,
         attacker_fraction=attack.attacker_fraction,

@@ -8,7 +8,6 @@ pool1/pool2/pool3 × λ ∈ {0, 0.1}; several GPU workers per model (DDP) with -
 import sys
 
 from pp_cluster.cli import sweep_main
-from pp_cluster.profiles import CIFAR_VGG, CIFAR_VGG_QUICK
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(CIFAR_VGG, CIFAR_VGG_QUICK, __doc__))
+    sys.exit(sweep_main("cifar_vgg", __doc__))

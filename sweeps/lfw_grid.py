@@ -9,7 +9,6 @@ deconv, fc and sparse-fc attackers.
 import sys
 
 from pp_cluster.cli import sweep_main
-from pp_cluster.profiles import LFW_GRID, LFW_GRID_QUICK
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(LFW_GRID, LFW_GRID_QUICK, __doc__))
+    sys.exit(sweep_main("lfw_grid", __doc__))

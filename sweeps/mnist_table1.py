@@ -8,7 +8,6 @@
 import sys
 
 from pp_cluster.cli import sweep_main
-from pp_cluster.profiles import MNIST_TABLE1, MNIST_TABLE1_QUICK
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(MNIST_TABLE1, MNIST_TABLE1_QUICK, __doc__))
+    sys.exit(sweep_main("mnist_table1", __doc__))

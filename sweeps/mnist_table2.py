@@ -8,7 +8,6 @@ suite of Appendix A (λ = 200), attacked by the 8 attackers.
 import sys
 
 from pp_cluster.cli import sweep_main
-from pp_cluster.profiles import MNIST_TABLE2, MNIST_TABLE2_QUICK
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(MNIST_TABLE2, MNIST_TABLE2_QUICK, __doc__))
+    sys.exit(sweep_main("mnist_table2", __doc__))

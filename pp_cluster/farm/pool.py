@@ -128,6 +128,7 @@ class AttackPool:
             return row
         self.stats_["failed"] += 1
         return {"status": "failed", "error": error, "attacker": job["attack"]["attacker"],
+                "partition": job["model"]["partition"],
                 "attack_id": job["attack_id"], "model_id": job["model_id"]}
 
     async def ready(self) -> int:

@@ -61,7 +61,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("seed", pa.int64(), "random seed of training and of the attackers", null=False),
         _col("dataset", pa.string(), "data set registry name (`lfw`, `mnist`, `cifar10`, ...)", null=False),
         _col("arch", pa.string(), "classifier architecture (`mnist_mlp`, `face_cnn`, `vgg19_bn`)", null=False),
-        _col("partition", pa.string(), "split point: the last layer kept local (`pool1`, `fc1`, ...)", null=False),
+        _col("partition", pa.string(), "split point the model was defended at: the last layer kept local "
+             "(`pool1`, `fc1`, ...); null for an undefended model (λ = 0), which does not depend on it and is "
+             "attacked at every partition of its grid: `attacks.partition` says where each attack split it"),
+        _col("recipe", pa.string(), "training recipe (`paper`: the paper's; `fast`: ours for CPU budgets, "
+             "privacy/recipes.py)"),
         _col("lam", pa.float64(), "strength of the defense (0 = undefended): λ, the weight of the defenders' "
              "distance in the loss (`partition`); NoPeek's dCor weight (`nopeek`); the noise σ (`noise`)", null=False),
         _col("defenders", pa.string(), "comma-joined defender decoder names; empty string = none", null=False),
@@ -72,6 +76,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("lr", pa.float64(), "learning rate of the classifier", null=False),
         _col("batch_size", pa.int64(), "training batch size", null=False),
         _col("test_acc", pa.float64(), "test accuracy; null if the model diverged or failed"),
+        _col("n_test", pa.int64(), "test images behind `test_acc` (for its binomial interval)"),
         _col("train_acc", pa.float64(), "accuracy on the training set in the last epoch"),
         _col("final_task_loss", pa.float64(), "task (cross-entropy) loss of the last epoch"),
         _col("final_distance", pa.float64(), "defender distance of the last epoch (`nopeek`: dCor(x, H))"),
@@ -97,6 +102,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "attacks": pa.schema([
         _SWEEP, _MODEL_ID, _ATTACK_ID,
         _col("attacker", pa.string(), "attacker zoo name", null=False),
+        _col("partition", pa.string(), "split point at which the attacker saw the model's activations (join an "
+             "attack to its partition with this column, not `models.partition`, which is null for undefended "
+             "models)"),
         _col("attacker_arch", pa.string(), "the attacker's layers, as text"),
         _col("attacker_data", pa.string(), "which images the attacker trained on: the model's own training "
              "images or disjoint ones"),
@@ -104,6 +112,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("mse", pa.float64(), "mean squared error of reconstructions vs originals, in [0, 1] units"),
         _col("ssim", pa.float64(), "mean SSIM of reconstructions vs originals"),
         _col("psnr", pa.float64(), "mean PSNR (dB)"),
+        _col("ssim_images", pa.list_(pa.float64()), "per-image SSIM of the evaluation images, in evaluation "
+             "order (the same images and order for every attack of a sweep): for bootstrap intervals and "
+             "paired differences"),
+        _col("mse_images", pa.list_(pa.float64()), "per-image MSE, as `ssim_images`"),
         _col("dpd", pa.float64(), "LPIPS perceptual distance (the paper's DPD); null when unavailable"),
         _col("dpd_reason", pa.string(), "why dpd is null (e.g. no offline LPIPS weights)"),
         _col("reprint_acc", pa.float64(), "classifier accuracy on reconstructions; null when the eval images "
@@ -136,6 +148,11 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+# Attackers that read nothing from the activations (nets.decoders' baselines, e.g. the mean
+# training image): their rows sit beside the others as a no-information reference and never
+# count as the strongest attacker.
+BASELINE_ATTACKERS: tuple[str, ...] = ("mean_image",)
 
 # The column a file's key is: one file per model (models, epochs) or per attack.
 KEY_COLUMN = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id", "reconstructions": "attack_id"}
@@ -263,6 +280,9 @@ _CHECKS = [
      and not isinstance(v, (bool, np.bool_)), "a number"),
     (pa.types.is_string, lambda v: isinstance(v, str), "a str"),
     (pa.types.is_binary, lambda v: isinstance(v, bytes), "bytes"),
+    (pa.types.is_list, lambda v: isinstance(v, (list, tuple, np.ndarray))
+     and all(isinstance(e, (int, float, np.integer, np.floating)) and not isinstance(e, bool) for e in v),
+     "a list of numbers"),
     (pa.types.is_timestamp, lambda v: isinstance(v, dt.datetime) and v.tzinfo is not None,
      "a timezone-aware datetime"),
 ]

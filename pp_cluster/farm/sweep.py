@@ -25,6 +25,7 @@ import torch
 from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec, content_id
 from pp_cluster.data.base import Split
+from pp_cluster.nets import split
 from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import ResultStore, provenance
@@ -77,7 +78,9 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
                             point.get("suite", 0))
     model_id = spec.model_id(sweep.name)
     store = ResultStore(sweep.results_uri())
-    attacks = {a.attack_id(model_id): a for a in sweep.attack_specs()}
+    # One attack per (partition it splits the model at, attacker): an undefended model is
+    # attacked at every partition of the grid, a defended one at its own.
+    attacks = {a.attack_id(model_id, p): (p, a) for p in sweep.attack_partitions(spec) for a in sweep.attack_specs()}
 
     done_rows = _ok_attack_rows(store, sweep.name, model_id, attacks)
     model_row = _model_row(store, sweep.name, model_id)
@@ -97,25 +100,29 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
         model.net.load_state_dict(net_state)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.net.to(device)
-        # The activations of the attacker's images: computed ONCE per model, whatever the zoo.
-        inputs = pipeline.attack_inputs(
-            model.local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device
-        )
-        if spec.lam == 0 and sweep.dp_epsilons:
+        if spec.lam == 0 and sweep.dp_epsilons:  # once per undefended model, not per partition
             _write_dp_pixelation(store, sweep, spec, model_id, model.net, ds, device)
-        inputs_ref, net_ref = ray.put(inputs), ray.put(net_state)
+        net_ref = ray.put(net_state)
         pool = get_pool(sweep.name)
         shape = (list(ds.image_shape), ds.num_classes, list(ds.value_range))
+        done_ids = {r["attack_id"] for r in done_rows}
         pending = []
-        for attack_id, attack in attacks.items():
-            if attack_id in {r["attack_id"] for r in done_rows}:
+        for partition in sweep.attack_partitions(spec):
+            todo = {i: a for i, (p, a) in attacks.items() if p == partition and i not in done_ids}
+            if not todo:
                 continue
-            job = {
-                "sweep": sweep.name, "model_id": model_id, "attack_id": attack_id,
-                "model": spec.to_dict(), "attack": attack.__dict__, "shape": shape,
-                "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
-            }
-            pending.append(pool.attack.remote(job, [inputs_ref, net_ref, refs[1]]))
+            # The activations of the attacker's images: computed ONCE per (model, partition),
+            # whatever the zoo.
+            local, _ = split(model.net, partition)
+            inputs_ref = ray.put(pipeline.attack_inputs(
+                local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device))
+            for attack_id, attack in todo.items():
+                job = {
+                    "sweep": sweep.name, "model_id": model_id, "attack_id": attack_id,
+                    "model": spec.at(partition).to_dict(), "attack": attack.__dict__, "shape": shape,
+                    "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
+                }
+                pending.append(pool.attack.remote(job, [inputs_ref, net_ref, refs[1]]))
         for row in ray.get(pending):
             if row["status"] != "ok":
                 _write_failed_attack(store, sweep.name, row)
@@ -128,6 +135,7 @@ def _ok_attack_rows(store: ResultStore, sweep: str, model_id: str, attacks: dict
     if df.empty:
         return []
     return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok") & df["attack_id"].isin(list(attacks))])
+
 
 
 def _model_row(store: ResultStore, sweep: str, model_id: str) -> dict | None:
@@ -149,6 +157,7 @@ def _model_base(sweep: SweepSpec, spec, model_id: str, started: dt.datetime) -> 
     return {
         "sweep": sweep.name, "model_id": model_id, "trial_id": tune.get_context().get_trial_id(),
         "seed": spec.seed, "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition,
+        "recipe": spec.recipe,
         "lam": spec.lam, "defenders": ",".join(spec.defenders), "distance": spec.distance,
         "defense": spec.defense, "epochs": spec.epochs, "lr": _lr(spec), "batch_size": spec.batch_size,
         "started_at": started, "finished_at": _utcnow(), "config_json": json.dumps(spec.to_dict(), sort_keys=True),
@@ -160,7 +169,7 @@ def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, fina
                  history: list[dict], started: dt.datetime) -> dict:
     row = {
         **_model_base(sweep, spec, model_id, started),
-        "test_acc": final["test_acc"], "train_acc": final["train_acc"],
+        "test_acc": final["test_acc"], "train_acc": final["train_acc"], "n_test": final.get("n_test"),
         "final_task_loss": _finite(final["final_task_loss"]), "final_distance": _finite(final["final_distance"]),
         "status": final["status"], "diverged_epoch": final["diverged_epoch"],
         "train_seconds": final["train_seconds"],
@@ -212,7 +221,7 @@ def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: s
 def _lr(spec) -> float:
     from pp_cluster.privacy.recipes import recipe
 
-    return float(spec.train_overrides.get("lr", recipe(spec.dataset).lr))
+    return float(spec.train_overrides.get("lr", recipe(spec.dataset, spec.recipe).lr))
 
 
 def _finite(v: Any) -> Any:
@@ -222,7 +231,7 @@ def _finite(v: Any) -> Any:
 def _write_failed_attack(store: ResultStore, sweep: str, row: dict) -> None:
     store.write("attacks", sweep, row["attack_id"], [{
         "sweep": sweep, "model_id": row["model_id"], "attack_id": row["attack_id"],
-        "attacker": row["attacker"], "status": "failed", "error": row["error"],
+        "attacker": row["attacker"], "partition": row.get("partition"), "status": "failed", "error": row["error"],
         "finished_at": _utcnow(),
     }])
 
@@ -335,9 +344,15 @@ def _alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | None = None,
+def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = None, num_cpus: int | None = None,
               num_gpus: int | None = None, verbose: bool = True) -> SweepOutcome:
-    """Validate, load the data, start (or join) Ray, run the Tuner, mark the Pareto set."""
+    """Validate, load the data, start (or join) Ray, run the Tuner, mark the Pareto set.
+
+    Resuming never unpickles anything from the results root or storage (whoever can write
+    there could otherwise run code in this driver): ``resume=True`` runs a fresh Tuner over
+    the same grid, and every trial skips what the tables already hold and continues training
+    from its state file (read as data, ``weights_only``). Without ``resume`` a sweep whose
+    Tune state exists is refused. An Optuna search restarts its sampler (seeded) on resume."""
     t0 = time.time()
     sweep.validate()
     # Trials run in other processes with other working directories: pin relative paths now.
@@ -398,13 +413,16 @@ def run_sweep(sweep: SweepSpec, *, address: str | None = None, num_cpus: int | N
         storage = storage_args(sweep.storage())
         path = storage["storage_path"].rstrip("/") + "/" + sweep.name
         fs_kw = {k: v for k, v in storage.items() if k == "storage_filesystem"}
+        # (can_restore only checks that the state file exists; it reads nothing)
         if tune.Tuner.can_restore(path, **fs_kw):
-            print(f"[pp-farm] resuming sweep {sweep.name!r} from {sweep.storage().rstrip('/')}/{sweep.name}",
-                  file=sys.stderr)
-            tuner = tune.Tuner.restore(path, trainable, resume_errored=True, **fs_kw)
-        else:
-            tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
-                               tune_config=_tune_config(sweep, concurrency), run_config=run_config)
+            if not resume:
+                raise SpecError(f"sweep {sweep.name!r} has Tune state under {sweep.storage().rstrip('/')}/"
+                                f"{sweep.name} (an earlier run of it); pass --resume to continue it, or --name "
+                                "to start another sweep")
+            print(f"[pp-farm] resuming sweep {sweep.name!r}: finished rows are kept, unfinished models continue "
+                  "from their saved state", file=sys.stderr)
+        tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
+                           tune_config=_tune_config(sweep, concurrency), run_config=run_config)
         grid = tuner.fit()
         if sweep.search == "optuna":
             mark_pareto(store, sweep.name)

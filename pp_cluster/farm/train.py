@@ -63,8 +63,17 @@ def _save(uri: str, state: dict[str, Any]) -> None:
 
 
 def _load(uri: str) -> dict[str, Any] | None:
+    """The saved state, read as data: ``weights_only`` unpickles tensors, containers and numbers
+    only, so a file planted under the results root cannot run code (it fails to load instead)."""
     data = read_bytes(uri)
-    return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if data is None:
+        return None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for foreign objects, or a damaged file
+        raise RuntimeError(f"training state {uri} is not a pp_cluster state file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); move it aside to retrain "
+                           "this model") from None
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -120,6 +129,7 @@ def train_worker(config: dict[str, Any]) -> None:
         "status": result.status,
         "diverged_epoch": result.diverged_epoch,
         "test_acc": result.test_acc,
+        "n_test": len(ds.test),
         "train_acc": result.train_acc,
         "final_task_loss": result.final_task_loss,
         "final_distance": result.final_distance,

@@ -2,13 +2,15 @@
 and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray."""
 
 from pp_cluster.nets.classifiers import ARCHS, PartitionedNet, activation_shape, build_net, split
-from pp_cluster.nets.decoders import DECODERS, build_decoder, clip_to_range
+from pp_cluster.nets.decoders import BASELINES, DECODERS, MNIST_ONLY, build_decoder, clip_to_range
 from pp_cluster.nets.measure import flops_per_sample, output_shape, param_count
 from pp_cluster.nets.noise import GaussianNoise, add_activation_noise
 
 __all__ = [
     "ARCHS",
+    "BASELINES",
     "DECODERS",
+    "MNIST_ONLY",
     "GaussianNoise",
     "PartitionedNet",
     "activation_shape",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from math import ceil, log2, prod
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
@@ -161,6 +162,30 @@ def _resdec(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out
     return nn.Sequential(*layers, nn.Conv2d(ch, C, 3, padding=1), out_act)
 
 
+# --- mean_image: the no-information baseline ------------------------------------------
+
+
+class MeanImage(nn.Module):
+    """Ignores H and outputs the mean of the images it was fitted on: what an attacker knows
+    without looking at the activations. Every attack table carries it, so a reader sees how
+    far above chance each real attacker is (as VFLAIR reports). It is fitted in closed form
+    (:meth:`fit_closed_form`), never by gradient steps, and is never "the best attacker"."""
+
+    def __init__(self, image_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(image_shape))
+
+    def fit_closed_form(self, h: Tensor, x: Tensor) -> None:
+        self.mean.copy_(x.float().mean(dim=0).to(self.mean.device))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.mean.unsqueeze(0).expand(h.shape[0], *self.mean.shape)
+
+
+def _mean_image(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module) -> nn.Module:
+    return MeanImage(net.image_shape)
+
+
 # --- the registry ---------------------------------------------------------------------
 
 
@@ -169,6 +194,7 @@ class _Entry(NamedTuple):
     fixed: dict[str, object]
     options: tuple[str, ...] = ()  # keyword options a caller may set
     mnist_only: bool = False
+    baseline: bool = False  # a no-information reference: an attacker only, never a defender or "the best"
 
 
 # App. A writes "800 → Relu → 800 → Sigmoid" for Linear(d, 800) → ReLU → Linear(800, image)
@@ -187,6 +213,7 @@ _ZOO: dict[str, _Entry] = {
     "fc": _Entry(_dense, {}, ("hidden",)),
     "sparse_fc": _Entry(_dense, {"dropout": 0.5}, ("hidden",)),
     "resdec": _Entry(_resdec, {}, ("width",)),
+    "mean_image": _Entry(_mean_image, {}, baseline=True),
     **{name: _Entry(_dense, spec, mnist_only=True) for name, spec in _APPENDIX_A.items()},
     "mnist_a7": _Entry(_conv1d, {}, mnist_only=True),
 }
@@ -194,6 +221,10 @@ _ZOO: dict[str, _Entry] = {
 _ZOO |= {f"mnist_d{i}": _ZOO[a] for i, a in enumerate(("mnist_a3", "mnist_a4", "mnist_a7", "mnist_a8"), start=1)}
 
 DECODERS: tuple[str, ...] = tuple(sorted(_ZOO, key=lambda n: (n.startswith("mnist_"), n)))
+# Attackers that read nothing from H: reported beside the others, excluded from every worst case.
+BASELINES: tuple[str, ...] = tuple(n for n in DECODERS if _ZOO[n].baseline)
+# Appendix A's MNIST networks: only for ``mnist_mlp``.
+MNIST_ONLY: tuple[str, ...] = tuple(n for n in DECODERS if _ZOO[n].mnist_only)
 
 
 def build_decoder(name: str, net: PartitionedNet, partition: str, value_range: tuple[float, float],

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pp_cluster.nets.decoders import clip_to_range
 from pp_cluster.privacy.defense import OPTIMIZERS, build_optimizer
-from pp_cluster.privacy.metrics import dpd, mse, psnr, reprint_accuracy, ssim, to_unit
+from pp_cluster.privacy.metrics import dpd, mse_images, psnr, reprint_accuracy, ssim_images, to_unit
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,11 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     """
     if len(h_train) != len(x_train):
         raise ValueError(f"{len(h_train)} activations but {len(x_train)} images")
+    if hasattr(attacker, "fit_closed_form"):  # a baseline (nets.decoders.MeanImage): no training
+        t0 = time.perf_counter()
+        attacker.to(cfg.device).fit_closed_form(h_train, x_train)
+        return attacker.eval(), {"best_val_mse": None, "best_epoch": 0, "epochs_run": 0, "val_mse": [],
+                                 "seconds": time.perf_counter() - t0}
     n_val = max(1, round(len(x_train) * cfg.val_fraction))
     if len(x_train) - n_val < 1:
         raise ValueError(f"{len(x_train)} pairs leave nothing to train on after holding out {n_val}")
@@ -175,7 +180,8 @@ def evaluate_attack(
     batch_size: int = 256,
     with_dpd: bool = True,
 ) -> AttackResult:
-    """Score an attacker on held-out pairs: MSE, SSIM, PSNR, DPD and reprint accuracy.
+    """Score an attacker on held-out pairs: MSE, SSIM, PSNR, DPD and reprint accuracy, plus
+    per-image SSIM and MSE (``ssim_images``, ``mse_images``).
 
     Reconstructions are clipped to ``value_range`` first. Reprint accuracy needs the
     classifier and labels and counts only images with a class (``y >= 0``; the
@@ -191,9 +197,14 @@ def evaluate_attack(
         labelled = y_eval.cpu() >= 0
         if bool(labelled.any()):
             reprint = reprint_accuracy(classifier, recs[labelled], y_eval.cpu()[labelled], batch_size)
+    ssims, mses = ssim_images(x, recs, value_range), mse_images(x, recs, value_range)
     metrics = {
-        "mse": mse(x, recs, value_range),
-        "ssim": ssim(x, recs, value_range),
+        "mse": float(mses.mean()),
+        "ssim": float(ssims.mean()),
+        # Per image, in evaluation order: a bootstrap over test images and paired
+        # defended-vs-undefended differences resample these (same images, same order).
+        "ssim_images": ssims.tolist(),
+        "mse_images": mses.tolist(),
         "psnr": psnr(x, recs, value_range),
         "dpd": dpd_value,
         "dpd_reason": dpd_reason,

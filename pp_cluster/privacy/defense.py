@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from pp_cluster import precision
 from pp_cluster.data.base import Split
 from pp_cluster.nets.noise import GaussianNoise
 from pp_cluster.privacy.metrics import DISTANCES, distance, reprint_accuracy
@@ -58,7 +59,8 @@ from pp_cluster.privacy.nopeek import distance_correlation
 
 # The names are the `defense` column's (the results store adds "none" for λ = 0).
 DEFENSES = ("partition", "nopeek", "noise")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("step", "onecycle")
 UPDATES = ("alternating", "simultaneous")
 AUGMENTS = ("none", "crop_flip")
 _EVAL_BATCH = 512
@@ -81,8 +83,13 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
-    lr_step: int | None = None  # epochs between ×lr_gamma decays (model and defenders)
+    # "step": ×lr_gamma every lr_step epochs (model and defenders; the paper's). "onecycle": the
+    # classifier's lr rises to ``lr`` over the first 30 % of the steps and anneals to ~0 (torch's
+    # OneCycleLR, stepped per batch); the defenders keep their lr, so they stay sharp to the end.
+    schedule: str = "step"
+    lr_step: int | None = None  # epochs between ×lr_gamma decays ("step")
     lr_gamma: float = 0.1
+    label_smoothing: float = 0.0  # of the task's cross-entropy
     defender_optimizer: str | None = None
     defender_lr: float | None = None
     defender_momentum: float | None = None
@@ -90,8 +97,8 @@ class TrainConfig:
     augment: str = "none"
     seed: int = 0
     device: str = "cpu"
-    amp: bool | None = None  # bf16 autocast, CUDA only; None = on when training on CUDA
-    channels_last: bool | None = None  # None = on when training on CUDA
+    amp: bool | None = None  # bf16 autocast; None = pp_cluster.precision's default for the device
+    channels_last: bool | None = None  # None = on where amp is on by default
     defense: str = "partition"
     update: str = "alternating"  # Algorithm 1's order, or "simultaneous" (module doc)
 
@@ -133,6 +140,10 @@ class TrainConfig:
             bad("lr_step", "must be None or an integer >= 1")
         if not 0 < self.lr_gamma <= 1:
             bad("lr_gamma", "must be in (0, 1]")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"choose from {', '.join(SCHEDULES)}")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            bad("label_smoothing", "must be in [0, 1)")
         if self.augment not in AUGMENTS:
             bad("augment", f"choose from {', '.join(AUGMENTS)}")
         try:
@@ -141,10 +152,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device: {err}") from None
 
     def fast_paths(self) -> tuple[bool, bool]:
-        """(AMP, channels-last) as used: unset means on for CUDA, and AMP is CUDA only."""
-        cuda = torch.device(self.device).type == "cuda"
-        amp = cuda if self.amp is None else self.amp
-        return amp and cuda, cuda if self.channels_last is None else self.channels_last
+        """(bf16 autocast, channels-last) as used: unset follows the device
+        (:func:`pp_cluster.precision.resolve`: CUDA, or a CPU with bf16 matrix units)."""
+        return precision.resolve(self.device, self.amp, self.channels_last)
 
     def defender_settings(self) -> tuple[str, float, float, float]:
         """(optimizer, lr, momentum, weight_decay) of the defenders, defaults resolved."""
@@ -181,11 +191,14 @@ class _Partitioned(nn.Module):
 
 def build_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
                     ) -> torch.optim.Optimizer:
-    """Adam (L2 via ``weight_decay``, as torch's Adam does it) or SGD with momentum."""
+    """Adam (L2 via ``weight_decay``, as torch's Adam does it), AdamW (decoupled weight decay)
+    or SGD with momentum."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -227,6 +240,12 @@ def _best(dists: Sequence[Tensor], distributed: bool) -> int:
     if distributed:
         dist.all_reduce(values)
     return int(values.argmin())
+
+
+def _batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 or (rest == 1 and n <= 2) else 0)
 
 
 def evaluate_accuracy(net: nn.Module, split: Split, batch_size: int = _EVAL_BATCH,
@@ -315,8 +334,15 @@ def train_defended(
     d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
     d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
     all_optimizers = [optimizer, *d_optimizers]
-    schedulers = ([torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in all_optimizers]
-                  if cfg.lr_step else [])
+    n_used = len(train) - len(train) % world
+    per_epoch = _batches_per_epoch(n_used // world, cfg.batch_size)
+    schedulers, batch_scheduler = [], None
+    if cfg.schedule == "step" and cfg.lr_step:
+        schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in all_optimizers]
+    elif cfg.schedule == "onecycle":
+        batch_scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * per_epoch), pct_start=0.3)
+        schedulers = [batch_scheduler]  # saved and restored with the rest; stepped per batch
 
     order_gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
@@ -341,8 +367,6 @@ def train_defended(
 
     def amp() -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
-
-    n_used = len(train) - len(train) % world
 
     def state_fn(epoch: int) -> dict[str, Any]:
         return _snapshot({
@@ -381,7 +405,7 @@ def train_defended(
                 x = _crop_flip(x, lo, fmt)
             with amp():
                 h, logits = model(x)
-                task = F.cross_entropy(logits, y)
+                task = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             watched = [task]
             loss, h_grad = task, None
             if defenders and cfg.update == "simultaneous":
@@ -439,6 +463,8 @@ def train_defended(
             else:  # CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
                 torch.autograd.backward([task, h], [torch.ones_like(task), h_grad])
             optimizer.step()
+            if batch_scheduler is not None:
+                batch_scheduler.step()
 
             stats = torch.stack([loss.detach().float(), *(w.float() for w in watched),
                                  (logits.argmax(dim=1) == y).sum().float()]).tolist()
@@ -455,7 +481,8 @@ def train_defended(
             seen += len(idx)
             batches += 1
         for sch in schedulers:
-            sch.step()
+            if sch is not batch_scheduler:
+                sch.step()
         if not _all_finite([net, *defenders]):
             return diverged(epoch)
         row = {

@@ -60,34 +60,44 @@ def _unit_numpy(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
     return to_unit(x.detach().float().cpu(), value_range).numpy().astype(np.float64)
 
 
+def mse_images(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """Per-image mean squared pixel error in [0, 1] space (what a bootstrap over images resamples)."""
+    _check_pair(x, x_rec)
+    return ((_unit_numpy(x, value_range) - _unit_numpy(x_rec, value_range)) ** 2).reshape(len(x), -1).mean(axis=1)
+
+
 def mse(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
     """Mean squared pixel error in [0, 1] space."""
-    _check_pair(x, x_rec)
-    return float(np.mean((_unit_numpy(x, value_range) - _unit_numpy(x_rec, value_range)) ** 2))
+    return float(np.mean(mse_images(x, x_rec, value_range)))
 
 
-def _per_image(fn, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+def _per_image(fn, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> np.ndarray:
     _check_pair(x, x_rec)
     a, b = _unit_numpy(x, value_range), _unit_numpy(x_rec, value_range)
     if a.shape[1] == 1:
-        return float(np.mean([fn(p[0], q[0]) for p, q in zip(a, b)]))
-    return float(np.mean([fn(p, q, channel_axis=0) for p, q in zip(a, b)]))
+        return np.array([fn(p[0], q[0]) for p, q in zip(a, b)], dtype=np.float64)
+    return np.array([fn(p, q, channel_axis=0) for p, q in zip(a, b)], dtype=np.float64)
 
 
-def ssim(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
-    """Mean over images of scikit-image's SSIM (7×7 uniform window, data_range 1)."""
+def ssim_images(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """Per-image scikit-image SSIM (7×7 uniform window, data_range 1)."""
     return _per_image(
         lambda p, q, **kw: structural_similarity(p, q, data_range=1.0, win_size=SSIM_WIN, **kw),
         x, x_rec, value_range,
     )
 
 
+def ssim(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
+    """Mean over images of scikit-image's SSIM (7×7 uniform window, data_range 1)."""
+    return float(np.mean(ssim_images(x, x_rec, value_range)))
+
+
 def psnr(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
     """Mean over images of scikit-image's PSNR (data_range 1); ``inf`` if an image is exact."""
     with np.errstate(divide="ignore"):
-        return _per_image(
+        return float(np.mean(_per_image(
             lambda p, q, **_: peak_signal_noise_ratio(p, q, data_range=1.0), x, x_rec, value_range
-        )
+        )))
 
 
 def _box_mean(t: Tensor, use_conv: bool | None = None) -> Tensor:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _command(results: Path) -> list[str]:
     return [sys.executable, str(REPO / "sweeps" / "lfw_grid.py"), "--quick", "--resume", "--name", "killed",
-            "--results", str(results), "--partitions", "pool1,pool2,pool3", "--lams", "0", "--epochs", "2",
+            "--results", str(results), "--partitions", "pool1,pool2", "--lams", "0,1", "--epochs", "2",
             "--attack-epochs", "1", "--attackers", "fc,deconv", "--num-cpus", "2"]
 
 
@@ -47,11 +47,15 @@ def test_sigkilled_driver_resumes_without_duplicates_or_rework(tmp_path):
 
     models = pd.read_parquet(models_dir)
     attacks = pd.read_parquet(results / "attacks")
+    # One undefended model (attacked at both partitions) and one defended model per partition.
     assert len(models) == 3 and models["model_id"].is_unique
-    assert sorted(models["partition"]) == ["pool1", "pool2", "pool3"]
-    assert len(attacks) == 6 and attacks["attack_id"].is_unique
-    assert set(map(tuple, attacks[["model_id", "attacker"]].values)) == {
-        (m, a) for m in models["model_id"] for a in ("fc", "deconv")}
+    assert sorted(models["partition"].fillna("-")) == ["-", "pool1", "pool2"]
+    assert len(attacks) == 8 and attacks["attack_id"].is_unique
+    undefended = models.loc[models["lam"] == 0, "model_id"].item()
+    expected = {(undefended, p, a) for p in ("pool1", "pool2") for a in ("fc", "deconv")}
+    expected |= {(m, p, a) for m, p in models.loc[models["lam"] > 0, ["model_id", "partition"]].values
+                 for a in ("fc", "deconv")}
+    assert set(map(tuple, attacks[["model_id", "partition", "attacker"]].values)) == expected
     # The model that had finished before the kill was not trained again.
     for name, mtime in done_before.items():
         assert next(models_dir.rglob(name)).stat().st_mtime_ns == mtime

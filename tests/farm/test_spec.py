@@ -72,14 +72,13 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
     import argparse
 
     from pp_cluster.cli import add_sweep_args, spec_from_args
-    from pp_cluster.profiles import LFW_GRID, LFW_GRID_QUICK
 
     p = argparse.ArgumentParser()
     add_sweep_args(p)
     args = p.parse_args(["--defense", "nopeek", "--finetune-epochs", "3", "--dp-epsilons", "0.5,inf",
                          "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path),
                          "--update", "simultaneous", "--lr", "0.05", "--checkpoint-interval", "0"])
-    spec = spec_from_args(args, LFW_GRID, LFW_GRID_QUICK)
+    spec = spec_from_args(args, "lfw_grid")
     assert (spec.defense, spec.finetune_epochs, spec.dp_epsilons) == ("nopeek", 3, (0.5, float("inf")))
     assert (spec.dp_cell, spec.dp_neighbourhood, spec.attributes) == (4, 2, True)
     assert dict(spec.train_overrides) == {"update": "simultaneous", "lr": 0.05}
@@ -97,8 +96,44 @@ def test_grid_starts_the_most_defended_models_first(tiny_sweep, tmp_path):
     points = spec.grid_points()
     n_defenders = [len(spec.model_spec(**p).defenders) for p in points]
     assert n_defenders == sorted(n_defenders, reverse=True) and n_defenders[0] == 2 and n_defenders[-1] == 0
-    assert len(points) == 2 * 2 * 2 + 2 * 2  # λ=1 × 2 suites and λ=0 once, per partition and seed
+    # λ=1 × 2 suites per partition and seed; λ=0 once per seed, whatever the partitions
+    assert len(points) == 2 * 2 * 2 + 2
     assert len({spec.model_spec(**p).model_id(spec.name) for p in points}) == len(points)
     # Within equal cost the order stays the sweep's own (partition, then λ, then seed).
     zero = [(p["partition"], p["seed"]) for p in points if p["lam"] == 0]
-    assert zero == [("pool1", 0), ("pool1", 1), ("pool2", 0), ("pool2", 1)]
+    assert zero == [(None, 0), (None, 1)]
+    defended = [(p["partition"], p["seed"]) for p in points if p["suite"] == 1]
+    assert defended == [("pool1", 0), ("pool1", 1), ("pool2", 0), ("pool2", 1)]
+
+
+def test_profiles_and_recipe_flags(tmp_path):
+    import argparse
+
+    from pp_cluster.cli import add_sweep_args, spec_from_args
+    from pp_cluster.config import SpecError
+
+    p = argparse.ArgumentParser()
+    add_sweep_args(p)
+    cpu = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "lfw_grid")
+    assert (cpu.recipe, cpu.dataset, cpu.seeds, cpu.attributes) == ("fast", "lfw", (0, 1, 2), True)
+    assert "mean_image" in cpu.attackers and "resdec" in cpu.attackers
+    assert cpu.model_spec("pool1", 1.0, 0).recipe == "fast"
+    with pytest.raises(SpecError, match="--data-root"):
+        spec_from_args(p.parse_args(["--profile", "cpu"]), "lfw_grid")
+    with pytest.raises(SpecError, match="profiles"):
+        spec_from_args(p.parse_args(["--profile", "cpu"]), "mnist_table1")
+    with pytest.raises(SpecError, match="contradict"):
+        spec_from_args(p.parse_args(["--profile", "cpu", "--quick"]), "lfw_grid")
+    assert spec_from_args(p.parse_args(["--quick", "--recipe", "paper"]), "lfw_grid").recipe == "paper"
+    # MNIST has the paper's recipe only: a fast one is refused before anything runs.
+    mnist = spec_from_args(p.parse_args(["--quick", "--recipe", "fast", "--results", str(tmp_path)]), "mnist_table1")
+    with pytest.raises(SpecError, match="SweepSpec.recipe"):
+        mnist.validate()
+
+
+def test_mean_image_is_an_attacker_only(tiny_sweep, tmp_path):
+    from pp_cluster.config import SpecError
+
+    tiny_sweep(tmp_path, attackers=("fc", "mean_image")).validate()
+    with pytest.raises(SpecError, match="baseline"):
+        tiny_sweep(tmp_path, defender_suites=(("mean_image",),)).validate()

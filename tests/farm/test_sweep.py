@@ -14,20 +14,27 @@ pytestmark = pytest.mark.farm
 def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray_cluster, tmp_path):
     spec = tiny_sweep(tmp_path / "res")
     outcome = run_sweep(spec, verbose=False)
-    assert outcome.n_trials == 4 and outcome.n_errored == 0
+    # One undefended model (it does not depend on the partition) and one defended per partition.
+    assert outcome.n_trials == 3 and outcome.n_errored == 0
 
     models = pd.read_parquet(tmp_path / "res" / "models")
     attacks = pd.read_parquet(tmp_path / "res" / "attacks")
     epochs = pd.read_parquet(tmp_path / "res" / "epochs")
-    assert len(models) == 4 and models["model_id"].is_unique
-    assert sorted(zip(models["partition"], models["lam"])) == [
-        ("pool1", 0.0), ("pool1", 1.0), ("pool2", 0.0), ("pool2", 1.0)]
-    assert (models["status"] == "ok").all()
+    assert len(models) == 3 and models["model_id"].is_unique
+    assert sorted(zip(models["partition"].fillna("-"), models["lam"])) == [
+        ("-", 0.0), ("pool1", 1.0), ("pool2", 1.0)]
+    assert (models["status"] == "ok").all() and models["recipe"].eq("paper").all()
     assert models.loc[models["lam"] == 0, "defenders"].eq("").all()
     assert models.loc[models["lam"] > 0, "defenders"].eq("deconv").all()
+    # The undefended model is attacked at both partitions, a defended one at its own.
     assert len(attacks) == 8 and attacks["attack_id"].is_unique
-    assert set(attacks.groupby("model_id")["attacker"].apply(frozenset)) == {frozenset({"deconv", "fc"})}
-    assert len(epochs) == 4  # one epoch per model
+    joined = attacks.merge(models, on="model_id", suffixes=("", "_model"))
+    assert set(map(tuple, joined[["lam", "partition", "attacker"]].values)) == {
+        (lam, p, a) for lam in (0.0, 1.0) for p in ("pool1", "pool2") for a in ("deconv", "fc")}
+    defended = joined[joined["lam"] > 0]
+    assert (defended["partition"] == defended["partition_model"]).all()
+    assert joined["ssim_images"].map(len).eq(joined["n_eval"]).all()
+    assert len(epochs) == 3  # one epoch per model
     for col in ("test_acc", "lam", "train_seconds"):
         assert models[col].dtype == "float64", col
     for col in ("mse", "ssim", "psnr"):
@@ -51,7 +58,9 @@ def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, r
     mtimes = [f.stat().st_mtime_ns for f in files]
     with pytest.raises(SpecError, match="--resume"):
         check_fresh(spec, resume=False)
-    run_sweep(spec, verbose=False)
+    with pytest.raises(SpecError, match="--resume"):
+        run_sweep(spec, verbose=False)  # the Tune state of the first run exists: refused
+    run_sweep(spec, resume=True, verbose=False)
     assert sorted((tmp_path / "res").rglob("*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
@@ -91,3 +100,29 @@ def test_two_worker_ddp_model_trains_in_a_worker_group(tiny_sweep, ray_cluster, 
     saved = _load(state_uri(spec.storage(), model_id))
     assert saved["done"] and [r["epoch"] for r in saved["history"]] == [1, 2]
     assert saved["final"]["test_acc"] == pytest.approx(models["test_acc"].iloc[0])
+
+
+def test_one_undefended_model_per_seed_is_attacked_at_every_partition(tiny_sweep, ray_cluster, tmp_path):
+    """A λ = 0 model's identity has no partition: a 3-partition grid trains it once per seed,
+    attacks it at all three partitions, and writes its DP-pixelation rows once."""
+    spec = tiny_sweep(tmp_path / "res", name="undef", partitions=("pool1", "pool2", "pool3"), lams=(0.0,),
+                      seeds=(0, 1), attackers=("fc", "mean_image"), dp_epsilons=(1.0, float("inf")))
+    spec = spec.with_(arch_options={"widths": (4, 8, 8, 8), "fc": 16}, dataset_options={"size": 32})
+    outcome = run_sweep(spec, verbose=False)
+    assert outcome.n_trials == 2 and outcome.n_errored == 0
+    models = pd.read_parquet(tmp_path / "res" / "models")
+    attacks = pd.read_parquet(tmp_path / "res" / "attacks")
+    trained = models[models["defense"] == "none"]
+    assert sorted(trained["seed"]) == [0, 1] and trained["partition"].isna().all()
+    dp = models[models["defense"] == "dp_pixelation"]
+    assert len(dp) == 4 and dp["model_id"].is_unique  # 2 undefended models × 2 ε, once each
+    real = attacks[attacks["attacker"] != "dp_pixelation"]
+    assert len(real) == 2 * 3 * 2 and real["attack_id"].is_unique
+    for model_id in trained["model_id"]:
+        mine = real[real["model_id"] == model_id]
+        assert sorted(map(tuple, mine[["partition", "attacker"]].values)) == sorted(
+            (p, a) for p in ("pool1", "pool2", "pool3") for a in ("fc", "mean_image"))
+    # The mean-image baseline ignores H: the same reconstruction, so the same SSIM, at every partition.
+    base = real[real["attacker"] == "mean_image"].groupby("model_id")["ssim"].agg(["min", "max"])
+    assert (base["max"] - base["min"]).abs().max() < 1e-12
+    assert len(attacks[attacks["attacker"] == "dp_pixelation"]) == 4
