@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pp_cluster import precision
 from pp_cluster.nets.decoders import clip_to_range
 from pp_cluster.privacy.defense import OPTIMIZERS, build_optimizer
 from pp_cluster.privacy.metrics import dpd, mse_images, psnr, reprint_accuracy, ssim_images, to_unit
@@ -32,6 +33,8 @@ class AttackConfig:
     seed: int = 0
     device: str = "cpu"
     patience: int | None = None  # stop after this many epochs without a better val MSE
+    amp: bool | None = None  # bf16 autocast of the attacker's forward; None = pp_cluster.precision's default
+    channels_last: bool | None = None  # None = on where amp is on by default
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -45,6 +48,13 @@ class AttackConfig:
             raise ValueError(f"AttackConfig.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.patience is not None and not (isinstance(self.patience, int) and self.patience >= 1):
             raise ValueError(f"AttackConfig.patience must be None or an integer >= 1, got {self.patience!r}")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"AttackConfig.{name} must be True, False or None, got {getattr(self, name)!r}")
+
+    def fast_paths(self) -> tuple[bool, bool]:
+        """(bf16 autocast, channels-last) as used (:func:`pp_cluster.precision.resolve`)."""
+        return precision.resolve(self.device, self.amp, self.channels_last)
 
 
 @dataclass
@@ -75,12 +85,14 @@ def compute_activations(local: nn.Module, x: Tensor, batch_size: int = 512,
     return torch.cat(out)
 
 
-def _reconstruct(attacker: nn.Module, h: Tensor, value_range: tuple[float, float], batch_size: int) -> Tensor:
-    """Attacker outputs clipped to the value range (App. C), eval mode, on h's device."""
+def _reconstruct(attacker: nn.Module, h: Tensor, value_range: tuple[float, float], batch_size: int,
+                 amp: bool = False) -> Tensor:
+    """Attacker outputs clipped to the value range (App. C), eval mode, on h's device, in fp32
+    (the forward under bf16 autocast when ``amp``; the metrics always see fp32 images)."""
     device = _device_of(attacker)
     attacker.eval()
-    with torch.no_grad():
-        recs = [clip_to_range(attacker(h[i : i + batch_size].to(device)), value_range).to(h.device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        recs = [clip_to_range(attacker(h[i : i + batch_size].to(device)).float(), value_range).to(h.device)
                 for i in range(0, len(h), batch_size)]
     return torch.cat(recs)
 
@@ -129,10 +141,13 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout inside the attacker
     perm = torch.randperm(len(x_train), generator=gen).to(device)
-    h_all, x_all = h_train.to(device, torch.float32), x_train.to(device, torch.float32)
+    use_amp, channels_last = cfg.fast_paths()
+    fmt = torch.channels_last if channels_last and h_train.ndim == 4 else torch.contiguous_format
+    h_all = h_train.to(device, torch.float32).contiguous(memory_format=fmt)
+    x_all = x_train.to(device, torch.float32)
     h_val, x_val = h_all[perm[:n_val]], x_all[perm[:n_val]]
     train_idx = perm[n_val:]
-    attacker.to(device)
+    attacker.to(device, memory_format=fmt if channels_last else torch.contiguous_format)
     optimizer = attacker_optimizer(cfg, attacker.parameters())
 
     def snapshot() -> dict[str, Tensor]:
@@ -147,12 +162,13 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
         order = train_idx[torch.randperm(len(train_idx), generator=gen).to(device)]
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            rec = attacker(h_all[idx])
-            loss = F.mse_loss(to_unit(rec, value_range), to_unit(x_all[idx], value_range))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                rec = attacker(h_all[idx])
+            loss = F.mse_loss(to_unit(rec.float(), value_range), to_unit(x_all[idx], value_range))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        rec_val = _reconstruct(attacker, h_val, value_range, 4 * cfg.batch_size)
+        rec_val = _reconstruct(attacker, h_val, value_range, 4 * cfg.batch_size, use_amp)
         val = float(F.mse_loss(to_unit(rec_val, value_range), to_unit(x_val, value_range)))
         curve.append(val)
         if val < best_mse:
@@ -179,6 +195,7 @@ def evaluate_attack(
     n_keep: int = 8,
     batch_size: int = 256,
     with_dpd: bool = True,
+    amp: bool = False,
 ) -> AttackResult:
     """Score an attacker on held-out pairs: MSE, SSIM, PSNR, DPD and reprint accuracy, plus
     per-image SSIM and MSE (``ssim_images``, ``mse_images``).
@@ -189,7 +206,7 @@ def evaluate_attack(
     """
     if len(h_eval) != len(x_eval) or len(x_eval) == 0:
         raise ValueError(f"need as many activations as images (>0), got {len(h_eval)} and {len(x_eval)}")
-    recs = _reconstruct(attacker, h_eval.float(), value_range, batch_size).cpu()
+    recs = _reconstruct(attacker, h_eval.float(), value_range, batch_size, amp).cpu()
     x = x_eval.float().cpu()
     dpd_value, dpd_reason = dpd(x, recs, value_range, batch_size) if with_dpd else (None, "not requested")
     reprint = None

@@ -14,6 +14,13 @@ from pp_cluster.privacy.attack import (
 )
 from pp_cluster.privacy.defense import build_optimizer
 
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """Exact comparisons against fp32 recomputations: the CPU's bf16 default is off here
+    (test_bf16_attacker_learns_and_scores_in_fp32 turns it on)."""
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")
+
 SIDE = 25
 
 
@@ -183,3 +190,27 @@ def test_bad_attack_inputs_are_named():
     with pytest.raises(ValueError, match="nothing to train"):
         train_attacker(nn.Linear(4, 4), torch.zeros(1, 4), torch.zeros(1, 1, 2, 2), (0, 1), AttackConfig())
     assert M.DISTANCES == ("ssim", "mse")
+
+
+def test_bf16_attacker_learns_and_scores_in_fp32(monkeypatch):
+    """With bf16 autocast (the default on CPUs with bf16 matrix units) the attacker still learns,
+    and its reconstructions reach the metrics as fp32 images within the value range."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 8, 8, generator=g)
+    h = x.flatten(1) @ torch.randn(64, 64, generator=g) / 8  # an invertible linear code of x
+
+    def fit(amp: bool):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8)))
+        cfg = AttackConfig(epochs=20, batch_size=16, lr=3e-3, seed=0, amp=amp)
+        return train_attacker(net, h, x, (0, 1), cfg)
+
+    _, fp32 = fit(False)
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "1")
+    assert AttackConfig().fast_paths() == (True, True)
+    attacker, history = fit(None)  # the default, now bf16
+    assert history["best_val_mse"] < 0.7 * history["val_mse"][0]
+    assert history["best_val_mse"] < 1.5 * fp32["best_val_mse"]
+    result = evaluate_attack(attacker, h, x, (0, 1), n_keep=4, with_dpd=False, amp=True)
+    assert result.reconstructions.dtype == torch.float32
+    assert 0 <= result.metrics["mse"] < history["val_mse"][0] and len(result.metrics["ssim_images"]) == 256

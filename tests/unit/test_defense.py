@@ -16,6 +16,13 @@ from pp_cluster.privacy.defense import TrainConfig, _crop_flip, train_defended
 from pp_cluster.privacy.metrics import distance
 from pp_cluster.privacy.recipes import recipe
 
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """These tests compare training against reference loops written in fp32, step for step:
+    the CPU's bf16 default (pp_cluster.precision) is off here; its own tests set it."""
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")
+
 SHAPE = (1, 8, 8)
 VR = (0.0, 1.0)
 
@@ -205,9 +212,17 @@ def test_simultaneous_update_is_one_gradient_step_on_the_pre_update_defenders(se
     assert max(float((a - b).abs().max()) for a, b in zip(local_grads, ce_only)) > 1e-4  # the λ-term acted
 
 
-def test_fast_paths_default_on_for_cuda_only():
-    assert TrainConfig().fast_paths() == (False, False)
-    assert TrainConfig(amp=True, channels_last=True).fast_paths() == (False, True)  # no AMP on CPU
+def test_fast_paths_default_on_for_cuda_and_bf16_cpus(monkeypatch):
+    from pp_cluster import precision
+
+    assert TrainConfig().fast_paths() == (False, False)  # PP_CLUSTER_CPU_BF16=0 (the fixture)
+    assert TrainConfig(amp=True, channels_last=True).fast_paths() == (True, True)  # forced on a CPU
+    monkeypatch.delenv("PP_CLUSTER_CPU_BF16")
+    on = precision.cpu_has_bf16_matmul()
+    assert TrainConfig().fast_paths() == (on, on)  # the CPU default follows its bf16 units
+    assert TrainConfig(amp=False).fast_paths() == (False, on)
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "1")
+    assert TrainConfig().fast_paths() == (True, True)
     assert TrainConfig(device="cuda").fast_paths() == (True, True)
     assert TrainConfig(device="cuda", amp=False, channels_last=False).fast_paths() == (False, False)
     with pytest.raises(ValueError, match="update"):

@@ -10,6 +10,13 @@ from pp_cluster import pipeline
 from pp_cluster.data import load_dataset
 
 
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """These tests compare training against reference loops written in fp32, step for step:
+    the CPU's bf16 default (pp_cluster.precision) is off here; its own tests set it."""
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")
+
+
 @pytest.fixture
 def trained():
     """A fresh model, one epoch on the embedded faces (seconds)."""

@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from pp_cluster.nets import (
+    BASELINES,
     ARCHS,
     DECODERS,
     activation_shape,
@@ -116,6 +117,8 @@ def test_split_recomposes_the_net_and_shares_its_modules(arch, partition):
 def _decoder_cases():
     for arch, partition in SPLITS:
         for name in DECODERS:
+            if name in BASELINES:
+                continue  # no weights, no H: see test_mean_image_baseline
             if arch == "mnist_mlp" or not name.startswith("mnist_"):
                 yield arch, partition, name
 
@@ -134,6 +137,23 @@ def test_every_decoder_maps_the_activation_back_to_the_image(arch, partition, na
         assert out.min() >= lo and out.max() <= hi
         out.square().mean().backward()
         assert all(p.grad is not None for p in decoder.parameters())
+
+
+def test_mean_image_baseline_outputs_the_training_mean_whatever_h():
+    from pp_cluster.privacy.attack import AttackConfig, train_attacker
+
+    net = small_net("face_cnn")
+    local, _ = split(net, "pool1")
+    x = torch.rand(6, *net.image_shape) * 2 - 1
+    with torch.no_grad():
+        h = local(x)
+    attacker, history = train_attacker(build_decoder("mean_image", net, "pool1", (-1, 1)), h, x, (-1, 1),
+                                       AttackConfig(epochs=3))
+    assert history["epochs_run"] == 0 and not list(attacker.parameters())
+    out = attacker(torch.randn_like(h[:2]))
+    assert out.shape == (2, *net.image_shape)
+    assert torch.allclose(out, x.mean(dim=0).expand_as(out))
+    assert "mean_image" in BASELINES
 
 
 def test_output_activation_follows_value_range():
