@@ -47,7 +47,7 @@ def _col(name: str, type_: pa.DataType, doc: str, *, null: bool = True) -> pa.Fi
 _SWEEP = _col("sweep", pa.string(), "sweep name; the hive partition directory `sweep=<name>`, not a column "
               "inside the files", null=False)
 _MODEL_ID = _col("model_id", pa.string(), "content id of the model's ModelSpec and sweep", null=False)
-_ATTACK_ID = _col("attack_id", pa.string(), "content id of (model_id, attack spec)", null=False)
+_ATTACK_ID = _col("attack_id", pa.string(), "content id of (model_id, partition attacked, attack spec)", null=False)
 _ERROR = _col("error", pa.string(), "exception text when status is `failed`, else null")
 _TRAIN_SECONDS = _col("train_seconds", pa.float64(), "wall seconds spent training")
 _HOST = _col("host", pa.string(), "host name of the machine that wrote the row")

@@ -28,7 +28,7 @@ from pp_cluster.data.base import Split
 from pp_cluster.nets import split
 from pp_cluster.farm.fs import is_shared, storage_args
 from pp_cluster.farm.pool import get_pool, start_pool
-from pp_cluster.farm.store import ResultStore, provenance
+from pp_cluster.farm.store import BASELINE_ATTACKERS, ResultStore, provenance
 from pp_cluster.farm.train import PlacementGroupReaper, fit_model
 
 # Tune's metric names for the worst-case attacker ("the best attacks" of the paper).
@@ -62,10 +62,12 @@ def _utcnow() -> dt.datetime:
 
 
 def worst_case(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Per metric, the strongest attacker's value over the successful attacks."""
+    """Per metric, the strongest attacker's value over the successful attacks (every partition
+    an undefended model was attacked at); the no-information baselines never count."""
     out: dict[str, float | None] = {}
     for metric, how in WORST.items():
-        vals = [r[metric] for r in rows if r.get("status") == "ok" and r.get(metric) is not None]
+        vals = [r[metric] for r in rows if r.get("status") == "ok" and r.get(metric) is not None
+                and r.get("attacker") not in BASELINE_ATTACKERS]
         out[f"worst_{metric}"] = (max(vals) if how == "max" else min(vals)) if vals else None
     return out
 

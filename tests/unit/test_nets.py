@@ -290,3 +290,10 @@ def test_param_count_and_flops_per_sample():
     assert net.training and all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="input_shape"):
         output_shape(conv, ())
+
+
+def test_the_results_contract_knows_the_zoo_baselines():
+    """The store (no torch) names the baselines itself; it must agree with the zoo."""
+    from pp_cluster.farm.store import BASELINE_ATTACKERS
+
+    assert set(BASELINE_ATTACKERS) == set(BASELINES)
