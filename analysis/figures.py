@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from analysis.tables import PAPER_DEFENSES, SETTING, in_setting, natural_key
+from analysis.tables import PAPER_DEFENSES, SETTING, config_label, in_setting, natural_key, settings
 
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
          "xtick.labelsize": 10, "ytick.labelsize": 10, "savefig.dpi": 150}
@@ -37,14 +37,6 @@ FIG5_PANELS = [
     ("dpd", "DPD (LPIPS distance)", 1.0),
 ]
 FIG5_TITLES = ["accuracy", "reprint accuracy", "SSIM of best attack", "MSE of best attack", "DPD of best attack"]
-
-
-def config_label(defense: str, defenders: str, lam: float) -> str:
-    """'no defense' or e.g. 'λ=0.1 (deconv)': the legend entry of one defense setting."""
-    if defense == "none":
-        return "no defense"
-    other = "" if defense == "partition" else f"{defense}, "
-    return f"{other}λ={lam:g} ({defenders})"
 
 
 def _color(i: int) -> tuple:
@@ -76,12 +68,6 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _per_dataset(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return [(s, d, g) for (s, d), g in df.groupby(["sweep", "dataset"], observed=True, sort=True)]
-
-
-def settings(df: pd.DataFrame) -> list[tuple[str, str, float]]:
-    """(defense, defenders, λ) triples: undefended first, then by λ and suite."""
-    triples = df[SETTING].drop_duplicates().itertuples(index=False, name=None)
-    return sorted(triples, key=lambda t: (t[0] != "none", t[0], t[2], t[1]))
 
 
 def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
@@ -121,20 +107,21 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
 
 
 def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> bool:
-    """One bar per setting at each partition, std whiskers where there are 2+ seeds; False
-    (and a bare panel) when no setting has a value for ``col``."""
+    """One bar per setting at each partition with its 95 % interval as whiskers; False (and a
+    bare panel) when no setting has a value for ``col``."""
     partitions = sorted(g["partition"].unique(), key=natural_key)
     width = min(0.8 / max(len(configs), 1), 0.35)
     drawn = False
     for k, cfg in enumerate(configs):
         sub = g[in_setting(g, cfg)].set_index("partition").reindex(partitions)
-        mean, std = sub[f"{col}_mean"].to_numpy(float) * scale, sub[f"{col}_std"].to_numpy(float) * scale
+        mean = sub[f"{col}_mean"].to_numpy(float) * scale
         if np.isnan(mean).all():
             continue
         x = np.arange(len(partitions)) + (k - (len(configs) - 1) / 2) * width
         ax.bar(x, mean, width, color=colors[cfg], label=config_label(*cfg))
-        spread = ~np.isnan(std)
-        ax.errorbar(x[spread], mean[spread], yerr=std[spread], fmt="none", ecolor="black", capsize=3, lw=1)
+        mid, half = _interval(sub, col, scale)
+        shown = ~np.isnan(mid)
+        ax.errorbar(x[shown], mid[shown], yerr=half[shown], fmt="none", ecolor="black", capsize=3, lw=1)
         drawn = True
     if drawn:
         ax.set_xticks(np.arange(len(partitions)), partitions)
@@ -145,9 +132,16 @@ def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: li
     return drawn
 
 
+def _interval(df: pd.DataFrame, col: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Middle and half-width of ``<col>_ci_lo/_hi`` (NaN where there is none), for whiskers that
+    span the interval itself: a bootstrap interval of a worst case need not contain the mean."""
+    lo, hi = df[f"{col}_ci_lo"].to_numpy(float) * scale, df[f"{col}_ci_hi"].to_numpy(float) * scale
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
 def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
     """Five panels per data set (accuracy, reprint accuracy, SSIM, MSE, DPD): best attack per
-    model, mean ± std over seeds, one bar per defense configuration at each partition."""
+    model, mean over seeds with 95 % intervals, one bar per defense configuration at each partition."""
     paths = []
     for sweep, dataset, g in _per_dataset(data):
         configs = settings(g)
@@ -165,13 +159,14 @@ def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
             seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
             handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in configs]
             fig.legend(handles, [config_label(*c) for c in configs], loc="outside upper center",
-                       ncol=len(configs), title=f"{dataset} (sweep {sweep}) — mean ± std over {seeds} seed(s)")
+                       ncol=len(configs), title=f"{dataset} (sweep {sweep}) — mean over {seeds} seed(s), "
+                       "95 % interval (t over seeds; one seed: bootstrap over images or Wilson)")
             paths.append(_save(fig, out / f"figure5_{_slug(sweep, dataset)}.png"))
     return paths
 
 
 def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
-    """DP image pixelation: SSIM and classification accuracy against ε (mean ± std over seeds)."""
+    """DP image pixelation: SSIM and classification accuracy against ε (mean, 95 % interval)."""
     paths = []
     for sweep, dataset, g in _per_dataset(data):
         g = g.sort_values("epsilon")
@@ -181,8 +176,9 @@ def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
             axes = fig.subplots(1, 2)
             for ax, col, ylabel, scale in ((axes[0], "ssim", "SSIM (1 = identical)", 1.0),
                                            (axes[1], "test_acc", "classification accuracy (%)", 100.0)):
-                ax.errorbar(eps, g[f"{col}_mean"] * scale, yerr=np.nan_to_num(g[f"{col}_std"] * scale),
-                            marker="o", capsize=3)
+                ax.plot(eps, g[f"{col}_mean"] * scale, marker="o")
+                mid, half = _interval(g, col, scale)
+                ax.errorbar(eps, mid, yerr=half, fmt="none", ecolor="C0", capsize=3)
                 ax.set_xlabel("privacy parameter ε")
                 ax.set_ylabel(ylabel)
                 if eps.min() > 0 and eps.max() / eps.min() > 20:
@@ -245,7 +241,8 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
     """All models in the (worst-case SSIM, accuracy) plane, coloured by partition; the Pareto
     set filled, joined by its staircase and labelled by partition and λ."""
     paths = []
-    for sweep, dataset, g in _per_dataset(points):
+    # DP-pixelation models release pixelated inputs, not activations: no partition, "input".
+    for sweep, dataset, g in _per_dataset(points.assign(partition=points["partition"].fillna("input"))):
         partitions = sorted(g["partition"].unique(), key=natural_key)
         colors = {p: _color(i) for i, p in enumerate(partitions)}
         front = g[g["on_frontier"]].sort_values("ssim")
@@ -267,8 +264,8 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
             ax.margins(0.15)
             ax.grid(alpha=0.3)
             row = hv[(hv["sweep"] == sweep) & (hv["dataset"] == dataset)].iloc[0]
-            ax.set_title(f"{dataset} (sweep {sweep}): {row['n_pareto']} of {row['n_models']} models on the "
-                         f"frontier, hypervolume {row['hypervolume']:.3f}")
+            ax.set_title(f"{dataset} (sweep {sweep}): {row['n_pareto']} of {row['n_models']} (model, partition) "
+                         f"points on the frontier, hypervolume {row['hypervolume']:.3f}")
             ax.legend(title="partition (filled = Pareto)", loc="best")
             fig.canvas.draw()
             fig.set_layout_engine("none")  # freeze the layout: labels are placed in display space
@@ -292,8 +289,9 @@ DISTANCE_UNITS = {"ssim": "1 − SSIM", "mse": "MSE, pixels in [0, 1]"}
 
 def training_curves(epochs: pd.DataFrame, models: pd.DataFrame, out: Path) -> list[Path]:
     """Task loss, defender distance and test accuracy per epoch, one line per partition ×
-    defenders × λ (mean over seeds)."""
+    defenders × λ (mean over seeds); an undefended model trains without a partition."""
     cols = ["sweep", "model_id", "dataset", "partition", "defenders", "lam"]
+    models = models.assign(partition=models["partition"].fillna("undefended"))
     e = epochs.merge(models[[*cols, "distance"]].rename(columns={"distance": "distance_kind"}),
                      on=["sweep", "model_id"], how="inner")
     paths = []

@@ -1,7 +1,8 @@
-"""``python -m analysis.report RESULTS_ROOT --out DIR [--sweep NAME]``
+"""``python -m analysis.report RESULTS_ROOT [--out DIR] [--sweep NAME] [--markdown PAGE]``
 
 Writes DIR/report.md (Markdown tables, linked PNG figures), every table as CSV beside it,
-and a "Missing" section naming each artefact the tables hold no input for.
+and a "Missing" section naming each artefact the tables hold no input for; with --markdown,
+PAGE, the deterministic results page of :mod:`analysis.results_md` (no figures).
 """
 
 from __future__ import annotations
@@ -12,30 +13,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
-from analysis import figures
-from analysis.figures import config_label, settings
+from analysis.results_md import cell, fmt, interval, md_table, paired_md, write_markdown
 from analysis.tables import (
-    CI_METHOD, CONFIG, FIG5_METRICS, SETTING, Missing, Results, figure4_data, figure5_data, figure7_data, frontiers, in_setting, load,
-    natural_key, table_i, table_ii, table_iii,
+    CONFIG, FIG5_METRICS, SETTING, Missing, Results, config_label, figure4_data, figure5_data, figure7_data,
+    frontiers, in_setting, load, natural_key, paired_differences, settings, table_i, table_ii, table_iii,
 )
-
-
-def md_table(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table (pandas' ``to_markdown`` needs tabulate, which we do not depend on)."""
-    cells = df.astype(object).where(df.notna(), "").astype(str)
-    rows = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells.values.tolist()]
-    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
-
-
-def _fmt(x: float, spec: str = ".3f") -> str:
-    return "–" if pd.isna(x) else format(x, spec)
-
-
-def _pct(x: float) -> str:
-    return "–" if pd.isna(x) else f"{100 * x:.1f}%"
+from analysis.uncertainty import METHODS
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -50,7 +35,9 @@ def _heading(key: tuple) -> str:
 def _seeds_note(df: pd.DataFrame, col: str) -> str:
     n = df[col]
     seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
-    return f"Mean over {seeds} seed(s); std and 95 % CI ({CI_METHOD}) in the CSV."
+    return (f"Mean over {seeds} seed(s) and its 95 % interval: t over seeds where there are two or more, else "
+            "the single run's (bootstrap over images for SSIM/MSE, Wilson for accuracy and counts); the method "
+            "of each is in the CSV (`*_ci_method`).")
 
 
 def table_i_md(t: pd.DataFrame) -> str:
@@ -62,10 +49,10 @@ def table_i_md(t: pd.DataFrame) -> str:
         shared = {lam for lam, _ in cols if sum(c[0] == lam for c in cols) > 1}
         heads = [f"{lam:g}" + (f" ({d})" if lam in shared else "") for lam, d in cols]
         cells = {c: g[(g["lam"] == c[0]) & (g["defenders"] == c[1])].set_index("attacker") for c in cols}
-        rows = [["model accuracy", *[_pct(cells[c]["test_acc_mean"].iloc[0]) for c in cols]]]
+        rows = [["model accuracy, %", *[cell(cells[c].iloc[0], "test_acc") for c in cols]]]
         for attacker in sorted(g["attacker"].unique(), key=natural_key):
-            rows.append([f"MSE/SSIM {attacker}", *[
-                f"{_fmt(cells[c].at[attacker, 'mse_mean'])}/{_fmt(cells[c].at[attacker, 'ssim_mean'])}"
+            rows.append([f"MSE / SSIM {attacker}", *[
+                f"{cell(cells[c].loc[attacker], 'mse')} / {cell(cells[c].loc[attacker], 'ssim')}"
                 if attacker in cells[c].index else "–" for c in cols]])
         body = pd.DataFrame(rows, columns=["defender weight λ", *heads])
         parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
@@ -87,11 +74,12 @@ def table_ii_md(t: pd.DataFrame) -> str:
         attackers = sorted(g["attacker"].unique(), key=natural_key)
         rows = []
         by_suite = [g[(g["defenders_present"] == s[0]) & (g["defenders"] == s[1]) & (g["lam"] == s[2])] for s in suites]
-        rows.append(["model accuracy", *[_pct(s["test_acc_mean"].iloc[0]) for s in by_suite]])
+        rows.append(["model accuracy, %", *[cell(s.iloc[0], "test_acc") for s in by_suite]])
         for metric in ("mse", "ssim"):
             for attacker in attackers:
-                vals = [s.loc[s["attacker"] == attacker, f"{metric}_mean"] for s in by_suite]
-                rows.append([f"{metric.upper()} {attacker}", *[_fmt(v.iloc[0]) if len(v) else "–" for v in vals]])
+                vals = [s[s["attacker"] == attacker] for s in by_suite]
+                rows.append([f"{metric.upper()} {attacker}",
+                             *[cell(v.iloc[0], metric) if len(v) else "–" for v in vals]])
         body = pd.DataFrame(rows, columns=["defenders present", *labels])
         parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
     return "\n\n".join(parts)
@@ -102,14 +90,12 @@ def table_iii_md(t: pd.DataFrame) -> str:
     parts = []
     for (sweep, dataset, arch), g in t.groupby(["sweep", "dataset", "arch"], observed=True, sort=True):
         partitions = sorted(g["partition"].unique(), key=natural_key)
-        means = g[["n_cg_mean", "n_df_mean", "n_ti_mean"]].to_numpy(float)
-        spec = ".0f" if np.all(np.isnan(means) | (means % 1 == 0)) else ".1f"
         rows = []
         for setting in settings(g):
             c = g[in_setting(g, setting)].set_index("partition")
             rows.append([config_label(*setting), *[
-                " / ".join(_fmt(c.at[p, f"{m}_mean"], spec) for m in ("n_cg", "n_df", "n_ti")) if p in c.index else "–"
-                for p in partitions]])
+                f"{cell(c.loc[p], 'n_cg')} / {cell(c.loc[p], 'n_df')} / {fmt(c.at[p, 'n_ti_mean'], '.0f')}"
+                if p in c.index else "–" for p in partitions]])
         body = pd.DataFrame(rows, columns=["#CG / #DF / #TI", *partitions])
         parts.append(f"**{dataset} / {arch}** (sweep `{sweep}`)\n\n{md_table(body)}\n\n"
                      f"#CG correctly gendered, #DF detected faces, #TI total images; strongest attacker per model. "
@@ -118,20 +104,27 @@ def table_iii_md(t: pd.DataFrame) -> str:
 
 
 def figure5_md(t: pd.DataFrame) -> str:
+    """One row per partition × setting: each criterion with its interval, the mean-image baseline
+    beside the worst-case SSIM and MSE."""
     body = t[["sweep", "dataset", "partition"]].copy()
     body.insert(2, "configuration", [config_label(*s) for s in t[SETTING].itertuples(index=False)])
+    rows = [r for _, r in t.iterrows()]
     for m in FIG5_METRICS:
-        body[m] = [f"{_fmt(a)} ± {_fmt(s)}" if not pd.isna(a) else "–" for a, s in zip(t[f"{m}_mean"], t[f"{m}_std"])]
+        body[m] = [cell(r, m) for r in rows]
+        if m in ("ssim", "mse"):
+            body[f"{m} mean-image baseline"] = [cell(r, f"{m}_baseline") for r in rows]
     body["seeds"] = t["ssim_n"]
-    return md_table(body)
+    return f"{md_table(body)}\n\nAccuracies in %; mean and 95 % interval, method per cell in the CSV (`*_ci_method`)."
 
 
 def frontier_md(points: pd.DataFrame, hv: pd.DataFrame) -> str:
     front = points[points["on_frontier"]].sort_values(["sweep", "dataset", "test_acc"], ascending=[True, True, False])
     cols = ["sweep", "dataset", "partition", "defense", "lam", "defenders", "seed", "test_acc", "ssim",
             "ssim_attacker"]
-    body = front[cols].assign(test_acc=front["test_acc"].map(_pct), ssim=front["ssim"].map(_fmt))
-    return (f"{md_table(hv.assign(hypervolume=hv['hypervolume'].map(_fmt)))}\n\n"
+    body = front[cols].assign(
+        test_acc=[interval(a, lo, hi, "rate") for a, lo, hi in front[["test_acc", "test_acc_ci_lo", "test_acc_ci_hi"]].values],
+        ssim=[interval(a, lo, hi) for a, lo, hi in front[["ssim", "ssim_ci_lo", "ssim_ci_hi"]].values])
+    return (f"{md_table(hv.assign(hypervolume=hv['hypervolume'].map(fmt)))}\n\n"
             f"Hypervolume: area dominated in (test accuracy, worst-case SSIM) up to the reference point "
             f"(accuracy 0, SSIM 1); 1 would be a perfect, leak-free model.\n\n{md_table(body)}")
 
@@ -145,9 +138,12 @@ def _summary(res: Results) -> str:
         f"- attacks: {len(a)} ({', '.join(f'{k}: {v}' for k, v in a['status'].value_counts().items()) or 'none'})",
         f"- attacker data: {', '.join(sorted(a['attacker_data'].dropna().unique())) or 'n/a'}",
         f"- epochs rows: {len(res.epochs)}",
-        "- \"best attack\" = per model the strongest attacker on each metric (max SSIM / reprint accuracy / PSNR, "
-        "min MSE / DPD), over successful attacks only",
-        f"- confidence intervals: 95 %, {CI_METHOD}",
+        "- \"best attack\" = per model and partition the strongest attacker on each metric (max SSIM / reprint "
+        "accuracy / PSNR, min MSE / DPD), over successful attacks only; an undefended model is attacked at every "
+        "partition",
+        "- 95 % intervals: " + "; ".join(f"{k}: {v}" for k, v in METHODS.items() if k != "newcombe")
+        + f"; for one pair's accuracy difference, {METHODS['newcombe']}",
+        "- the mean-image baseline is shown beside the attackers and never counts as the strongest one",
     ]
     bad = m[m["status"] != "ok"]
     if len(bad):
@@ -164,6 +160,8 @@ def _summary(res: Results) -> str:
 
 def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
     """Build every artefact the tables allow; returns the path of report.md."""
+    from analysis import figures  # matplotlib: only this report draws; the results page does not
+
     res = load(root, sweep)
     out.mkdir(parents=True, exist_ok=True)
     sections = ["# Privacy-partitioning sweep report", "## Summary", _summary(res)]
@@ -220,6 +218,7 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
     artefact("Figure 4 — original vs reconstructed images", fig4)
     artefact("Figure 5 — five criteria per partition × defense", fig5)
     artefact("Figure 7 — DP image pixelation against ε", fig7)
+    artefact("Defended minus undefended, paired by seed", table(paired_differences, paired_md, "paired_differences"))
     artefact("Accuracy–privacy frontier", front)
     artefact("Training curves", curves)
     worst = res.models_with_worst().drop(columns=["config_json"], errors="ignore")
@@ -233,16 +232,24 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], prog="python -m analysis.report")
     p.add_argument("root", help="results root (local path or s3://bucket/prefix)")
-    p.add_argument("--out", required=True, type=Path, help="directory for report.md, PNGs and CSVs")
+    p.add_argument("--out", type=Path, default=None, help="directory for report.md, PNGs and CSVs")
     p.add_argument("--sweep", default=None, help="only this sweep (default: every sweep under the root)")
+    p.add_argument("--markdown", type=Path, default=None, metavar="PAGE",
+                   help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
+                        "(e.g. docs/results.md)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and args.markdown is None:
+        parser.error("nothing to write: give --out DIR, --markdown PAGE or both")
     t0 = time.perf_counter()
-    path = build_report(args.root, args.out, args.sweep)
-    print(f"report: {path} ({time.perf_counter() - t0:.1f} s)")
+    if args.out is not None:
+        print(f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)")
+    if args.markdown is not None:
+        print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
     return 0
 
 

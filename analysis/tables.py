@@ -3,6 +3,10 @@
 Every builder returns a tidy DataFrame (one row per configuration, ready for CSV) and
 raises :class:`Missing` with a reader-facing reason when the tables hold nothing it could
 be built from: an artefact is reported missing, never filled with made-up numbers.
+
+The unit of leakage is a model attacked at one partition: an undefended model does not
+depend on the partition, so it is one model per seed, attacked (and shown) at every partition.
+Every number comes with a 95 % interval (:mod:`analysis.uncertainty` says which method).
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
+from analysis.uncertainty import (
+    LEVEL, METHODS, bootstrap, newcombe, paired_images, strongest_of_means, t_crit, wilson,
+)
 from pp_cluster.farm.fs import resolve
-from pp_cluster.farm.store import ResultStore
+from pp_cluster.farm.store import BASELINE_ATTACKERS, ResultStore
 
 KEYS = ["sweep", "model_id"]
+# One worst case per model and partition it was attacked at (`attacks.partition`).
+WORST_KEYS = [*KEYS, "partition"]
 # The configuration a row belongs to; seeds are what gets averaged over.
 CONFIG = ["sweep", "dataset", "arch", "partition"]
 # What distinguishes configurations within one partition; seeds are averaged within a setting.
@@ -30,14 +38,15 @@ SETTING = ["defense", "defenders", "lam"]
 PAPER_DEFENSES = ("none", "partition")
 # Which direction makes an attacker strongest on each metric ("the best attack" of §V-C).
 STRONGEST = {"ssim": "max", "mse": "min", "psnr": "max", "dpd": "min", "reprint_acc": "max"}
-
-try:  # scipy ships with scikit-learn, a project dependency; the normal fallback keeps pandas-only use working
-    from scipy.special import stdtrit as _t_quantile
-
-    CI_METHOD = "Student t quantile (scipy)"
-except ImportError:  # pragma: no cover - depends on the environment
-    _t_quantile = None
-    CI_METHOD = "normal approximation (scipy not installed)"
+# The per-image values behind a metric: what a single run's bootstrap resamples.
+IMAGES = {"ssim": "ssim_images", "mse": "mse_images"}
+# The interval a single run has for each summarised column (``<column>_ci_lo/_ci_hi`` of its row);
+# a group of two or more seeds gets the t interval over seeds instead.
+RUN_CI = {"test_acc": "wilson", "reprint_acc": "wilson", "ssim": "bootstrap", "mse": "bootstrap",
+          "ssim_baseline": "bootstrap", "mse_baseline": "bootstrap", "n_cg": "wilson", "n_df": "wilson"}
+# Settings are paired with the undefended model trained the same way from the same seed.
+PAIR = ["sweep", "dataset", "arch", "recipe", "epochs", "lr", "batch_size", "seed", "partition"]
+CI_METHOD = METHODS["t"]
 
 
 class Missing(Exception):
@@ -56,13 +65,23 @@ class Results:
     _store: ResultStore | None = field(default=None, repr=False)
 
     def joined(self) -> pd.DataFrame:
-        """Attack rows with their model's columns; clashing model columns get a ``_model`` suffix
-        (``status`` is the attack's, ``status_model`` the model's)."""
+        """Attack rows with their model's columns; clashing model columns get a ``_model`` suffix:
+        ``partition`` is where the attack split the model, ``partition_model`` where the model was
+        defended (null when undefended); ``status`` is the attack's, ``status_model`` the model's."""
         return self.attacks.merge(self.models, on=KEYS, how="inner", suffixes=("", "_model"))
 
     def models_with_worst(self) -> pd.DataFrame:
-        """Models with their strongest attacker's metrics (columns of :func:`worst_case`)."""
-        return self.models.merge(worst_case(self.attacks), on=KEYS, how="left")
+        """One row per (model, partition it was attacked at): the model's columns (its own
+        partition as ``partition_model``), a Wilson interval of its test accuracy
+        (``test_acc_ci_lo/_ci_hi``) and the columns of :func:`worst_case`. An undefended model
+        appears at every partition; a model never attacked appears once, at its own partition."""
+        m = self.models.rename(columns={"partition": "partition_model"})
+        m = _with_ci(m, "test_acc", [wilson(acc * n, n) for acc, n in zip(m["test_acc"], m["n_test"])])
+        mw = m.merge(worst_case(self.attacks), on=KEYS, how="left")
+        mw["partition"] = mw["partition"].fillna(mw["partition_model"])
+        cols = list(m.columns)
+        cols.insert(cols.index("partition_model"), "partition")
+        return mw[cols + [c for c in mw.columns if c not in cols]]
 
     def reconstructions(self) -> pd.DataFrame:
         """The PNG table, read on demand because it is the only heavy one."""
@@ -96,44 +115,108 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
         raise ValueError(f"{what}: no column(s) {missing} (have {list(df.columns)})")
 
 
-def worst_case(attacks: pd.DataFrame) -> pd.DataFrame:
-    """Per model, the strongest successful attacker on each metric and which attacker it was.
+# -- the strongest attacker ---------------------------------------------------------------
 
-    Columns: sweep, model_id, n_attacks, then for each metric of ``STRONGEST`` its value and
-    ``<metric>_attacker``. A metric no attacker measured (e.g. DPD offline) stays null.
-    Ties go to the alphabetically first attacker, so the answer is deterministic.
-    """
-    _require(attacks, KEYS + ["attacker", "status", *STRONGEST], "worst_case(attacks)")
-    ok = attacks[attacks["status"] == "ok"]
-    out = ok.groupby(KEYS, observed=True, sort=True).size().rename("n_attacks").reset_index()
-    for metric, how in STRONGEST.items():
-        best = (
-            ok.dropna(subset=[metric])
-            .sort_values([metric, "attacker"], ascending=[how == "min", True], kind="mergesort")
-            .drop_duplicates(KEYS)[[*KEYS, metric, "attacker"]]
-            .rename(columns={"attacker": f"{metric}_attacker"})
-        )
-        out = out.merge(best, on=KEYS, how="left")
-        out[metric] = out[metric].astype("float64")
+
+def is_baseline(attacks: pd.DataFrame) -> pd.Series:
+    """Rows of no-information baselines (the mean image): shown beside the attackers, never
+    counted as the strongest one."""
+    return attacks["attacker"].isin(BASELINE_ATTACKERS)
+
+
+def strongest(attacks: pd.DataFrame, by: Sequence[str], order: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Per ``by`` group the row of the strongest attack: sorted by ``order``, (column, "max" or
+    "min") pairs of which the first must be measured; ties go to the alphabetically first
+    attacker, so the answer is deterministic. The caller chooses which attacks compete."""
+    cols = [c for c, _ in order]
+    return (attacks.dropna(subset=cols[:1])
+            .sort_values([*cols, "attacker"], ascending=[how == "min" for _, how in order] + [True], kind="mergesort")
+            .drop_duplicates(list(by)))
+
+
+def _with_ci(df: pd.DataFrame, name: str, cis: list[tuple[float, float]]) -> pd.DataFrame:
+    """``df`` with the (lo, hi) pairs ``cis`` (one per row) as ``<name>_ci_lo`` and ``<name>_ci_hi``."""
+    return df.assign(**{f"{name}_ci_lo": [float(c[0]) for c in cis], f"{name}_ci_hi": [float(c[1]) for c in cis]})
+
+
+def _bootstrap_strongest(attacks: pd.DataFrame, metric: str, level: float) -> pd.DataFrame:
+    """Per (model, partition) the bootstrap interval (``lo``, ``hi``) of the strongest of
+    ``attacks``' means of ``metric``: each resample of the images recomputes every attacker's
+    mean and picks the strongest, so the interval covers the choice of attacker too."""
+    stat = strongest_of_means(STRONGEST[metric])
+
+    def ci(lists: pd.Series) -> tuple[float, float]:
+        samples = paired_images(lists)
+        return bootstrap(samples, stat, level) if samples else (math.nan, math.nan)
+
+    groups = attacks.dropna(subset=[metric]).groupby(WORST_KEYS, dropna=False, sort=True)[IMAGES[metric]]
+    keys = groups.size().index.to_frame(index=False)
+    return _with_ci(keys, "", [ci(lists) for _, lists in groups]).rename(columns={"_ci_lo": "lo", "_ci_hi": "hi"})
+
+
+def _strongest_with_ci(attacks: pd.DataFrame, metric: str, name: str, level: float) -> pd.DataFrame:
+    """Per (model, partition) of ``attacks`` the strongest value of ``metric`` as column ``name``,
+    its attacker (``<name>_attacker``) and interval (``<name>_ci_lo/_ci_hi``): bootstrap over the
+    images where they were stored, Wilson over ``n_eval`` for reprint accuracy."""
+    best = strongest(attacks, WORST_KEYS, [(metric, STRONGEST[metric])])
+    out = best[WORST_KEYS].assign(**{name: best[metric].astype("float64"), f"{name}_attacker": best["attacker"]})
+    if metric in IMAGES:
+        cis = _bootstrap_strongest(attacks, metric, level).rename(columns={"lo": f"{name}_ci_lo", "hi": f"{name}_ci_hi"})
+        return out.merge(cis, on=WORST_KEYS, how="left")
+    if metric == "reprint_acc":
+        return _with_ci(out, name, [wilson(p * n, n) for p, n in zip(best[metric], best["n_eval"])])
     return out
 
 
-def _t_crit(n: pd.Series, level: float) -> pd.Series:
-    q = 0.5 + level / 2
-    dof = n.astype("float64") - 1
-    if _t_quantile is not None:
-        crit = _t_quantile(dof.where(dof >= 1), q)
-    else:
-        crit = np.where(dof >= 1, NormalDist().inv_cdf(q), np.nan)
-    return pd.Series(crit, index=n.index, dtype="float64")
+def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per model and partition, the strongest successful attacker on each metric, which one it
+    was, and the strongest baseline beside it.
+
+    Columns: sweep, model_id, partition, n_attacks (successful non-baseline attacks), then per
+    metric of ``STRONGEST`` its value, ``<metric>_attacker`` and ``<metric>_baseline``, with
+    ``_ci_lo/_ci_hi`` intervals for SSIM and MSE (bootstrap over the images, of the worst case and
+    of the baseline) and reprint accuracy (Wilson). A metric no attacker measured (e.g. DPD
+    offline) stays null.
+    """
+    _require(attacks, [*WORST_KEYS, "attacker", "status", *STRONGEST, *IMAGES.values(), "n_eval"],
+             "worst_case(attacks)")
+    ok = attacks[attacks["status"] == "ok"]
+    real, base = ok[~is_baseline(ok)], ok[is_baseline(ok)]
+    out = ok[WORST_KEYS].drop_duplicates().sort_values(WORST_KEYS, kind="mergesort").reset_index(drop=True)
+    n = real.groupby(WORST_KEYS, dropna=False).size().rename("n_attacks").reset_index()
+    out = out.merge(n, on=WORST_KEYS, how="left")
+    out["n_attacks"] = out["n_attacks"].fillna(0).astype("int64")
+    for metric in STRONGEST:
+        out = out.merge(_strongest_with_ci(real, metric, metric, level), on=WORST_KEYS, how="left")
+        baseline = _strongest_with_ci(base, metric, f"{metric}_baseline", level)
+        out = out.merge(baseline.drop(columns=f"{metric}_baseline_attacker"), on=WORST_KEYS, how="left")
+    return out
 
 
-def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """``attacks`` with each attack's own intervals: ``ssim_ci_lo/_ci_hi`` and ``mse_ci_lo/_ci_hi``
+    (bootstrap of its mean over the images), ``reprint_acc_ci_lo/_ci_hi`` (Wilson over ``n_eval``)."""
+    out = attacks.copy()
+    for metric, col in IMAGES.items():
+        stat = strongest_of_means(STRONGEST[metric])
+
+        def ci(images: Any, value: float) -> tuple[float, float]:
+            samples = None if pd.isna(value) else paired_images([images])
+            return bootstrap(samples, stat, level) if samples else (math.nan, math.nan)
+
+        out = _with_ci(out, metric, [ci(x, v) for x, v in zip(out[col], out[metric])])
+    return _with_ci(out, "reprint_acc", [wilson(p * k, k) for p, k in zip(out["reprint_acc"], out["n_eval"])])
+
+
+# -- statistics over seeds ----------------------------------------------------------------
+
+
+def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
     """Mean, sample std, n and a ``level`` confidence interval of each metric over the rows of
     each ``by`` group (the seeds). One row per group; columns ``<metric>_{mean,std,n,ci_lo,ci_hi}``.
 
-    The interval is mean ± t(level, n−1)·std/√n (:data:`CI_METHOD` says whether the t or the
-    normal quantile was used); it is null for n < 2, where no spread can be estimated.
+    The interval is mean ± t(level, n−1)·std/√n (:data:`CI_METHOD`); it is null for n < 2,
+    where no spread can be estimated (:func:`summarise` gives those a single run's interval).
     """
     by, metrics = list(by), list(metrics)
     _require(df, by + metrics, "aggregate")
@@ -144,13 +227,34 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level
     mean, std, n = g.mean(), g.std(ddof=1), g.count()
     parts = []
     for m in metrics:
-        half = _t_crit(n[m], level) * std[m] / np.sqrt(n[m])
+        half = t_crit(n[m], level) * std[m] / np.sqrt(n[m])
         parts.append(pd.DataFrame({
             f"{m}_mean": mean[m], f"{m}_std": std[m], f"{m}_n": n[m].astype("int64"),
             f"{m}_ci_lo": mean[m] - half, f"{m}_ci_hi": mean[m] + half,
         }))
     out = pd.concat(parts, axis=1).reset_index()
     out.attrs["ci_method"] = CI_METHOD
+    return out
+
+
+def summarise(rows: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
+    """:func:`aggregate`, with an interval for every number: a group of one run takes that run's
+    own interval (its row's ``<metric>_ci_lo/_ci_hi``, see :data:`RUN_CI`). ``<metric>_ci_method``
+    names the method of each row's interval (a key of :data:`analysis.uncertainty.METHODS`)."""
+    by = list(by)
+    out = aggregate(rows, by, metrics, level)
+    for m in metrics:
+        n = out[f"{m}_n"]
+        method = pd.Series(np.where(n >= 2, "t", None), index=out.index, dtype=object)
+        if f"{m}_ci_lo" in rows.columns:
+            lone = (rows.dropna(subset=[m]).groupby(by, dropna=False, observed=True, sort=True)
+                    [[f"{m}_ci_lo", f"{m}_ci_hi"]].first().reset_index())
+            own = out[by].merge(lone, on=by, how="left")
+            single = (n == 1) & own[f"{m}_ci_lo"].notna()
+            out.loc[single, f"{m}_ci_lo"] = own.loc[single, f"{m}_ci_lo"]
+            out.loc[single, f"{m}_ci_hi"] = own.loc[single, f"{m}_ci_hi"]
+            method[single] = RUN_CI[m]
+        out[f"{m}_ci_method"] = method
     return out
 
 
@@ -219,31 +323,43 @@ def n_defenders(defenders: pd.Series) -> pd.Series:
     return defenders.fillna("").map(lambda s: len([d for d in s.split(",") if d.strip()])).astype("int64")
 
 
-def _ok_models(res: Results) -> pd.DataFrame:
-    """Finished models of the partitioning defense (or none): what the paper's artefacts compare."""
-    m = res.models
-    return m[(m["status"] == "ok") & m["defense"].isin(PAPER_DEFENSES)]
+def _attacked(res: Results) -> pd.DataFrame:
+    """Finished models at each partition they were attacked at (:meth:`Results.models_with_worst`)."""
+    mw = res.models_with_worst()
+    return mw[(mw["status"] == "ok") & mw["partition"].notna()]
 
 
-def _ok_joined(res: Results) -> pd.DataFrame:
-    """Successful attacks on :func:`_ok_models`."""
+def _paper_rows(res: Results) -> pd.DataFrame:
+    """:func:`_attacked` rows of the partitioning defense (or none): what the paper's artefacts compare."""
+    rows = _attacked(res)
+    return rows[rows["defense"].isin(PAPER_DEFENSES)]
+
+
+def _paper_attacks(res: Results) -> pd.DataFrame:
+    """Successful attacks (baselines included) on finished models of :data:`PAPER_DEFENSES`."""
     j = res.joined()
-    return j[(j["status"] == "ok") & (j["status_model"] == "ok") & j["defense"].isin(PAPER_DEFENSES)]
+    return j[(j["status"] == "ok") & (j["status_model"] == "ok") & j["defense"].isin(PAPER_DEFENSES)
+             & j["partition"].notna()]
+
+
+def _per_attacker(j: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each attacker's MSE/SSIM (and the model accuracy) per ``keys``, over seeds, with intervals."""
+    acc = summarise(rows, keys, ["test_acc"])
+    attacks = summarise(attack_intervals(j), [*keys, "attacker"], ["mse", "ssim"])
+    return attacks.merge(acc, on=keys, how="left")
 
 
 def table_i(res: Results) -> pd.DataFrame:
-    """Table I: per λ, model accuracy and each attacker's MSE/SSIM (no or one defender)."""
-    j = _ok_joined(res)
+    """Table I: per λ, model accuracy and each attacker's MSE/SSIM (no or one defender), the
+    mean-image baseline among the attackers."""
+    j = _paper_attacks(res)
     j = j[n_defenders(j["defenders"]) <= 1]
-    models = _ok_models(res)
-    models = models[n_defenders(models["defenders"]) <= 1]
+    rows = _paper_rows(res)
+    rows = rows[n_defenders(rows["defenders"]) <= 1]
     if j.empty or j.groupby(CONFIG, observed=True)["lam"].nunique().max() < 2:
         raise Missing("Table I: needs successful attacks on models with at most one defender at two or more λ "
                       "values of one configuration; these tables have none")
-    keys = [*CONFIG, "defenders", "lam"]
-    acc = aggregate(models, keys, ["test_acc"])
-    attacks = aggregate(j, [*keys, "attacker"], ["mse", "ssim"])
-    return attacks.merge(acc, on=keys, how="left")
+    return _per_attacker(j, rows, [*CONFIG, "defenders", "lam"])
 
 
 def defender_class(defenders: pd.Series) -> pd.Series:
@@ -254,42 +370,65 @@ def defender_class(defenders: pd.Series) -> pd.Series:
 
 def table_ii(res: Results) -> pd.DataFrame:
     """Table II: none / single / multiple defenders, accuracy and each attacker's MSE and SSIM."""
-    j = _ok_joined(res)
+    j = _paper_attacks(res)
     if j.empty or not (n_defenders(j["defenders"]) > 1).any():
         raise Missing("Table II: no model trained with more than one defender has successful attacks in these tables")
     j = j.assign(defenders_present=defender_class(j["defenders"]))
-    models = _ok_models(res)
-    models = models.assign(defenders_present=defender_class(models["defenders"]))
-    keys = [*CONFIG, "defenders_present", "defenders", "lam"]
-    acc = aggregate(models, keys, ["test_acc"])
-    attacks = aggregate(j, [*keys, "attacker"], ["mse", "ssim"])
-    return attacks.merge(acc, on=keys, how="left")
+    rows = _paper_rows(res)
+    rows = rows.assign(defenders_present=defender_class(rows["defenders"]))
+    return _per_attacker(j, rows, [*CONFIG, "defenders_present", "defenders", "lam"])
+
+
+ATTRIBUTE_COUNTS = ["n_cg", "n_df", "n_ti", "gender_acc"]
+
+
+def attribute_best(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Per model and partition the attack with the most correctly gendered faces (then most
+    detected faces): the strongest attribute attack, baselines excluded. Adds Wilson intervals
+    of #CG and #DF as counts out of #TI (``n_cg_ci_lo/_ci_hi``, ``n_df_ci_lo/_ci_hi``)."""
+    real = attacks[(attacks["status"] == "ok") & ~is_baseline(attacks)]
+    best = strongest(real, WORST_KEYS, [("n_cg", "max"), ("n_df", "max")])
+    n_ti = best["n_ti"].astype("float64")
+    for col in ("n_cg", "n_df"):
+        best = _with_ci(best, col, [(n * lo, n * hi) for n, (lo, hi) in
+                                    zip(n_ti, (wilson(k, n) for k, n in zip(best[col].astype("float64"), n_ti)))])
+    return best
 
 
 def table_iii(res: Results) -> pd.DataFrame:
-    """Table III: #CG / #DF / #TI per partition × defense, from each model's attacker with the
-    most correctly gendered faces (the strongest attribute attack), averaged over seeds."""
-    j = _ok_joined(res)
-    j = j.dropna(subset=["n_cg"])
-    if j.empty:
+    """Table III: #CG / #DF / #TI per partition × defense, from each model's strongest attribute
+    attack (:func:`attribute_best`), over seeds with intervals."""
+    best = attribute_best(_paper_attacks(res))
+    if best.empty:
         raise Missing("Table III: no attribute results in these tables (attacks.n_cg is null everywhere)")
-    best = (j.sort_values(["n_cg", "n_df", "attacker"], ascending=[False, False, True], kind="mergesort")
-            .drop_duplicates(KEYS))
     keys = [*CONFIG, *SETTING]
-    out = aggregate(best, keys, ["n_cg", "n_df", "n_ti", "gender_acc"])
+    out = summarise(best, keys, ATTRIBUTE_COUNTS)
     attackers = best.groupby(keys, observed=True)["attacker"].agg(lambda s: ",".join(sorted(set(s))))
     return out.merge(attackers.rename("attackers").reset_index(), on=keys, how="left")
 
 
 FIG5_METRICS = ["test_acc", "reprint_acc", "ssim", "mse", "dpd"]
+# The mean-image baseline beside the best attacker (the no-information reference).
+FIG5_BASELINES = ["ssim_baseline", "mse_baseline"]
+
+
+def _attackers_of(rows: pd.DataFrame, keys: list[str], col: str) -> pd.Series:
+    return rows.groupby(keys, observed=True, dropna=False)[col].agg(lambda s: ",".join(sorted(set(s.dropna()))))
 
 
 def figure5_data(res: Results) -> pd.DataFrame:
-    """Figure 5: the five criteria per partition × defense (× λ), best attack per model, over seeds."""
-    mw = _ok_models(res).merge(worst_case(res.attacks), on=KEYS, how="inner")
-    if mw.dropna(subset=["ssim"]).empty:
+    """Figure 5: the five criteria per partition × defense (× λ), best attack per model, over
+    seeds with intervals, the mean-image baseline's SSIM and MSE beside, and which attackers
+    were the strongest on each attack metric (``<metric>_attackers``, comma-joined)."""
+    rows = _paper_rows(res)
+    if rows.dropna(subset=["ssim"]).empty:
         raise Missing("Figure 5: no successfully attacked models (defense none/partition) in these tables")
-    return aggregate(mw, [*CONFIG, *SETTING], FIG5_METRICS)
+    keys = [*CONFIG, *SETTING]
+    out = summarise(rows, keys, [*FIG5_METRICS, *FIG5_BASELINES])
+    for m in FIG5_METRICS[1:]:
+        out = out.merge(_attackers_of(rows, keys, f"{m}_attacker").rename(f"{m}_attackers").reset_index(),
+                        on=keys, how="left")
+    return out
 
 
 def _find_key(obj: Any, key: str) -> Any:
@@ -310,7 +449,8 @@ def epsilon(config_json: pd.Series) -> pd.Series:
 
 
 def figure7_data(res: Results) -> pd.DataFrame:
-    """Figure 7: DP image pixelation, SSIM and classification accuracy against ε."""
+    """Figure 7: DP image pixelation, SSIM and classification accuracy against ε. Its models
+    release pixelated images rather than activations, so they have no partition."""
     mw = res.models_with_worst()
     dp = mw[(mw["defense"] == "dp_pixelation") & (mw["status"] == "ok")]
     if dp.empty:
@@ -318,12 +458,13 @@ def figure7_data(res: Results) -> pd.DataFrame:
     dp = dp.assign(epsilon=epsilon(dp["config_json"])).dropna(subset=["epsilon"])
     if dp.empty:
         raise Missing("Figure 7: dp_pixelation models carry no 'epsilon' in config_json")
-    return aggregate(dp, ["sweep", "dataset", "arch", "epsilon"], ["ssim", "test_acc"])
+    return summarise(dp, ["sweep", "dataset", "arch", "epsilon"], ["ssim", "test_acc"])
 
 
 def frontiers(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All placeable models with a ``pareto`` flag per (sweep, dataset), and one hypervolume
-    row per (sweep, dataset) with reference point (accuracy 0, SSIM 1)."""
+    """Every placeable (model, partition) with a ``pareto`` flag per (sweep, dataset), and one
+    hypervolume row per (sweep, dataset) with reference point (accuracy 0, SSIM 1). A point is
+    one trained model at one partition (an undefended model is a point at each partition)."""
     mw = res.models_with_worst()
     mw = mw[mw["status"] == "ok"].dropna(subset=["test_acc", "ssim"])
     if mw.empty:
@@ -337,6 +478,131 @@ def frontiers(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.concat(parts, ignore_index=True), pd.DataFrame(hv)
 
 
+def figure4_data(res: Results) -> pd.DataFrame:
+    """Figure 4's images: per partition × defense (× λ), the lowest-seed model and its strongest
+    (max SSIM) attacker among those whose reconstructions were saved."""
+    recon = res.reconstructions()
+    if recon.empty:
+        raise Missing("Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)")
+    j = _paper_attacks(res)
+    j = j[~is_baseline(j) & j["attack_id"].isin(recon["attack_id"])].dropna(subset=["ssim"])
+    if j.empty:
+        raise Missing("Figure 4: the saved reconstructions belong to no successful attack")
+    picked = (j.sort_values(["seed", "ssim", "attacker"], ascending=[True, False, True], kind="mergesort")
+              .drop_duplicates([*CONFIG, *SETTING]))
+    cols = [*CONFIG, *SETTING, "seed", "model_id", "attack_id", "attacker", "ssim"]
+    return picked[cols].merge(recon[["sweep", "attack_id", "index", "original", "reconstruction"]],
+                              on=["sweep", "attack_id"], how="inner")
+
+
+# -- defended minus undefended ------------------------------------------------------------
+
+DIFF_METRICS = ("ssim", "test_acc", "n_cg")
+DIFF_COLUMNS = [*CONFIG, *SETTING, "metric", "n_pairs", "seeds", "defended", "undefended", "diff", "diff_ci_lo",
+                "diff_ci_hi", "ci_method", "significant"]
+
+
+def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Defended minus undefended, paired by seed: per partition, defended setting and metric
+    (worst-case SSIM, test accuracy, #CG where counted), the mean over seeds of (defended model
+    − the undefended model of the same seed and recipe, attacked at that partition).
+
+    The interval is the t interval over the seed differences with two or more pairs; with one,
+    a paired bootstrap over the images for SSIM (the same image indices resampled for both
+    models, the strongest attacker recomputed per resample) and Newcombe's interval for test
+    accuracy and #CG (no per-image outcomes are stored). ``significant`` is true only when the
+    interval excludes 0, null when there is no interval.
+
+    Columns: :data:`DIFF_COLUMNS`; ``seeds`` is the comma-joined paired seeds.
+    """
+    rows = _attacked(res)
+    rows = rows.merge(attribute_best(res.attacks)[[*WORST_KEYS, "n_cg", "n_ti"]], on=WORST_KEYS, how="left")
+    undefended = rows[rows["defense"] == "none"]
+    twins = undefended.duplicated(PAIR, keep=False)
+    if twins.any():
+        raise ValueError(f"paired_differences: more than one undefended model per {PAIR}: "
+                         f"{sorted(undefended.loc[twins, 'model_id'])}")
+    pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
+    if pairs.empty:
+        raise Missing("Paired differences: no defended model has an undefended model of the same seed attacked "
+                      "at its partition")
+    images = _real_images(res.attacks)
+    keys = [*CONFIG, *SETTING]
+    parts = []
+    for metric in DIFF_METRICS:
+        p = pairs.dropna(subset=[metric, f"{metric}_u"])
+        if p.empty:
+            continue
+        p = p.assign(diff=p[metric] - p[f"{metric}_u"])
+        agg = aggregate(p, keys, ["diff", metric, f"{metric}_u"], level)
+        agg["ci_method"] = np.where(agg["diff_n"] >= 2, "t", None)
+        single = agg.index[agg["diff_n"] == 1]
+        lone = agg.loc[single, keys].merge(p, on=keys, how="left").set_index(single)
+        for i, pair in lone.iterrows():
+            (lo, hi), method = _one_pair_ci(pair, metric, images, level)
+            agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
+        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+        agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
+        parts.append(agg.assign(metric=metric).rename(columns={
+            "diff_n": "n_pairs", f"{metric}_mean": "defended", f"{metric}_u_mean": "undefended", "diff_mean": "diff"}))
+    if not parts:
+        raise Missing("Paired differences: the paired models have no worst-case SSIM, test accuracy or #CG")
+    out = pd.concat(parts, ignore_index=True)
+    lo, hi = out["diff_ci_lo"].astype("float64"), out["diff_ci_hi"].astype("float64")
+    out["significant"] = ((lo > 0) | (hi < 0)).astype("boolean").mask(lo.isna() | hi.isna())
+    out["ci_method"] = out["ci_method"].where(lo.notna())
+    return out.assign(diff_ci_lo=lo, diff_ci_hi=hi)[DIFF_COLUMNS]
+
+
+def _real_images(attacks: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """Successful non-baseline attacks per (sweep, model, partition), for paired bootstraps."""
+    real = attacks[(attacks["status"] == "ok") & ~is_baseline(attacks) & attacks["partition"].notna()]
+    return dict(iter(real.groupby(WORST_KEYS, sort=False)))
+
+
+def _one_pair_ci(pair: pd.Series, metric: str, images: dict, level: float) -> tuple[tuple[float, float], str]:
+    """The interval of a single defended − undefended difference (see :func:`paired_differences`)."""
+    if metric in IMAGES:
+        def lists(model_id: str) -> list:
+            a = images.get((pair["sweep"], model_id, pair["partition"]))
+            return [] if a is None else list(a.dropna(subset=[metric])[IMAGES[metric]])
+
+        d, u = lists(pair["model_id"]), lists(pair["model_id_u"])
+        samples = paired_images(d + u) if d and u else None
+        if samples is None:
+            return (math.nan, math.nan), "bootstrap"
+        pick = strongest_of_means(STRONGEST[metric])
+        return bootstrap(samples, lambda *s, axis=-1: pick(*s[:len(d)], axis=axis) - pick(*s[len(d):], axis=axis),
+                         level), "bootstrap"
+    if metric == "test_acc":  # a rate of n_test images
+        n, n_u = pair["n_test"], pair["n_test_u"]
+        k, k_u, scale = pair[metric] * n, pair[f"{metric}_u"] * n_u, 1.0
+    else:  # a count out of #TI images: the interval of the rate, in images
+        n, n_u = pair["n_ti"], pair["n_ti_u"]
+        k, k_u, scale = pair[metric], pair[f"{metric}_u"], n
+    if pd.isna(n) or pd.isna(n_u) or (metric != "test_acc" and n != n_u):
+        return (math.nan, math.nan), "newcombe"
+    lo, hi = newcombe(k, n, k_u, n_u, level)
+    return (lo * scale, hi * scale), "newcombe"
+
+
+# -- labels and order ---------------------------------------------------------------------
+
+
+def config_label(defense: str, defenders: str, lam: float) -> str:
+    """'no defense' or e.g. 'λ=0.1 (deconv)', 'noise, λ=0.5': the name of one defense setting."""
+    if defense == "none":
+        return "no defense"
+    other = "" if defense == "partition" else f"{defense}, "
+    return f"{other}λ={lam:g}" + (f" ({defenders})" if defenders else "")
+
+
+def settings(df: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """(defense, defenders, λ) triples: undefended first, then by λ and suite."""
+    triples = df[SETTING].drop_duplicates().itertuples(index=False, name=None)
+    return sorted(triples, key=lambda t: (t[0] != "none", t[0], t[2], t[1]))
+
+
 def in_setting(df: pd.DataFrame, setting: Sequence) -> pd.Series:
     """Rows of ``df`` whose (defense, defenders, λ) equal ``setting``."""
     return pd.concat([df[c] == v for c, v in zip(SETTING, setting)], axis=1).all(axis=1)
@@ -345,20 +611,3 @@ def in_setting(df: pd.DataFrame, setting: Sequence) -> pd.Series:
 def natural_key(s: str) -> tuple:
     """Sort ``pool2`` before ``pool10``: partitions and attackers in reading order."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s)))
-
-
-def figure4_data(res: Results) -> pd.DataFrame:
-    """Figure 4's images: per partition × defense (× λ), the lowest-seed model and its strongest
-    (max SSIM) attacker among those whose reconstructions were saved."""
-    recon = res.reconstructions()
-    if recon.empty:
-        raise Missing("Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)")
-    j = _ok_joined(res)
-    j = j[j["attack_id"].isin(recon["attack_id"])].dropna(subset=["ssim"])
-    if j.empty:
-        raise Missing("Figure 4: the saved reconstructions belong to no successful attack")
-    picked = (j.sort_values(["seed", "ssim", "attacker"], ascending=[True, False, True], kind="mergesort")
-              .drop_duplicates([*CONFIG, *SETTING]))
-    cols = [*CONFIG, *SETTING, "seed", "model_id", "attack_id", "attacker", "ssim"]
-    return picked[cols].merge(recon[["sweep", "attack_id", "index", "original", "reconstruction"]],
-                              on=["sweep", "attack_id"], how="inner")

@@ -1,0 +1,376 @@
+"""The results page: one Markdown file generated from a results root's tables alone, with the
+paper's own numbers beside ours (``python -m analysis.report ROOT --markdown docs/results.md``).
+
+It is deterministic so that it can be committed beside the reference tables and checked byte
+for byte: no time of generation, no machine-specific paths (the tables are linked relative to
+the page), sorted rows, fixed-seed bootstraps. It needs no matplotlib: tables, not figures.
+Also home of the small Markdown helpers the report shares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow.fs as pafs
+
+from analysis import paper
+from analysis.tables import (
+    CONFIG, DIFF_METRICS, Missing, Results, config_label, epsilon, figure5_data, frontiers, load,
+    natural_key, paired_differences, settings, table_iii,
+)
+from analysis.uncertainty import METHODS, N_RESAMPLES, t_crit, wilson
+from pp_cluster.farm.fs import resolve
+from pp_cluster.farm.store import BASELINE_ATTACKERS
+
+# Optional, beside the tables: how the run was made. RUN_KEYS are shown first (the tables fill in
+# date, machine and wall time when it has none), any other key after them as it is.
+RUN_FILE = "run.json"
+RUN_KEYS = {"command": "command", "date": "date", "machine": "machine", "wall_seconds": "wall time",
+            "notes": "notes"}
+METHOD_NAMES = {"t": "t over seeds", "bootstrap": "bootstrap", "wilson": "Wilson", "newcombe": "Newcombe"}
+
+
+# -- Markdown helpers -----------------------------------------------------------------------
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' ``to_markdown`` needs tabulate, which we do not depend on)."""
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    rows = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells.values.tolist()]
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+
+
+def fmt(x: float, spec: str = ".3f") -> str:
+    return "–" if pd.isna(x) else format(x, spec)
+
+
+def pct(x: float) -> str:
+    return "–" if pd.isna(x) else f"{100 * x:.1f}%"
+
+
+def interval(mean: float, lo: float = math.nan, hi: float = math.nan, kind: str = "value") -> str:
+    """'0.812 [0.790, 0.834]': a number and its 95 % interval ('–' without a number, no brackets
+    without an interval). ``kind`` "rate" prints percent, "count" whole images, "value" 3 decimals."""
+    if pd.isna(mean):
+        return "–"
+    if kind == "rate":
+        mean, lo, hi, spec, bound = 100 * mean, 100 * lo, 100 * hi, ".1f", ".1f"
+    elif kind == "count":
+        spec, bound = (".0f" if float(mean).is_integer() else ".1f"), ".1f"
+    else:
+        spec = bound = ".3f"
+    text = format(mean, spec)
+    return text if pd.isna(lo) or pd.isna(hi) else f"{text} [{format(lo, bound)}, {format(hi, bound)}]"
+
+
+# How each column prints (:func:`interval`'s ``kind``); anything else is a "value".
+KINDS = {"test_acc": "rate", "reprint_acc": "rate", "n_cg": "count", "n_df": "count"}
+
+
+def cell(row: pd.Series, metric: str) -> str:
+    """:func:`interval` of the ``<metric>_mean`` / ``_ci_lo`` / ``_ci_hi`` columns of a summary row
+    (a ``<metric>_baseline`` prints as its metric)."""
+    kind = KINDS.get(metric.removesuffix("_baseline"), "value")
+    return interval(row[f"{metric}_mean"], row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"], kind)
+
+
+def method(row: pd.Series, metric: str) -> str:
+    name = row[f"{metric}_ci_method"]
+    return "–" if pd.isna(name) else METHOD_NAMES[name]
+
+
+def sorted_rows(df: pd.DataFrame, then: Callable[[pd.Series], int] = lambda r: 0) -> list[pd.Series]:
+    """Rows by partition (reading order), setting (undefended first, then by λ), then ``then``."""
+    order = {s: i for i, s in enumerate(settings(df))}
+    return sorted((r for _, r in df.iterrows()), key=lambda r: (
+        natural_key(r["partition"]), order[(r["defense"], r["defenders"], r["lam"])], then(r)))
+
+
+def per_config(df: pd.DataFrame, render: Callable[[pd.DataFrame, str], str]) -> str:
+    """``render(rows, dataset)`` for each (sweep, dataset, arch), under a bold heading."""
+    parts = []
+    for (sweep, dataset, arch), g in df.groupby(CONFIG[:3], observed=True, sort=True):
+        parts.append(f"**{dataset} / {arch}** (sweep `{sweep}`)\n\n{render(g, dataset)}")
+    return "\n\n".join(parts)
+
+
+# -- the page -------------------------------------------------------------------------------
+
+
+def source_label(root: str, page: Path | str) -> str:
+    """How the page names its tables: a URI as it is, a local path relative to the page's folder
+    (a working link, the same on every machine)."""
+    if "://" in root:
+        return root
+    return Path(os.path.relpath(Path(root).resolve(), Path(page).resolve().parent)).as_posix()
+
+
+def run_info(root: str) -> dict:
+    """The optional ``run.json`` beside the tables; {} without one."""
+    fs, path = resolve(root)
+    path = f"{path.rstrip('/')}/{RUN_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return {}
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _values(s: pd.Series) -> str:
+    vals = sorted({str(v) for v in s.dropna()}, key=natural_key)
+    return ", ".join(vals) if vals else "–"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:,.0f} s ({seconds / 3600:.2f} h)" if seconds >= 3600 else f"{seconds:,.0f} s"
+
+
+def provenance_md(res: Results, info: dict) -> str:
+    """How the run was made: ``run.json`` where it says, otherwise what the tables record."""
+    m, a = res.models, res.attacks
+    start = m["started_at"].min()
+    end = pd.concat([m["finished_at"], a["finished_at"]]).max()
+    machines = sorted({f"{h} ({g if isinstance(g, str) else 'CPU'})" for h, g in zip(m["host"], m["gpu"])})
+    derived = {
+        "date": f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC (models.started_at … last finished_at)",
+        "machine": ", ".join(machines) + " (models.host, models.gpu)",
+        "wall_seconds": _duration((end - start).total_seconds()) + " (first start to last finish)",
+    }
+    out = []
+    if "command" in info:
+        out += ["The run was made with:", "", "```", info["command"].strip(), "```", ""]
+    else:
+        out += [f"No `{RUN_FILE}` beside the tables, so the command that made the run is not recorded; "
+                "what follows is what the tables themselves record.", ""]
+    rows = []
+    for key, label in RUN_KEYS.items():
+        if key == "command":
+            continue
+        if key in info:
+            value = _duration(float(info[key])) if key == "wall_seconds" else str(info[key])
+            rows.append((label, value))
+        elif key in derived:
+            rows.append((label, derived[key]))
+    rows += [(key, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+             for key, v in sorted(info.items()) if key not in RUN_KEYS]
+    status = ", ".join(f"{k} {v}" for k, v in sorted(m["status"].value_counts().items()))
+    a_status = ", ".join(f"{k} {v}" for k, v in sorted(a["status"].value_counts().items()))
+    rows += [
+        ("sweeps", _values(m["sweep"])), ("data set / classifier", f"{_values(m['dataset'])} / {_values(m['arch'])}"),
+        ("recipe", _values(m["recipe"])), ("epochs", _values(m["epochs"])), ("seeds", _values(m["seed"])),
+        ("defenses", _values(m["defense"])), ("λ", _values(m["lam"].map(lambda x: f"{x:g}"))),
+        ("partitions attacked", _values(a["partition"])), ("attackers", _values(a["attacker"])),
+        ("test images (models.n_test)", _values(m["n_test"])),
+        ("images per attack (attacks.n_eval)", _values(a["n_eval"])),
+        ("models", f"{len(m)} ({status})"), ("attacks", f"{len(a)} ({a_status})"),
+        ("pp_cluster / torch", f"{_values(m['package_version'])} / {_values(m['torch_version'])}"),
+        ("git commit", _values(m["git_sha"])),
+    ]
+    out.append(md_table(pd.DataFrame(rows, columns=["", "value"])))
+    return "\n".join(out)
+
+
+def methods_md(res: Results) -> str:
+    """Which interval each number has, and how wide the test set makes them."""
+    n_test = sorted({int(n) for n in res.models["n_test"].dropna()})
+    widths = ", ".join(f"n = {n}: ±{_half_width(n):.1f} points" for n in sorted({*n_test, 40, 474}))
+    baselines = ", ".join(f"`{b}`" for b in BASELINE_ATTACKERS)
+    return "\n".join([
+        "Every number is a mean with its 95 % interval in brackets; the *interval* column names the method:",
+        "",
+        f"- **t over seeds** where a setting has two or more seeds: {METHODS['t']}.",
+        f"- **bootstrap** for a single run's SSIM and MSE: {METHODS['bootstrap']}. For the worst case, each "
+        "resample recomputes every attacker's mean and takes the strongest, so the interval includes the "
+        "choice of attacker.",
+        f"- **Wilson** for a single run's test accuracy (from `test_acc` and `n_test`), reprint accuracy "
+        f"(`n_eval`) and #CG / #DF (out of #TI): {METHODS['wilson']}.",
+        f"- **Newcombe** for a single pair's difference in accuracy or #CG: {METHODS['newcombe']}.",
+        "",
+        f"A small test set gives wide intervals. A Wilson interval around 90 % accuracy is, half-width, "
+        f"{widths}; {' and '.join(map(str, n_test)) or 'no'} test image(s) stand behind this run's accuracies "
+        "(the paper's LFW test set has 474). With one seed, an interval covers evaluation noise only, not "
+        f"training noise; with two, the t quantile is {t_crit(pd.Series([2])).iloc[0]:.1f} (one degree of freedom), "
+        "so those intervals are very wide and may reach past a metric's range (above 100 %, below 0): they are "
+        "shown as computed.",
+        "",
+        f"*Worst case* = per model and partition the strongest attacker on each metric (max SSIM and reprint "
+        f"accuracy, min MSE and DPD), over successful attacks. The no-information baseline ({baselines}: the "
+        "mean training image, whatever the input) is shown beside it and never counts as an attacker.",
+    ])
+
+
+def _half_width(n: int, p: float = 0.9) -> float:
+    """Half the width, in percentage points, of the Wilson interval of accuracy ``p`` on ``n`` images."""
+    lo, hi = wilson(p * n, n)
+    return 50 * (hi - lo)
+
+
+FIG5_PANELS = {
+    "test_acc": "(a) Test accuracy, %",
+    "reprint_acc": "(b) Reprint accuracy, %: the classifier on the strongest attacker's reconstructions",
+    "ssim": "(c) Worst-case SSIM (1 = identical; higher leaks more)",
+    "mse": "(d) Worst-case MSE, pixels in [0, 1] (lower leaks more)",
+    "dpd": "(e) Worst-case DPD, LPIPS distance (lower leaks more)",
+}
+
+
+def _nulls(res: Results, metric: str) -> str:
+    """How many successful attacks lack ``metric``, and why (DPD records its reason)."""
+    ok = res.attacks[res.attacks["status"] == "ok"]
+    null = ok[metric].isna()
+    reasons = sorted(ok.loc[null, "dpd_reason"].dropna().unique()) if metric == "dpd" else []
+    why = f"; `attacks.dpd_reason`: {'; '.join(f'“{r}”' for r in reasons)}" if reasons else ""
+    if null.all():
+        return f"Not measured in this run: `attacks.{metric}` is null for all {len(ok)} successful attacks{why}."
+    return f"`attacks.{metric}` is null for {null.sum()} of {len(ok)} successful attacks{why}."
+
+
+def figure5_md(res: Results) -> str:
+    """Figure 5 a–e as one table per criterion, the mean-image baseline beside SSIM and MSE."""
+    t = figure5_data(res)
+    parts = []
+    for metric, title in FIG5_PANELS.items():
+        if t[f"{metric}_mean"].isna().all():
+            body = _nulls(res, metric)
+        else:
+            def render(g: pd.DataFrame, _: str) -> str:
+                rows = []
+                for r in sorted_rows(g):
+                    row = {"partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                           "seeds": r[f"{metric}_n"], "ours [95 % CI]": cell(r, metric),
+                           "interval": method(r, metric)}
+                    if metric != "test_acc":
+                        row["strongest attacker"] = r[f"{metric}_attackers"] or "–"
+                    if f"{metric}_baseline_mean" in r:
+                        row["mean-image baseline [95 % CI]"] = cell(r, f"{metric}_baseline")
+                    rows.append(row)
+                return md_table(pd.DataFrame(rows))
+
+            body = per_config(t, render)
+            if metric == "dpd" and t["dpd_mean"].isna().any():
+                body += "\n\n" + _nulls(res, metric)
+        parts.append(f"### {title}\n\n{body}\n\nPaper (Figure 5, LFW; no values printed): {paper.FIGURE5[metric]}.")
+    return "\n\n".join(parts)
+
+
+DIFF_NAMES = {"ssim": "worst-case SSIM", "test_acc": "test accuracy, %", "n_cg": "#CG"}
+
+
+def paired_md(d: pd.DataFrame) -> str:
+    """:func:`analysis.tables.paired_differences` as one table per (sweep, data set, classifier)."""
+
+    def render(g: pd.DataFrame, _: str) -> str:
+        rows = []
+        for r in sorted_rows(g, then=lambda r: DIFF_METRICS.index(r["metric"])):
+            name, kind = DIFF_NAMES[r["metric"]], KINDS.get(r["metric"], "value")
+            sig = r["significant"]
+            rows.append({
+                "partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                "metric": name, "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
+                "defended": interval(r["defended"], kind=kind), "undefended": interval(r["undefended"], kind=kind),
+                "defended − undefended [95 % CI]": interval(r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind),
+                "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
+                "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
+            })
+        return md_table(pd.DataFrame(rows))
+
+    return (f"{per_config(d, render)}\n\nEach defended model is paired with the undefended model of the same seed "
+            "(and recipe), attacked at the same partition. *Significant* means the paired 95 % interval of the "
+            "difference excludes 0; with one pair the SSIM interval is a paired bootstrap (the same images "
+            "resampled for both models).")
+
+
+def table_iii_md(res: Results) -> str:
+    """Table III with intervals, the paper's counts beside (its #TI is 474 test images)."""
+    try:
+        t = table_iii(res)
+    except Missing as e:
+        ref = pd.DataFrame([{"partition": p, "setting": "no defense" if d == "none" else "λ=0.1 (deconv)",
+                             "paper #CG / #DF / #TI": " / ".join(map(str, v))} for (d, p), v in paper.TABLE_III.items()])
+        return f"{e}.\n\nThe paper's Table III (LFW), for reference:\n\n{md_table(ref)}"
+
+    def render(g: pd.DataFrame, dataset: str) -> str:
+        rows = []
+        for r in sorted_rows(g):
+            row = {"partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                   "seeds": r["n_cg_n"], "#CG [95 % CI]": cell(r, "n_cg"),
+                   "#DF [95 % CI]": cell(r, "n_df"), "#TI": fmt(r["n_ti_mean"], ".0f"),
+                   "#CG / #TI": pct(r["n_cg_mean"] / r["n_ti_mean"]), "interval": method(r, "n_cg")}
+            ref = paper.TABLE_III.get((r["defense"], r["partition"])) if dataset.startswith("lfw") else None
+            row["paper #CG / #DF / #TI"] = " / ".join(map(str, ref)) if ref else "–"
+            row["paper #CG / #TI"] = pct(ref[0] / ref[2]) if ref else "–"
+            rows.append(row)
+        return md_table(pd.DataFrame(rows))
+
+    return (f"{per_config(t, render)}\n\n#CG correctly gendered faces, #DF detected faces, #TI images examined; per "
+            "model and partition the attacker with the most #CG (baselines excluded). The paper's defended "
+            "column is λ = 0.1 with one deconv defender after 250 epochs; compare rates (#CG / #TI) when the "
+            "test sets differ in size.")
+
+
+def frontier_md(res: Results) -> str:
+    points, hv = frontiers(res)
+
+    def render(g: pd.DataFrame, _: str) -> str:
+        front = g[g["on_frontier"]].sort_values(["test_acc", "ssim"], ascending=[False, True], kind="mergesort")
+        rows = [{"partition": r["partition"] if isinstance(r["partition"], str) else "input",
+                 "setting": _point_setting(r), "seed": r["seed"],
+                 "test accuracy, % [95 % CI]": interval(r["test_acc"], r["test_acc_ci_lo"], r["test_acc_ci_hi"], "rate"),
+                 "worst-case SSIM [95 % CI]": interval(r["ssim"], r["ssim_ci_lo"], r["ssim_ci_hi"]),
+                 "strongest attacker": r["ssim_attacker"]} for _, r in front.iterrows()]
+        h = hv[(hv["sweep"] == g["sweep"].iloc[0]) & (hv["dataset"] == g["dataset"].iloc[0])].iloc[0]
+        return (f"{md_table(pd.DataFrame(rows))}\n\n{h['n_pareto']} of {h['n_models']} (model, partition) points are "
+                f"Pareto-optimal; hypervolume {h['hypervolume']:.3f} (area dominated up to accuracy 0, SSIM 1).")
+
+    return (f"{per_config(points, render)}\n\nA point is one trained model at one partition "
+            "(an undefended model is a point at each partition), placed by its test accuracy and worst-case SSIM; "
+            f"Pareto-optimal = no other point is at least as accurate and leaks no more.\n\nPaper: {paper.FRONTIER}.")
+
+
+def _point_setting(r: pd.Series) -> str:
+    """A frontier point's setting; DP pixelation is named by its ε (it releases pixelated inputs)."""
+    if r["defense"] != "dp_pixelation":
+        return config_label(r["defense"], r["defenders"], r["lam"])
+    eps = epsilon(pd.Series([r["config_json"]])).iloc[0]
+    return "DP pixelation" + ("" if pd.isna(eps) else f", ε={eps:g}")
+
+
+def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> str:
+    """The page's text for the tables under ``root`` (one ``sweep`` or all), to be written at ``page``."""
+    res = load(root, sweep)
+    if res.models.empty:
+        raise Missing(f"no models under {root!r}")
+    sweeps = ", ".join(f"`{s}`" for s in sorted(res.models["sweep"].unique()))
+    sections = [
+        f"# Results of {sweeps} beside the paper",
+        f"Generated by `python -m analysis.report TABLES --markdown PAGE` from the tables in "
+        f"[`{source_label(root, page)}`]({source_label(root, page)}) alone; regenerating it from the same "
+        f"tables gives this page byte for byte (bootstraps: {N_RESAMPLES} resamples, fixed seed).",
+        "## How the run was made", provenance_md(res, run_info(root)),
+        "## How to read the numbers", methods_md(res),
+        "## Figure 5 (a–e): five criteria per partition", _built(lambda: figure5_md(res)),
+        "## Defended minus undefended, paired by seed", _built(lambda: paired_md(paired_differences(res))),
+        "## Table III: gender estimation from the reconstructions", table_iii_md(res),
+        "## Privacy–utility frontier", _built(lambda: frontier_md(res)),
+        f"## The paper's setting\n\n{paper.SETTING}.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _built(build: Callable[[], str]) -> str:
+    try:
+        return build()
+    except Missing as e:
+        return f"{e}."
+
+
+def write_markdown(root: str, page: Path | str, sweep: str | None = None) -> Path:
+    """Write :func:`results_markdown` to ``page`` (UTF-8, ``\\n`` line ends on every OS)."""
+    page = Path(page)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(results_markdown(root, page, sweep), encoding="utf-8", newline="\n")
+    return page
