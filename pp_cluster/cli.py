@@ -196,15 +196,20 @@ def _status(args: argparse.Namespace) -> int:
     if models.empty:
         print(f"no models under {args.results}")
         return 0
+    from analysis.tables import worst_case  # the one strongest-attacker rule (baselines excluded)
+
+    models, attacks = (df.assign(sweep=df["sweep"].astype(str)) for df in (models, attacks))
     for sweep, m in models.groupby("sweep", observed=True):
-        a = attacks[attacks["sweep"] == sweep] if not attacks.empty else attacks
-        ok = a[a["status"] == "ok"] if not a.empty else a
+        a = attacks[attacks["sweep"] == sweep]
+        ok = a[a["status"] == "ok"]
         print(f"sweep {sweep}: {len(m)} models ({(m['status'] == 'ok').sum()} ok, "
               f"{(m['status'] == 'diverged').sum()} diverged), {len(a)} attacks ({len(ok)} ok)")
         if not ok.empty:
-            worst = ok.groupby("model_id")["ssim"].max().rename("worst_ssim")
-            table = m.set_index("model_id")[["partition", "lam", "seed", "test_acc"]].join(worst)
-            print(table.sort_values(["partition", "lam", "seed"]).to_string(index=False))
+            # One line per (model, partition attacked): an undefended model shows at every partition.
+            worst = worst_case(ok)[["model_id", "partition", "ssim", "ssim_attacker"]]
+            table = m[["model_id", "lam", "seed", "test_acc"]].merge(worst, on="model_id")
+            table = table.rename(columns={"ssim": "worst_ssim", "ssim_attacker": "by"})
+            print(table.drop(columns="model_id").sort_values(["partition", "lam", "seed"]).to_string(index=False))
     return 0
 
 

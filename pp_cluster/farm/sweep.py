@@ -493,13 +493,14 @@ def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:
 
 def mark_pareto(store: ResultStore, sweep: str) -> None:
     """Set ``models.pareto`` for every model of the sweep from its worst-case attacker SSIM."""
-    from analysis.tables import pareto_mask  # the one Pareto rule, shared with the report
+    from analysis.tables import pareto_mask, worst_case  # the one Pareto and strongest-attacker rules
 
     models, attacks = store.read("models", sweep), store.read("attacks", sweep)
     if models.empty:
         return
-    ok = attacks[attacks["status"] == "ok"] if not attacks.empty else attacks
-    leak = ok.groupby("model_id")["ssim"].max() if not ok.empty else {}
+    # The strongest non-baseline attacker, at the partition where the model leaks most.
+    attacks = attacks.assign(sweep=attacks["sweep"].astype(str))
+    leak = worst_case(attacks).groupby("model_id")["ssim"].max() if not attacks.empty else {}
     acc = models["test_acc"].astype("float64").fillna(0.0).to_numpy()
     lk = np.array([float(leak.get(m, 1.0)) for m in models["model_id"]])
     for model_id, is_opt in zip(models["model_id"], pareto_mask(acc, lk)):
