@@ -76,7 +76,7 @@ def attack_step_ms(ds, partition: str, attacker: str, fast: bool, steps: int) ->
     dec = build_decoder(attacker, net, partition, ds.value_range)
     times = []
     for _ in range(steps + 1):  # one epoch of one 64-image batch (val split held out)
-        cfg = AttackConfig(epochs=1, batch_size=64, val_fraction=0.01, amp=fast, channels_last=fast)
+        cfg = AttackConfig(epochs=1, batch_size=64, val_fraction=0.01, amp=fast, channels_last=fast)  # forced
         t0 = time.perf_counter()
         train_attacker(dec, h, x, ds.value_range, cfg)
         times.append(time.perf_counter() - t0)

@@ -186,7 +186,7 @@ def run_attack(
     n_eval = len(x_eval)
     result = evaluate_attack(
         attacker, h_eval, x_eval, value_range, classifier=net, y_eval=y_eval,
-        n_keep=n_eval if judge is not None else n_keep, amp=cfg.fast_paths()[0],
+        n_keep=n_eval if judge is not None else n_keep, amp=history["amp"],
     )
     row = dict(result.metrics)
     if judge is not None:

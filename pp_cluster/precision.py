@@ -48,3 +48,23 @@ def resolve(device: str | torch.device, amp: bool | None, channels_last: bool | 
     use_amp = default if amp is None else amp
     use_cl = default if channels_last is None else channels_last
     return bool(use_amp and torch.device(device).type in ("cuda", "cpu")), bool(use_cl)
+
+
+# Above this share of matmul FLOPs a module is weight-bound on a CPU: autocast re-casts every
+# weight to bf16 on every step, which for the dense attackers (10⁸ weights, each used by 64
+# samples a step) cost more than bf16 saves: the fc attacker's step was 0.82x as fast in bf16
+# as in fp32, the deconv attacker's 2.9x faster (benchmarks/precision.py, 2026-12-01).
+DENSE_SHARE_LIMIT = 0.5
+
+
+def resolve_for(module: "torch.nn.Module", input_shape: tuple[int, ...], device: str | torch.device,
+                amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
+    """:func:`resolve` for one module: on a CPU an unset ``amp`` stays off for a module whose
+    FLOPs are mostly matrix products (``DENSE_SHARE_LIMIT``); set values are kept."""
+    use_amp, use_cl = resolve(device, amp, channels_last)
+    if amp is None and use_amp and torch.device(device).type == "cpu":
+        from pp_cluster.nets.measure import dense_flop_share
+
+        if dense_flop_share(module, tuple(input_shape)) > DENSE_SHARE_LIMIT:
+            use_amp = False
+    return use_amp, use_cl

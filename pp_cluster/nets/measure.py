@@ -43,3 +43,14 @@ def flops_per_sample(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     with FlopCounterMode(display=False) as counter:
         _meta_forward(module, input_shape)
     return counter.get_total_flops() // _PROBE_BATCH
+
+
+def dense_flop_share(module: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Share of ``module``'s forward FLOPs spent in matrix products (Linear layers) rather than
+    convolutions: 1.0 for a fully connected decoder, near 0 for a convolutional one."""
+    with FlopCounterMode(display=False) as counter:
+        _meta_forward(module, input_shape)
+    ops = counter.get_flop_counts().get("Global", {})
+    total = sum(ops.values())
+    dense = sum(v for op, v in ops.items() if "mm" in str(op))
+    return dense / total if total else 0.0

@@ -132,7 +132,7 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
         t0 = time.perf_counter()
         attacker.to(cfg.device).fit_closed_form(h_train, x_train)
         return attacker.eval(), {"best_val_mse": None, "best_epoch": 0, "epochs_run": 0, "val_mse": [],
-                                 "seconds": time.perf_counter() - t0}
+                                 "seconds": time.perf_counter() - t0, "amp": False}
     n_val = max(1, round(len(x_train) * cfg.val_fraction))
     if len(x_train) - n_val < 1:
         raise ValueError(f"{len(x_train)} pairs leave nothing to train on after holding out {n_val}")
@@ -141,7 +141,8 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout inside the attacker
     perm = torch.randperm(len(x_train), generator=gen).to(device)
-    use_amp, channels_last = cfg.fast_paths()
+    use_amp, channels_last = precision.resolve_for(attacker, tuple(h_train.shape[1:]), device, cfg.amp,
+                                                   cfg.channels_last)
     fmt = torch.channels_last if channels_last and h_train.ndim == 4 else torch.contiguous_format
     h_all = h_train.to(device, torch.float32).contiguous(memory_format=fmt)
     x_all = x_train.to(device, torch.float32)
@@ -181,7 +182,7 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
         attacker.load_state_dict(best_state)
     attacker.eval()
     return attacker, {"best_val_mse": best_mse, "best_epoch": best_epoch, "epochs_run": len(curve),
-                      "val_mse": curve, "seconds": time.perf_counter() - t0}
+                      "val_mse": curve, "seconds": time.perf_counter() - t0, "amp": use_amp}
 
 
 def evaluate_attack(

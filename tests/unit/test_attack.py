@@ -208,9 +208,26 @@ def test_bf16_attacker_learns_and_scores_in_fp32(monkeypatch):
     _, fp32 = fit(False)
     monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "1")
     assert AttackConfig().fast_paths() == (True, True)
-    attacker, history = fit(None)  # the default, now bf16
+    attacker, history = fit(True)
+    assert history["amp"]
     assert history["best_val_mse"] < 0.7 * history["val_mse"][0]
     assert history["best_val_mse"] < 1.5 * fp32["best_val_mse"]
     result = evaluate_attack(attacker, h, x, (0, 1), n_keep=4, with_dpd=False, amp=True)
     assert result.reconstructions.dtype == torch.float32
     assert 0 <= result.metrics["mse"] < history["val_mse"][0] and len(result.metrics["ssim_images"]) == 256
+
+
+def test_cpu_autocast_default_skips_weight_bound_dense_attackers(monkeypatch):
+    """On a CPU autocast re-casts every weight each step: a dense decoder stays fp32 by default,
+    a convolutional one gets bf16; on CUDA, or when set explicitly, the setting is kept."""
+    from pp_cluster import precision
+    from pp_cluster.nets import build_decoder, build_net, activation_shape
+
+    monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "1")
+    net = build_net("face_cnn", (3, 32, 32), 2, widths=(4, 8, 8, 8), fc=16)
+    shape = activation_shape(net, "pool2")
+    fc, deconv = (build_decoder(n, net, "pool2", (-1, 1)) for n in ("fc", "deconv"))
+    assert precision.resolve_for(fc, shape, "cpu", None, None) == (False, True)
+    assert precision.resolve_for(deconv, shape, "cpu", None, None) == (True, True)
+    assert precision.resolve_for(fc, shape, "cpu", True, None) == (True, True)
+    assert precision.resolve_for(fc, shape, "cuda", None, None) == (True, True)
