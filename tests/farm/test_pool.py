@@ -26,7 +26,7 @@ class _CountingLocal(torch.nn.Module):
 
 
 def test_activations_once_whatever_the_zoo(tiny_sweep, tmp_path):
-    spec = tiny_sweep(tmp_path).model_spec("pool2", 0.0, 0)
+    spec = tiny_sweep(tmp_path).model_spec(None, 0.0, 0).at("pool2")
     ds = pipeline.load_data(spec)
     model = pipeline.build_model(spec, ds)
     counting = _CountingLocal(model.local)
@@ -45,7 +45,7 @@ def test_activations_once_whatever_the_zoo(tiny_sweep, tmp_path):
 def test_killed_attacker_actor_is_replaced_and_its_attack_retried(tiny_sweep, ray_cluster, tmp_path):
     ray = ray_cluster
     sweep = tiny_sweep(tmp_path / "res", name="killer", attack_epochs=60)
-    spec = sweep.model_spec("pool1", 0.0, 0)
+    spec = sweep.model_spec(None, 0.0, 0).at("pool1")
     model_id = spec.model_id(sweep.name)
     ds = pipeline.load_data(spec)
     model = pipeline.build_model(spec, ds)
@@ -55,12 +55,14 @@ def test_killed_attacker_actor_is_replaced_and_its_attack_retried(tiny_sweep, ra
     ray.get(victim.pid.remote(), timeout=120)  # the actor is up: the kill lands mid-attack
     refs = [ray.put(inputs), ray.put(model.net.state_dict())]
     attack = sweep.attack_specs()[0]
-    job = {"sweep": sweep.name, "model_id": model_id, "attack_id": attack.attack_id(model_id),
+    job = {"sweep": sweep.name, "model_id": model_id, "attack_id": attack.attack_id(model_id, "pool1"),
            "model": spec.to_dict(), "attack": attack.__dict__,
            "shape": (list(ds.image_shape), ds.num_classes, list(ds.value_range)), "n_keep": 0}
     fut = pool.attack.remote(job, refs)
-    time.sleep(4)  # the attack is running on the only actor
-    assert ray.get(pool.stats.remote())["running"] == 1
+    deadline = time.monotonic() + 120  # wait for the attack to be running on the only actor
+    while ray.get(pool.stats.remote())["running"] != 1:
+        assert time.monotonic() < deadline, "the attack never started"
+        time.sleep(0.05)
     ray.kill(victim, no_restart=True)
     row = ray.get(fut, timeout=300)
     stats = ray.get(pool.stats.remote())
