@@ -21,9 +21,14 @@ LFW_GRID = SweepSpec(
     partitions=("pool1", "pool2", "pool3"), lams=(0.0, 0.1), defender_suites=(("deconv",),),
     attackers=("deconv", "fc", "sparse_fc"), seeds=(0,), epochs=250, batch_size=32, attack_epochs=50,
 )
+# The fast recipe for 30 epochs, λ = 3, two seeds: measured to lower the mean worst-case SSIM at
+# every partition on the embedded crops (README); at 8 epochs no λ up to 10 did (the resdec
+# attacker, which the deconv defender never trained against, was as strong or stronger).
 LFW_GRID_QUICK = LFW_GRID.with_(
-    name="lfw_grid_quick", dataset="lfw-subset", dataset_options={"size": 32},
-    arch_options={"widths": (16, 32, 64, 128), "fc": 128}, lams=(0.0, 1.0), epochs=8, attack_epochs=10,
+    name="lfw_grid_quick", dataset="lfw-subset", dataset_options={"size": 32}, recipe="fast",
+    arch_options={"widths": (16, 32, 64, 128), "fc": 128}, lams=(0.0, 3.0), seeds=(0, 1), epochs=30,
+    attack_epochs=10, attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
+    resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
 
 # Real LFW (34 people, 64×64), the fast recipe, 3 seeds, the paper's three attackers plus an
