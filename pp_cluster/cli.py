@@ -191,6 +191,13 @@ def _run(args: argparse.Namespace, driver: str) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pp_cluster.farm.store import ResultStore
 
+    from analysis.tables import load
+
+    try:
+        load(args.results)  # a mistyped root is an error, not "no models"
+    except (FileNotFoundError, ValueError) as e:
+        print(f"pp-farm: error: {e}", file=sys.stderr)
+        return 2
     store = ResultStore(args.results)
     models, attacks = store.read("models"), store.read("attacks")
     if models.empty:

@@ -295,6 +295,9 @@ class SweepSpec:
             bad("seeds", "at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             bad("seeds", f"seeds repeat: {self.seeds}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                bad("seeds", f"a seed is an integer >= 0 (torch's generators refuse negative ones), got {seed!r}")
         for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
                             ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
             if not isinstance(value, int) or value < 1:

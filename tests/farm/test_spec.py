@@ -137,3 +137,13 @@ def test_mean_image_is_an_attacker_only(tiny_sweep, tmp_path):
     tiny_sweep(tmp_path, attackers=("fc", "mean_image")).validate()
     with pytest.raises(SpecError, match="baseline"):
         tiny_sweep(tmp_path, defender_suites=(("mean_image",),)).validate()
+
+
+def test_negative_seeds_and_a_missing_status_root_are_errors(tiny_sweep, tmp_path, capsys):
+    from pp_cluster.cli import main
+    from pp_cluster.config import SpecError
+
+    with pytest.raises(SpecError, match="SweepSpec.seeds"):
+        tiny_sweep(tmp_path, seeds=(0, -1)).validate()
+    assert main(["status", str(tmp_path / "nonexistent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
