@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _command(results: Path) -> list[str]:
     return [sys.executable, str(REPO / "sweeps" / "lfw_grid.py"), "--quick", "--resume", "--name", "killed",
             "--results", str(results), "--partitions", "pool1,pool2", "--lams", "0,1", "--epochs", "2",
-            "--attack-epochs", "1", "--attackers", "fc,deconv", "--num-cpus", "2"]
+            "--attack-epochs", "1", "--attackers", "fc,deconv", "--seeds", "0", "--num-cpus", "2"]
 
 
 def test_sigkilled_driver_resumes_without_duplicates_or_rework(tmp_path):
