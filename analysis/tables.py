@@ -398,11 +398,17 @@ def attribute_best(attacks: pd.DataFrame) -> pd.DataFrame:
 def table_iii(res: Results) -> pd.DataFrame:
     """Table III: #CG / #DF / #TI per partition × defense, from each model's strongest attribute
     attack (:func:`attribute_best`), over seeds with intervals."""
-    best = attribute_best(_paper_attacks(res))
+    attacks = _paper_attacks(res)
+    best = attribute_best(attacks)
     if best.empty:
         raise Missing("Table III: no attribute results in these tables (attacks.n_cg is null everywhere)")
+    # The chance level beside it: the mean-image baseline's counts on the same model and partition
+    # (a constant face is detected and gendered too, so #CG alone is no measure of leakage).
+    base = attacks[(attacks["status"] == "ok") & is_baseline(attacks)].dropna(subset=["n_cg"])
+    base = base.groupby(WORST_KEYS, observed=True)["n_cg"].max().rename("n_cg_baseline").reset_index()
+    best = best.merge(base, on=WORST_KEYS, how="left")
     keys = [*CONFIG, *SETTING]
-    out = summarise(best, keys, ATTRIBUTE_COUNTS)
+    out = summarise(best, keys, [*ATTRIBUTE_COUNTS, "n_cg_baseline"])
     attackers = best.groupby(keys, observed=True)["attacker"].agg(lambda s: ",".join(sorted(set(s))))
     return out.merge(attackers.rename("attackers").reset_index(), on=keys, how="left")
 

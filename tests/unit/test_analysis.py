@@ -387,6 +387,8 @@ def test_paper_tables(res):
     ci = stats.binomtest(10, 50).proportion_ci(method="wilson")
     assert (p2["n_cg_ci_lo"], p2["n_cg_ci_hi"]) == pytest.approx((50 * ci.low, 50 * ci.high))
     assert t3.loc[("pool2", "none"), "n_cg_mean"] == 30.0  # A at pool2; B was not counted there
+    # The chance level beside it: the baseline's own #CG on the same models (49 of 50 here).
+    assert t3.loc[("pool1", "none"), "n_cg_baseline_mean"] == 49.0
 
 
 def write_bare(root: str) -> None:
