@@ -32,7 +32,6 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     from pp_cluster.privacy.defense import DEFENSES, UPDATES
-
     from pp_cluster.privacy.recipes import RECIPE_NAMES
 
     g = p.add_argument_group("what to run")
@@ -189,23 +188,17 @@ def _run(args: argparse.Namespace, driver: str) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pp_cluster.farm.store import ResultStore
-
-    from analysis.tables import load
+    from analysis.tables import load, worst_case  # worst_case: the one strongest-attacker rule
 
     try:
-        load(args.results)  # a mistyped root is an error, not "no models"
+        res = load(args.results)  # a mistyped root is an error, not "no models"
     except (FileNotFoundError, ValueError) as e:
         print(f"pp-farm: error: {e}", file=sys.stderr)
         return 2
-    store = ResultStore(args.results)
-    models, attacks = store.read("models"), store.read("attacks")
+    models, attacks = res.models, res.attacks
     if models.empty:
         print(f"no models under {args.results}")
         return 0
-    from analysis.tables import worst_case  # the one strongest-attacker rule (baselines excluded)
-
-    models, attacks = (df.assign(sweep=df["sweep"].astype(str)) for df in (models, attacks))
     for sweep, m in models.groupby("sweep", observed=True):
         a = attacks[attacks["sweep"] == sweep]
         ok = a[a["status"] == "ok"]

@@ -249,7 +249,7 @@ class SweepSpec:
     # -- validation ----------------------------------------------------------
     def validate(self) -> "SweepSpec":
         """Check every field that can be checked without data; raise SpecError naming it."""
-        from pp_cluster.nets import ARCHS, DECODERS, MNIST_ONLY
+        from pp_cluster.nets import ARCHS, BASELINES, DECODERS, MNIST_ONLY
         from pp_cluster.data import DATASETS
         from pp_cluster.privacy.defense import DEFENSES
         from pp_cluster.privacy.metrics import DISTANCES
@@ -324,16 +324,13 @@ class SweepSpec:
         if not self.defender_suites or not all(self.defender_suites):
             bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
         suite_names = tuple(n for suite in self.defender_suites for n in suite)
-        from pp_cluster.nets import BASELINES
-
-        for n in suite_names:
-            if n in BASELINES:
-                bad("defender_suites", f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
-                    "nothing a defender could learn from")
         for role, names in (("defender_suites", suite_names), ("attackers", self.attackers)):
             for n in names:
                 if n not in DECODERS:
                     bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
+                if role == "defender_suites" and n in BASELINES:
+                    bad(role, f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
+                        "nothing a defender could learn from")
                 if n in MNIST_ONLY and self.arch != "mnist_mlp":
                     bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")
         if not self.attackers:

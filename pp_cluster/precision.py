@@ -2,8 +2,9 @@
 
 CUDA always has them. A CPU has them where it has bf16 matrix instructions (Intel AMX-BF16 or
 AVX512-BF16, which oneDNN uses for bf16 convolutions and matmuls): measured on the face CNN
-(batch 32, 2 threads), a training step is 3.4x faster in bf16 + channels-last than in fp32
-NCHW, a defended step 3.0x (``benchmarks/precision.py``). Without those instructions bf16 is
+at pool2 (batch 32, 2 threads, 2-core Xeon), a training step is 2.6x faster in bf16 +
+channels-last than in fp32 NCHW, a defended step 2.8x (``benchmarks/precision.py``,
+2026-12-01; dense modules are the exception, see ``resolve_for``). Without those instructions bf16 is
 emulated and slower than fp32, so it stays off. ``PP_CLUSTER_CPU_BF16=0`` turns the CPU default
 off (and ``=1`` forces it on); a ``TrainConfig``/``AttackConfig`` with ``amp``/``channels_last``
 set explicitly wins over both. Losses, distances and metrics are computed in fp32 either way.

@@ -139,7 +139,6 @@ def _ok_attack_rows(store: ResultStore, sweep: str, model_id: str, attacks: dict
     return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok") & df["attack_id"].isin(list(attacks))])
 
 
-
 def _model_row(store: ResultStore, sweep: str, model_id: str) -> dict | None:
     if not store.exists("models", sweep, model_id):
         return None

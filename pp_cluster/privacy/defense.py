@@ -243,7 +243,9 @@ def _best(dists: Sequence[Tensor], distributed: bool) -> int:
 
 
 def _batches_per_epoch(n: int, batch_size: int) -> int:
-    """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm)."""
+    """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm
+    cannot train on it) unless it is all there is. The training loop and the per-batch
+    schedule both count batches with this."""
     full, rest = divmod(n, batch_size)
     return full + (1 if rest >= 2 or (rest == 1 and n <= 2) else 0)
 
@@ -396,10 +398,8 @@ def train_defended(
         task_sum = dist_sum = 0.0
         correct = seen = batches = 0
         best_counts = [0] * len(defenders)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) < 2 < len(order):
-                break  # a trailing one-image batch: BatchNorm cannot train on it
+        for b in range(per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x, y = x_train[idx], y_train[idx]
             if cfg.augment == "crop_flip":
                 x = _crop_flip(x, lo, fmt)
