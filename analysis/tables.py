@@ -83,6 +83,11 @@ class Results:
         cols.insert(cols.index("partition_model"), "partition")
         return mw[cols + [c for c in mw.columns if c not in cols]]
 
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """Results files that could not be read and were left out: path -> reason."""
+        return dict(self._store.unreadable) if self._store is not None else {}
+
     def reconstructions(self) -> pd.DataFrame:
         """The PNG table, read on demand because it is the only heavy one."""
         store = self._store or ResultStore(self.root)

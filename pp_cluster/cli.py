@@ -6,12 +6,14 @@ Thin on purpose: flags become a ``SweepSpec``, the spec is validated, the farm r
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from pp_cluster.config import Resources, SpecError, SweepSpec
+from pp_cluster.farm.fs import redact
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -152,20 +154,6 @@ def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
     return replace(spec, **changes)
 
 
-def check_fresh(spec: SweepSpec, resume: bool) -> None:
-    """Results are written exactly once: an existing sweep is continued only when asked."""
-    from pp_cluster.farm.store import ResultStore
-
-    if resume:
-        return
-    store = ResultStore(spec.results_uri())
-    if store.done_keys("models", spec.name):
-        raise SpecError(
-            f"sweep {spec.name!r} already has results in {spec.results_uri()}; pass --resume to continue it "
-            "or --name to start another sweep"
-        )
-
-
 def sweep_main(driver: str, doc: str | None, argv: Sequence[str] | None = None) -> int:
     """Entry point of every ``sweeps/*.py`` driver: ``driver`` names its profiles in ``PROFILES``."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,27 +162,52 @@ def sweep_main(driver: str, doc: str | None, argv: Sequence[str] | None = None) 
     return _run(args, driver)
 
 
-def _run(args: argparse.Namespace, driver: str) -> int:
-    from pp_cluster.farm.sweep import run_sweep
+def resume_command(argv: Sequence[str] | None = None) -> str:
+    """The command line that continues this sweep: the one that ran, with ``--resume``."""
+    argv = list(sys.argv if argv is None else argv)
+    head = ["pp-farm"] if Path(argv[0]).name == "pp-farm" else ["python", argv[0]]
+    rest = argv[1:] + ([] if "--resume" in argv else ["--resume"])
+    return redact(shlex.join(head + rest))
 
+
+def _run(args: argparse.Namespace, driver: str) -> int:
+    from pp_cluster.farm.sweep import Interrupted, run_sweep
+
+    if args.gpus_per_trial is not None and not args.use_gpu:
+        print("pp-farm: error: --gpus-per-trial applies to GPU training only: add --gpu", file=sys.stderr)
+        return 2
     try:
         spec = spec_from_args(args, driver).validate()
-        check_fresh(spec, args.resume)
         outcome = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus)
-    except (SpecError, FileNotFoundError, ValueError) as e:
-        print(f"pp-farm: error: {e}", file=sys.stderr)
+    except Interrupted as e:
+        print(f"[pp-farm] {e}" + "".join(f"\n  {u}" for u in e.unfinished)
+              + f"\n[pp-farm] finished rows are kept; continue with:\n  {resume_command()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before the sweep began: nothing was written
+        print("[pp-farm] interrupted before the sweep started", file=sys.stderr)
+        return 130
+    except (SpecError, FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
         return 2
     return 0 if outcome.n_errored == 0 else 1
 
 
 def _status(args: argparse.Namespace) -> int:
+    import warnings
+
     from analysis.tables import load, worst_case  # worst_case: the one strongest-attacker rule
+    from pp_cluster.farm.store import UnreadableFile
 
     try:
-        res = load(args.results)  # a mistyped root is an error, not "no models"
-    except (FileNotFoundError, ValueError) as e:
-        print(f"pp-farm: error: {e}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnreadableFile)  # listed below, once
+            res = load(args.results)  # a mistyped root is an error, not "no models"
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    for path, why in res.unreadable.items():
+        print(f"pp-farm: warning: left out unreadable file {redact(path)} ({why}); "
+              "a --resume of its sweep moves it to _quarantine/ and computes its rows again", file=sys.stderr)
     models, attacks = res.models, res.attacks
     if models.empty:
         print(f"no models under {args.results}")

@@ -346,6 +346,8 @@ class SweepSpec:
             bad("resources.num_workers", f"must be >= 1, got {r.num_workers}")
         if not 0 < r.gpus_per_trial:
             bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
+        if r.gpus_per_trial > 1 and not float(r.gpus_per_trial).is_integer():
+            bad("resources.gpus_per_trial", f"Ray gives a fraction of one GPU or whole GPUs, not {r.gpus_per_trial}")
         if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
             bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
         if not (isinstance(r.checkpoint_interval_s, (int, float)) and r.checkpoint_interval_s >= 0):

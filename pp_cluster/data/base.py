@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def require_folder(root: Path, what: str, layout: str) -> None:
+    """A data root must be an existing folder: say which of the two it is not."""
+    if root.is_dir():
+        return
+    if root.exists():
+        raise NotADirectoryError(f"{what} root {root} is a file, not a folder (expected layout {layout})")
+    raise FileNotFoundError(f"{what} folder {root} does not exist (expected layout {layout})")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pp_cluster.data.base import Dataset, Split
+from pp_cluster.data.base import Dataset, Split, require_folder
 from pp_cluster.data.common import (
     build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
 )
@@ -80,8 +80,7 @@ def _read_pngs(root: Path) -> tuple[dict[str, Split], list[str], dict[str, Any]]
 def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
         raise ValueError(f"cifar10 needs root: {LAYOUTS}; `pp-farm data fetch cifar10 --root DIR` downloads it")
-    if not root.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 folder {root} does not exist (expected {LAYOUTS})")
+    require_folder(root, "CIFAR-10", LAYOUTS)
     split_test = None if opts["split_test"] is None else check_bool("cifar10 option split_test", opts["split_test"])
     seed = check_int("cifar10 option split_seed", opts["split_seed"], 0)
     test_fraction = check_fraction("cifar10 option test_fraction", opts["test_fraction"])

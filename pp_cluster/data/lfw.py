@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pp_cluster.data.base import Dataset, Split
+from pp_cluster.data.base import Dataset, Split, require_folder
 from pp_cluster.data.common import (
     build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
 )
@@ -36,8 +36,7 @@ OPTIONS: dict[str, Any] = {
 def find_folder(root: Path) -> Path:
     """``root`` itself, or the one LFW variant folder (``lfw``, ``lfw_funneled``,
     ``lfw-deepfunneled``) directly inside it."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"LFW folder {root} does not exist (expected layout {LAYOUT})")
+    require_folder(root, "LFW", LAYOUT)
     inside = [root / v for v in VARIANTS if (root / v).is_dir()]
     if len(inside) > 1:
         raise ValueError(f"{root} holds several LFW variants ({', '.join(p.name for p in inside)}); "

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from pp_cluster.data.base import Dataset, Split
+from pp_cluster.data.base import Dataset, Split, require_folder
 from pp_cluster.data.common import build_dataset, check_int
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -60,8 +60,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
         raise ValueError(f"mnist needs root: the folder with the idx files ({LAYOUT}); "
                          "`pp-farm data fetch mnist --root DIR` downloads them")
-    if not root.is_dir():
-        raise FileNotFoundError(f"MNIST folder {root} does not exist (expected layout {LAYOUT})")
+    require_folder(root, "MNIST", LAYOUT)
     limits = {split: None if opts[f"limit_{split}"] is None
               else check_int(f"mnist option limit_{split}", opts[f"limit_{split}"], len(CLASSES)) for split in FILES}
     paths = {split: (_find(root, img), _find(root, lab)) for split, (img, lab) in FILES.items()}

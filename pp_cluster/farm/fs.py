@@ -1,12 +1,98 @@
 """One filesystem abstraction for everything the farm writes: local/NFS paths and
-``s3://`` (or any pyarrow filesystem URI) go through pyarrow's filesystem layer."""
+``s3://`` (or any pyarrow filesystem URI) go through pyarrow's filesystem layer.
+
+Credentials never travel inside a URI past the driver's first line: ``strip_credentials``
+moves ``s3://KEY:SECRET@bucket`` (or ``?access_key=…&secret_key=…``) into the environment
+that pyarrow and every Ray worker read, and ``redact`` removes them from any text that is
+printed. A remote store that does not answer fails within ``TIMEOUT_S`` naming its endpoint.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import threading
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
+
+T = TypeVar("T")
+# Seconds a remote store gets to answer the driver's first contact (resolving the URI and
+# the write probe); pyarrow's own request timeout is ignored on Linux.
+TIMEOUT_S = float(os.environ.get("PP_CLUSTER_STORE_TIMEOUT_S", "20"))
+CONNECT_TIMEOUT_S = 5.0
+_SECRET_PARAMS = ("access_key", "secret_key", "session_token")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^@\s'\"]+@")  # over-redacts rather than leaks
+_SECRET_QUERY = re.compile(r"((?:%s)=)[^&\s'\"]+" % "|".join(_SECRET_PARAMS))
+_ENV_OF = {"s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+
+
+def redact(text: str) -> str:
+    """``text`` with every URI's ``user:password@`` and secret query values replaced by ``***``."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+
+
+def strip_credentials(uri: str | None) -> tuple[str | None, dict[str, str]]:
+    """(the URI without credentials, the environment variables that carry them instead).
+    Only S3 has such variables; credentials in another scheme's URI are refused."""
+    if uri is None or not is_remote(uri):
+        return uri, {}
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secrets = {k: v for k, v in query if k in _SECRET_PARAMS}
+    if "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        key, _, secret = userinfo.partition(":")
+        secrets.setdefault("access_key", unquote(key))
+        if secret:
+            secrets.setdefault("secret_key", unquote(secret))
+    else:
+        host = parts.netloc
+    if not secrets:
+        return uri, {}
+    if parts.scheme not in _ENV_OF:
+        raise ValueError(f"credentials in a {parts.scheme}:// URI ({redact(uri)}): give them through the "
+                         "environment instead")
+    names = dict(zip(_SECRET_PARAMS, _ENV_OF[parts.scheme]))
+    env = {names[k]: v for k, v in secrets.items()}
+    clean = urlunsplit((parts.scheme, host, parts.path, urlencode([(k, v) for k, v in query if k not in secrets]),
+                        parts.fragment))
+    return clean, env
+
+
+def with_deadline(fn: Callable[[], T], what: str, seconds: float | None = None) -> T:
+    """``fn()``, or OSError naming ``what`` when it has not returned within ``seconds``
+    (the call is left to finish in a daemon thread: a store that never answers cannot hold
+    the driver)."""
+    seconds = TIMEOUT_S if seconds is None else seconds
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="pp-farm-store", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise OSError(f"{what}: no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def endpoint(uri: str) -> str:
+    """Which server a remote URI talks to, for error messages."""
+    parts = urlsplit(uri)
+    override = dict(parse_qsl(parts.query)).get("endpoint_override")
+    env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if override or (parts.scheme == "s3" and env):
+        return f"endpoint {override or env}"
+    return f"{parts.scheme} endpoint of bucket {parts.netloc.rsplit('@', 1)[-1]!r}"
 
 
 def is_remote(uri: str) -> bool:
@@ -25,7 +111,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     tests point it at a local S3-compatible server."""
     if not is_remote(uri):
         return pafs.LocalFileSystem(), uri.removeprefix("file://")
-    return pafs.FileSystem.from_uri(uri)
+    fs, path = with_deadline(lambda: pafs.FileSystem.from_uri(uri), f"{endpoint(uri)} ({redact(uri)})")
+    if isinstance(fs, pafs.S3FileSystem):  # bounded connects (the SDK's retries stay)
+        rebuild, (options,) = fs.__reduce__()
+        fs = rebuild({**options, "connect_timeout": CONNECT_TIMEOUT_S})
+    return fs, path
 
 
 def storage_args(uri: str) -> dict[str, Any]:

@@ -8,6 +8,12 @@ dot-prefixed temp file that is then renamed (atomic on POSIX); an object store g
 PUT, which is atomic by itself. Readers (this module, ``pd.read_parquet``, pyarrow
 datasets) skip dot- and underscore-prefixed files, so a crash mid-write is invisible.
 
+A file that cannot be read (truncated by a full disk, damaged by hand) never takes the rest
+down: ``read`` skips it, warns, and lists it in ``ResultStore.unreadable``; ``quarantine``
+moves such files to ``<root>/_quarantine/`` (never deletes them) so that a resumed sweep
+computes their rows again. Each sweep's table folders start with a zero-row ``empty.parquet``
+carrying the schema, so ``pd.read_parquet("<root>/attacks")`` works before (or without) a row.
+
 Pure pyarrow/pandas, no Ray: analysts read results without a cluster.
 """
 
@@ -22,7 +28,9 @@ import os
 import re
 import socket
 import subprocess
+import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ import pyarrow.parquet as pq
 
 import pp_cluster
 from pp_cluster.config import content_id  # noqa: F401 -- re-exported: ids name the files
-from pp_cluster.farm.fs import replace_file, resolve, single_put
+from pp_cluster.farm.fs import endpoint, is_remote, redact, replace_file, resolve, single_put, with_deadline
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -162,6 +170,8 @@ ALLOWED = {
     ("attacks", "status"): {"ok", "failed"},
     ("attacks", "attacker_data"): {"train", "disjoint"},
 }
+# The zero-row file that gives an empty table folder its schema: not a key of any row.
+EMPTY_KEY = "empty"
 # Sweep names and keys become path segments (hive decodes %-escapes, a leading dot hides a file).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -330,6 +340,10 @@ def _to_uint8(images: Any, what: str) -> np.ndarray:
     return np.round(a * 255).astype(np.uint8)
 
 
+class UnreadableFile(UserWarning):
+    """A results file that could not be read and was skipped."""
+
+
 class ResultStore:
     """Reads and writes the results tables under one root.
 
@@ -353,21 +367,40 @@ class ResultStore:
             if isinstance(self.fs, pafs.LocalFileSystem):
                 path = os.path.abspath(os.path.expanduser(path))
         self.base = path.rstrip("/")
+        # Files read() had to skip, path -> reason (reported by pp-farm status and the report).
+        self.unreadable: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"ResultStore({self.root!r})"
+        return f"ResultStore({redact(self.root)!r})"
 
     def check_writable(self) -> None:
-        """Fail before any work if results could not be written: create and remove a probe file."""
+        """Fail before any work if results could not be written: create and remove a probe file
+        (within ``fs.TIMEOUT_S`` on a remote store, naming its endpoint)."""
         probe = f"{self.base}/.probe-{uuid.uuid4().hex}"
-        try:
+
+        def probe_once() -> None:
             if not single_put(self.fs):  # (no directory markers on object stores)
                 self.fs.create_dir(self.base, recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"probe")
             self.fs.delete_file(probe)
+
+        try:
+            if is_remote(self.root):
+                with_deadline(probe_once, f"{endpoint(self.root)} ({redact(self.root)})")
+            else:
+                probe_once()
         except (OSError, pa.ArrowException) as e:
-            raise ValueError(f"results root {self.root!r} is not writable: {e}") from e
+            where = f" ({endpoint(self.root)})" if is_remote(self.root) else ""
+            raise ValueError(f"results root {redact(self.root)!r}{where} is not writable: {redact(str(e))}") from e
+
+    def ensure_tables(self, sweep: str, tables: tuple[str, ...] = ("models", "attacks", "epochs")) -> None:
+        """Give each table folder of ``sweep`` its zero-row schema file (once), so that the
+        documented reads work while no row exists."""
+        for table in tables:
+            path = self._path(table, sweep, EMPTY_KEY)
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                self._put(path, FILE_SCHEMAS[table].empty_table())
 
     def _dir(self, table: str, sweep: str) -> str:
         return f"{self.base}/{_check_table(table)}/sweep={_check_name('sweep', sweep)}"
@@ -425,23 +458,69 @@ class ResultStore:
 
     def done_keys(self, table: str, sweep: str) -> set[str]:
         """Keys (model or attack ids) that already have a file: what a resumed sweep can skip."""
-        return {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in self._files(table, sweep)}
+        return {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in self._files(table, sweep)} - {EMPTY_KEY}
 
-    def read(self, table: str, sweep: str | None = None) -> pd.DataFrame:
+    def read(self, table: str, sweep: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
         """One sweep's rows, or every sweep's, as a DataFrame with the documented dtypes and
-        `sweep` as a categorical column first."""
-        files = self._files(table, sweep)
+        `sweep` as a categorical column first. ``keys``: only the files of these keys (those
+        that exist), e.g. the attacks one trial needs. Unreadable files are skipped with an
+        ``UnreadableFile`` warning and listed in ``self.unreadable``."""
+        if keys is not None:
+            if sweep is None:
+                raise ValueError("read(keys=...) needs the sweep")
+            wanted = {self._path(table, sweep, k) for k in keys}
+            files = sorted(p for p in self._files(table, sweep) if p in wanted)
+        else:
+            files = self._files(table, sweep)
         if not files:
             return empty_frame(table)
+        try:
+            data = self._dataset(table, files).to_table()
+        except (OSError, pa.ArrowException):
+            good = [f for f in files if self._readable(table, f)]
+            data = self._dataset(table, good).to_table() if good else None
+        if data is None:
+            return empty_frame(table)
+        df = data.to_pandas()
+        df["sweep"] = df["sweep"].astype("category")
+        return df
+
+    def _dataset(self, table: str, files: list[str]) -> ds.Dataset:
         sweep_field = pa.field("sweep", pa.string())
-        dataset = ds.dataset(
+        return ds.dataset(
             files, schema=FILE_SCHEMAS[table].insert(0, sweep_field), format="parquet", filesystem=self.fs,
             partitioning=ds.partitioning(pa.schema([sweep_field]), flavor="hive"),
             partition_base_dir=f"{self.base}/{table}",
         )
-        df = dataset.to_table().to_pandas()
-        df["sweep"] = df["sweep"].astype("category")
-        return df
+
+    def _readable(self, table: str, path: str, warn: bool = True) -> bool:
+        """Read the whole file (a truncated or damaged one fails here); note (and warn) if not."""
+        try:
+            pq.read_table(path, filesystem=self.fs, schema=FILE_SCHEMAS[table])
+            return True
+        except (OSError, pa.ArrowException) as e:
+            self.unreadable[path] = redact(str(e)).splitlines()[0][:300]
+            if warn:
+                warnings.warn(f"skipped unreadable results file {redact(path)}: {self.unreadable[path]}",
+                              UnreadableFile, stacklevel=3)
+            return False
+
+    def quarantine(self, sweep: str, tables: tuple[str, ...] = TABLES) -> list[str]:
+        """Move every unreadable file of ``sweep`` to ``<root>/_quarantine/<table>/sweep=<name>/``
+        (with the time it was moved), so that its rows count as missing and are computed again.
+        Returns the quarantined paths; nothing is deleted."""
+        moved = []
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for table in tables:
+            for path in self._files(table, sweep):
+                if self._readable(table, path, warn=False):
+                    continue
+                dest = f"{self.base}/_quarantine/{table}/sweep={sweep}/{path.rsplit('/', 1)[1]}.{stamp}"
+                if not single_put(self.fs):
+                    self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+                self.fs.move(path, dest)  # (a copy and a delete on object stores)
+                moved.append(dest)
+        return moved
 
     def update_column(self, table: str, sweep: str, key: str, column: str, value: Any) -> None:
         """Set ``column`` to ``value`` in every row of ``key``'s file, rewritten atomically

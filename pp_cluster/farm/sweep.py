@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +29,9 @@ from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec, content_id
 from pp_cluster.data.base import Split
 from pp_cluster.nets import split
-from pp_cluster.farm.fs import is_shared, storage_args
+from pp_cluster.farm import manifest
+from pp_cluster.farm.fs import is_shared, redact, storage_args, strip_credentials
+from pp_cluster.farm.lease import Lease
 from pp_cluster.farm.pool import get_pool, start_pool
 from pp_cluster.farm.store import BASELINE_ATTACKERS, ResultStore, provenance
 from pp_cluster.farm.train import PlacementGroupReaper, fit_model
@@ -133,17 +138,16 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
 
 
 def _ok_attack_rows(store: ResultStore, sweep: str, model_id: str, attacks: dict) -> list[dict]:
-    df = store.read("attacks", sweep)
+    """This model's finished attacks: only their own files are read (another trial's damaged
+    file cannot fail this one)."""
+    df = store.read("attacks", sweep, keys=list(attacks))
     if df.empty:
         return []
-    return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok") & df["attack_id"].isin(list(attacks))])
+    return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok")])
 
 
 def _model_row(store: ResultStore, sweep: str, model_id: str) -> dict | None:
-    if not store.exists("models", sweep, model_id):
-        return None
-    df = store.read("models", sweep)
-    rows = _records(df[df["model_id"] == model_id])
+    rows = _records(store.read("models", sweep, keys=[model_id]))
     return rows[0] if rows else None
 
 
@@ -261,10 +265,69 @@ class SweepOutcome:
     seconds: float
 
 
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; ``unfinished`` names what a ``--resume`` will do."""
+
+    def __init__(self, signum: int, unfinished: list[str]) -> None:
+        self.signum, self.unfinished = signum, unfinished
+        name = signal.Signals(signum).name
+        super().__init__(f"sweep interrupted by {name}: {len(unfinished)} model(s) unfinished")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM end a sweep the same way: Tune ends its loop (its own SIGINT
+    handling), the driver lists what is unfinished and exits 128 + the signal (130, 143).
+    Outside Tune's loop either signal raises KeyboardInterrupt. Which signal it was is
+    recorded here: SIGTERM by our handler, SIGINT by wrapping Tune's when its loop starts."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old_term = None
+
+    def record(self, signum: int) -> None:
+        self.received = self.received or signum
+
+    def install(self) -> None:
+        """(Re)install the SIGTERM handler: ray.init replaces it with one that exits 1."""
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGTERM, self._on_term)
+            if self._old_term is None:
+                self._old_term = old
+
+    def restore(self) -> None:
+        if self._old_term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.record(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)  # Tune's: stop the loop gracefully
+        else:
+            raise KeyboardInterrupt
+
+    def wrap_tune(self) -> None:
+        """Called once Tune has installed its SIGINT handler: note a Ctrl-C, then let Tune stop."""
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if not callable(tune_handler) or threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_int(signum, frame):
+            self.record(signum)
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_int)
+
+
 class Progress(tune.Callback):
     """One live line: trials done / running / failed, attacks done / total."""
 
-    def __init__(self, sweep: SweepSpec, n_trials: int | None) -> None:
+    def __init__(self, sweep: SweepSpec, n_trials: int | None, signals: _Signals | None = None) -> None:
+        self.signals = signals
         self.sweep, self.n_trials = sweep, n_trials
         self.n_attackers = len(sweep.attackers)
         self.done = self.failed = 0
@@ -273,6 +336,10 @@ class Progress(tune.Callback):
         self._t0 = time.time()
         self._stats: dict | None = None
         self._stats_ref = None
+
+    def setup(self, **info):
+        if self.signals is not None:
+            self.signals.wrap_tune()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -347,97 +414,194 @@ def _alive_nodes() -> int:
 
 def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = None, num_cpus: int | None = None,
               num_gpus: int | None = None, verbose: bool = True) -> SweepOutcome:
-    """Validate, load the data, start (or join) Ray, run the Tuner, mark the Pareto set.
+    """Validate, claim the results root, load the data, start (or join) Ray, run the Tuner,
+    mark the Pareto set.
 
-    Resuming never unpickles anything from the results root or storage (whoever can write
-    there could otherwise run code in this driver): ``resume=True`` runs a fresh Tuner over
-    the same grid, and every trial skips what the tables already hold and continues training
-    from its state file (read as data, ``weights_only``). Without ``resume`` a sweep whose
-    Tune state exists is refused. An Optuna search restarts its sampler (seeded) on resume."""
+    What a results root must be trusted for: its tables, manifest and lease are JSON and
+    Parquet, read as data; training state is read with ``weights_only``; Tune's experiment
+    state is never unpickled (whoever can write there could otherwise run code in this
+    driver). So a root writable by others can falsify results but not run code.
+
+    Claiming (``manifest``, ``lease``): one driver per (root, sweep), refused with the holder
+    named; a fresh run of an existing sweep is refused; ``resume=True`` is refused when the
+    spec differs from the recorded one (the fields are listed), else it moves unreadable
+    files to ``_quarantine/`` and runs a fresh Tuner over the same grid, every trial skipping
+    what the tables hold and continuing training from its state file. An Optuna search
+    restarts its sampler (seeded) on resume.
+
+    SIGINT and SIGTERM stop the sweep cleanly: ``Interrupted`` (exit 130 / 143 in the CLI)
+    lists the unfinished models."""
     t0 = time.time()
     sweep.validate()
+    sweep, secret_env = _credentials_to_environment(sweep)
     # Trials run in other processes with other working directories: pin relative paths now.
     sweep = sweep.with_(results=sweep.results_uri(), storage_path=sweep.storage())
     store = ResultStore(sweep.results_uri())
     store.check_writable()
-    # Bad data paths fail here, before Ray starts; the loaded data set is shared with every
-    # trial through the object store (one copy per node).
-    ds = pipeline.load_data(sweep.model_spec(sweep.partitions[0], 0.0, sweep.seeds[0]))
-    if sweep.attacker_data == "disjoint" and ds.disjoint is None:
-        raise SpecError("SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
-                        "(for lfw set dataset option disjoint=True)")
-    judge = _attribute_judge(sweep, ds) if sweep.attributes else None
-
-    started_ray = False
-    if not ray.is_initialized():
-        # address None: a new local cluster, never one that happens to run on this machine.
-        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
-                 num_gpus=num_gpus if address is None else None, runtime_env=train_runtime_env(),
-                 include_dashboard=False, log_to_driver=verbose, configure_logging=False)
-        started_ray = True
+    _check_local_gpus(sweep, address, num_gpus)
+    signals = _Signals()
+    signals.install()
+    lease = Lease.acquire(manifest.sweep_dir(sweep.results_uri(), sweep.name), sweep.name)
+    started_ray, pool = False, None
     try:
-        if not is_shared(sweep.results) and address is not None and _alive_nodes() == 1:
-            # An autoscaling cluster may have one node now and ten later.
-            print(f"[pp-farm] warning: results go to {sweep.results!r} on this node only; if the cluster "
-                  "autoscales, use s3:// or file:// on a shared mount", file=sys.stderr)
-        if _alive_nodes() > 1 and not is_shared(sweep.results):
-            raise SpecError(
-                f"SweepSpec.results: {sweep.results!r} is a local path on a cluster; results would be scattered "
-                "over the nodes. Use shared storage: s3://bucket/prefix, or file:///nfs/path for an NFS mount "
-                "that every node has at the same path."
-            )
-        r = sweep.resources
-        use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
-        concurrency = _check_capacity(sweep, use_gpu, autoscaling=address is not None)
-        pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
-                   r.attacker_gpus if use_gpu else 0.0)
-        if r.max_concurrent_trials is not None and address is None:
-            # A concurrency the user chose may hand every CPU to trials: place the attacker
-            # actors first. (The default one leaves them their share; an autoscaling cluster
-            # may place them only once nodes join.)
-            ray.get(pool.ready.remote())
-        data_ref = ray.put(ds)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]),
-            trial_resources(r, use_gpu),
-        )
-        n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
-        run_config = tune.RunConfig(
-            name=sweep.name,
-            failure_config=tune.FailureConfig(max_failures=r.max_failures),
-            # The reaper frees what Train runs killed with a node leave reserved (train.py).
-            callbacks=[Progress(sweep, n_trials), PlacementGroupReaper()],
-            verbose=0,
-            **storage_args(sweep.storage()),
-        )
-        # With an explicit filesystem (s3://...) Tune wants the path inside it, not the URI.
-        storage = storage_args(sweep.storage())
-        path = storage["storage_path"].rstrip("/") + "/" + sweep.name
-        fs_kw = {k: v for k, v in storage.items() if k == "storage_filesystem"}
-        # (can_restore only checks that the state file exists; it reads nothing)
-        if tune.Tuner.can_restore(path, **fs_kw):
-            if not resume:
-                raise SpecError(f"sweep {sweep.name!r} has Tune state under {sweep.storage().rstrip('/')}/"
-                                f"{sweep.name} (an earlier run of it); pass --resume to continue it, or --name "
-                                "to start another sweep")
+        mode = manifest.check(sweep, resume=resume, has_results=bool(store.done_keys("models", sweep.name)),
+                              has_tune_state=_has_tune_state(sweep))
+        # Bad data paths fail here, before Ray starts; the loaded data set is shared with every
+        # trial through the object store (one copy per node).
+        ds = pipeline.load_data(sweep.model_spec(sweep.partitions[0], 0.0, sweep.seeds[0]))
+        if sweep.attacker_data == "disjoint" and ds.disjoint is None:
+            raise SpecError("SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
+                            "(for lfw set dataset option disjoint=True)")
+        judge = _attribute_judge(sweep, ds) if sweep.attributes else None
+        # Everything is checked: the sweep exists from here on.
+        if mode != "resume":
+            manifest.write(sweep.results_uri(), sweep)
+        if mode != "new":
+            moved = store.quarantine(sweep.name)
+            for path in moved:
+                print(f"[pp-farm] moved unreadable file to {redact(path)}; its rows are computed again",
+                      file=sys.stderr)
             print(f"[pp-farm] resuming sweep {sweep.name!r}: finished rows are kept, unfinished models continue "
                   "from their saved state", file=sys.stderr)
-        tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
-                           tune_config=_tune_config(sweep, concurrency), run_config=run_config)
-        grid = tuner.fit()
-        if sweep.search == "optuna":
-            mark_pareto(store, sweep.name)
-        n_err = sum(1 for res in grid if res.error is not None)
-        ray.kill(pool)
+        store.ensure_tables(sweep.name, ("models", "attacks", "epochs")
+                            + (("reconstructions",) if sweep.save_reconstructions else ()))
+
+        if not ray.is_initialized():
+            # address None: a new local cluster, never one that happens to run on this machine.
+            ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                     num_gpus=num_gpus if address is None else None,
+                     runtime_env={"env_vars": {**TRAIN_ENV, **secret_env}},
+                     include_dashboard=False, log_to_driver=verbose, configure_logging=False)
+            started_ray = True
+        signals.install()  # ray.init installed its own SIGTERM handler
+        pool_holder: list = []
+        try:
+            outcome = _tune(sweep, store, ds, judge, address, signals, pool_holder)
+        finally:
+            pool = pool_holder[0] if pool_holder else None
+    except KeyboardInterrupt:
+        raise Interrupted(signals.received or signal.SIGINT, unfinished(store, sweep)) from None
     finally:
+        if pool is not None:
+            try:
+                ray.kill(pool)
+            except Exception:  # already gone with its cluster
+                pass
         if started_ray:
             ray.shutdown()
+        lease.release()
+        signals.restore()
+    n_trials, n_err = outcome
+    if signals.received is not None:  # Tune ended its loop early
+        raise Interrupted(signals.received, unfinished(store, sweep))
     seconds = time.time() - t0
-    root = sweep.results_uri()
+    root = redact(sweep.results_uri())
     print(f"[pp-farm] sweep {sweep.name!r}: {n_trials} trials ({n_err} errored) in {seconds:.0f} s\n"
           f"[pp-farm] tables: {root}/models  {root}/attacks  {root}/epochs\n"
           f"[pp-farm] read:   import pandas as pd; pd.read_parquet('{root}/attacks')", file=sys.stderr)
     return SweepOutcome(root, n_trials, n_err, seconds)
+
+
+def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, signals: _Signals,
+          pool_holder: list) -> tuple[int, int]:
+    """Inside Ray: check the cluster, start the attacker pool, run Tune. Returns (trials, errored)."""
+    if not is_shared(sweep.results) and address is not None and _alive_nodes() == 1:
+        # An autoscaling cluster may have one node now and ten later.
+        print(f"[pp-farm] warning: results go to {redact(sweep.results)!r} on this node only; if the cluster "
+              "autoscales, use s3:// or file:// on a shared mount", file=sys.stderr)
+    if _alive_nodes() > 1 and not is_shared(sweep.results):
+        raise SpecError(
+            f"SweepSpec.results: {sweep.results!r} is a local path on a cluster; results would be scattered "
+            "over the nodes. Use shared storage: s3://bucket/prefix, or file:///nfs/path for an NFS mount "
+            "that every node has at the same path."
+        )
+    r = sweep.resources
+    use_gpu = _cluster_has_gpu() if r.use_gpu is None else r.use_gpu
+    concurrency = _check_capacity(sweep, use_gpu, autoscaling=address is not None)
+    pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
+                      r.attacker_gpus if use_gpu else 0.0)
+    pool_holder.append(pool)
+    if r.max_concurrent_trials is not None and address is None:
+        # A concurrency the user chose may hand every CPU to trials: place the attacker
+        # actors first. (The default one leaves them their share; an autoscaling cluster
+        # may place them only once nodes join.)
+        ray.get(pool.ready.remote())
+    data_ref = ray.put(ds)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]),
+        trial_resources(r, use_gpu),
+    )
+    n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
+    run_config = tune.RunConfig(
+        name=sweep.name,
+        failure_config=tune.FailureConfig(max_failures=r.max_failures),
+        # The reaper frees what Train runs killed with a node leave reserved (train.py).
+        callbacks=[Progress(sweep, n_trials, signals), PlacementGroupReaper()],
+        verbose=0,
+        **storage_args(sweep.storage()),
+    )
+    tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
+                       tune_config=_tune_config(sweep, concurrency), run_config=run_config)
+    grid = tuner.fit()
+    if sweep.search == "optuna":
+        mark_pareto(store, sweep.name)
+    return n_trials, sum(1 for res in grid if res.error is not None)
+
+
+def _has_tune_state(sweep: SweepSpec) -> bool:
+    """Whether Tune state of this sweep exists (from a run before manifests); only the
+    file's existence is checked, nothing is read."""
+    storage = storage_args(sweep.storage())
+    path = storage["storage_path"].rstrip("/") + "/" + sweep.name
+    fs_kw = {k: v for k, v in storage.items() if k == "storage_filesystem"}
+    return tune.Tuner.can_restore(path, **fs_kw)
+
+
+def _credentials_to_environment(sweep: SweepSpec) -> tuple[SweepSpec, dict[str, str]]:
+    """Credentials in a results or storage URI move into this process's environment (which
+    pyarrow, a local Ray cluster's workers and the job's runtime environment pass on), so that
+    no message, row, manifest or pickled Tune state ever holds them. Returns the sweep and
+    those variables (for the runtime environment of a cluster this driver joins)."""
+    results, env = strip_credentials(sweep.results)
+    storage, env2 = strip_credentials(sweep.storage_path)
+    env = {**env2, **env}
+    os.environ.update(env)
+    return sweep.with_(results=results, storage_path=storage), env
+
+
+def _check_local_gpus(sweep: SweepSpec, address: str | None, num_gpus: int | None) -> None:
+    """On a local cluster this driver will start, a GPU share that no device here can give is
+    refused before Ray starts (a running cluster's GPUs are checked by ``_check_capacity``)."""
+    r = sweep.resources
+    if address is not None or ray.is_initialized() or not r.use_gpu:
+        return
+    have = num_gpus if num_gpus is not None else torch.cuda.device_count()
+    need = r.gpus_per_trial if r.num_workers == 1 else r.num_workers
+    if have < need:
+        raise SpecError(f"SweepSpec.resources: a model needs {need:g} GPU (--gpus-per-trial / --num-workers) but "
+                        f"this machine has {have}; lower --gpus-per-trial, or train on CPUs (--no-gpu)")
+
+
+def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
+    """Grid models whose row or attacks are missing, as ``partition λ seed (what is left)``:
+    what a resume will compute. The tables decide, not Tune's bookkeeping."""
+    if sweep.search != "grid":
+        done = len(store.done_keys("models", sweep.name))
+        return [f"{sweep.num_samples - done} of {sweep.num_samples} Optuna trials"] if done < sweep.num_samples else []
+    models = store.done_keys("models", sweep.name)
+    attacks = store.done_keys("attacks", sweep.name)
+    out = []
+    for point in sweep.grid_points():
+        spec = sweep.model_spec(point["partition"], point["lam"], point["seed"], point.get("suite", 0))
+        model_id = spec.model_id(sweep.name)
+        ids = [a.attack_id(model_id, p) for p in sweep.attack_partitions(spec) for a in sweep.attack_specs()]
+        left = sum(1 for i in ids if i not in attacks)
+        where = f"{point['partition'] or 'undefended'} λ={point['lam']:g} seed={point['seed']}"
+        if model_id not in models:
+            out.append(f"{where}: not trained")
+        elif left and _model_row(store, sweep.name, model_id)["status"] == "ok":
+            out.append(f"{where}: {left} of {len(ids)} attacks left")
+    return out
 
 
 def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:
@@ -471,7 +635,8 @@ def _check_capacity(sweep: SweepSpec, use_gpu: bool, autoscaling: bool) -> int:
             raise SpecError(
                 f"SweepSpec.resources: a model needs {per_trial:g} {kind} to train but the cluster has "
                 f"{total.get(kind, 0.0):g} {kind}, {pool:g} of them held by the attacker pool "
-                f"({r.pool_size} actors); lower pool_size / attacker_{kind.lower()}s or cpus_per_worker"
+                f"({r.pool_size} actors); lower --pool-size / --attacker-{kind.lower()}s"
+                + (", or --gpus-per-trial" if kind == "GPU" else " or Resources.cpus_per_worker")
             )
         if per_trial > 0:
             fits.append(max(1, int((max(free, per_trial) + 1e-9) // per_trial)))

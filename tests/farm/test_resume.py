@@ -1,5 +1,8 @@
-"""Resume: kill the sweep driver with SIGKILL after its first model, rerun the same command,
-and every model and (model, attacker) row exists exactly once, the finished work not redone."""
+"""Interrupt and resume: SIGINT, then SIGKILL, then SIGTERM, each after one more row (model
+or attack) has been written, and a last resume. Ctrl-C exits 130 and SIGTERM 143, each
+listing what is unfinished and printing the resume command (issue 18, item 3); SIGKILL
+leaves a lease whose holder is gone, taken over at once. In the end every model and (model, attacker) row exists
+exactly once and no finished model was trained again."""
 
 from __future__ import annotations
 
@@ -18,32 +21,67 @@ pytestmark = pytest.mark.farm
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _command(results: Path) -> list[str]:
-    return [sys.executable, str(REPO / "sweeps" / "lfw_grid.py"), "--quick", "--resume", "--name", "killed",
+def _command(results: Path, resume: bool) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / "lfw_grid.py"), "--quick", "--name", "killed",
             "--results", str(results), "--partitions", "pool1,pool2", "--lams", "0,1", "--epochs", "2",
-            "--attack-epochs", "1", "--attackers", "fc,deconv", "--seeds", "0", "--num-cpus", "2"]
+            "--attack-epochs", "1", "--attackers", "fc,deconv", "--seeds", "0", "--num-cpus", "2"] \
+        + (["--resume"] if resume else [])
 
 
-def test_sigkilled_driver_resumes_without_duplicates_or_rework(tmp_path):
-    results = tmp_path / "res"
+def _models(models_dir: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in models_dir.rglob("*.parquet") if f.name != "empty.parquet"}
+
+
+def _rows(results: Path) -> int:
+    return sum(1 for t in ("models", "attacks") for f in (results / t).rglob("*.parquet") if f.name != "empty.parquet")
+
+
+def _interrupt_after_next_row(results: Path, resume: bool, sig: int) -> subprocess.CompletedProcess:
+    """Start the sweep, wait (on the tables) until one more model or attack row exists, send ``sig``."""
+    before = _rows(results)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    first = subprocess.Popen(_command(results), env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    models_dir = results / "models"
+    proc = subprocess.Popen(_command(results, resume), env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     try:
-        while not (models_dir.exists() and any(models_dir.rglob("*.parquet"))):
-            assert first.poll() is None, "the sweep ended before a model finished"
-            assert time.time() < deadline, "no model finished in time"
+        while _rows(results) <= before:
+            assert proc.poll() is None, "the sweep ended before a row was written:\n" + proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "no row written in time"
             time.sleep(0.5)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    done_before = {f.name: f.stat().st_mtime_ns for f in models_dir.rglob("*.parquet")}
-    assert len(done_before) < 3
+        # SIGINT/SIGTERM to the driver only (a terminal's Ctrl-C reaches the whole group, but
+        # Ray's own processes must not decide the driver's exit code here); SIGKILL to all.
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    second = subprocess.run(_command(results), env=env, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stderr[-3000:]
+
+def test_interrupted_sweeps_exit_130_143_and_resume_without_duplicates_or_rework(tmp_path):
+    results = tmp_path / "res"
+    models_dir = results / "models"
+
+    first = _interrupt_after_next_row(results, resume=False, sig=signal.SIGINT)
+    assert first.returncode == 130, first.stderr[-3000:]
+    assert "interrupted by SIGINT" in first.stderr and "--resume" in first.stderr.splitlines()[-1]
+    assert "Traceback" not in first.stderr
+    done_before = _models(models_dir)
+
+    # A hard kill leaves the lease behind: its holder is gone, so the next driver takes it over.
+    second = _interrupt_after_next_row(results, resume=True, sig=signal.SIGKILL)
+    assert second.returncode == -signal.SIGKILL
+
+    third = _interrupt_after_next_row(results, resume=True, sig=signal.SIGTERM)
+    assert "taking over the lease" in third.stderr
+    assert third.returncode == 143, third.stderr[-3000:]
+    assert "interrupted by SIGTERM" in third.stderr and "continue with" in third.stderr
+    assert "Fatal Python error" not in third.stderr and "Traceback" not in third.stderr
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    last = subprocess.run(_command(results, resume=True), env=env, capture_output=True, text=True, timeout=900)
+    assert last.returncode == 0, last.stderr[-3000:]
 
     models = pd.read_parquet(models_dir)
     attacks = pd.read_parquet(results / "attacks")
@@ -59,3 +97,4 @@ def test_sigkilled_driver_resumes_without_duplicates_or_rework(tmp_path):
     # The model that had finished before the kill was not trained again.
     for name, mtime in done_before.items():
         assert next(models_dir.rglob(name)).stat().st_mtime_ns == mtime
+    assert _models(models_dir).keys() >= done_before.keys()

@@ -11,10 +11,12 @@ without them.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -25,6 +27,8 @@ pytestmark = pytest.mark.farm
 HERE = Path(__file__).resolve().parent
 BUCKET, PREFIX, SWEEP = "pp-results", "runs/tiny", "s3tiny"
 KEYS = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id"}
+# Distinctive credentials for the URI (moto accepts any): easy to grep for.
+URI_KEY, URI_SECRET = "AKIAPPCLUSTERURIKEY", "uri/Secret+pp-cluster-7f3a"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -57,11 +61,25 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
     from pp_cluster.farm.store import ResultStore
 
     results = f"s3://{BUCKET}/{PREFIX}"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    # The child has its credentials only in the URI (issue 18, item 6): they must reach every
+    # worker, and never stdout/stderr, a table, the manifest or Ray's pickled state.
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env["RAY_AUTH_MODE"] = "disabled"
     env.pop("RAY_ADDRESS", None)
-    child = subprocess.run([sys.executable, __file__, results], env=env, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=540)
+    with_credentials = f"s3://{URI_KEY}:{quote(URI_SECRET, safe='')}@{BUCKET}/{PREFIX}"
+    child = subprocess.run([sys.executable, __file__, with_credentials], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=540)
     assert child.returncode == 0, (child.stdout + child.stderr)[-6000:]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    leaks = [where for where, text in [("stdout", child.stdout), ("stderr", child.stderr)]
+             if URI_SECRET in text or quote(URI_SECRET, safe="") in text]
+    for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+        text = repr(pd.read_parquet(io.BytesIO(body)).to_dict()) if obj["Key"].endswith(".parquet") else ""
+        if URI_SECRET.encode() in body or URI_SECRET[:12].encode() in body or URI_SECRET in text:
+            leaks.append(obj["Key"])
+    assert leaks == [], f"the URI's secret leaked into {leaks}"
+    assert "***@" in child.stderr or URI_KEY not in child.stderr
 
     # Everything went to the bucket: the tables and Ray's experiment state and checkpoints.
     listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=PREFIX + "/")
@@ -91,6 +109,36 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
                 via[ours.columns].sort_values(key, ignore_index=True), ours.sort_values(key, ignore_index=True))
     models = store.read("models", SWEEP)
     assert (models["status"] == "ok").all() and models["test_acc"].notna().all()
+
+
+@pytest.mark.parametrize("server", ["silent", "refusing"])
+def test_an_object_store_that_never_answers_is_a_clear_error_within_30_s(server, tmp_path):
+    """A listener that accepts connections and never answers (and a port nobody listens on):
+    the CLI fails before Ray with ``pp-farm: error:`` naming the endpoint, within 30 s."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if server == "silent":
+        listener.listen(16)  # the kernel accepts; nobody ever reads or answers
+    else:
+        listener.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(CREDENTIALS, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true",
+               RAY_AUTH_MODE="disabled", NO_PROXY="127.0.0.1,localhost")
+    t0 = time.monotonic()
+    try:
+        run = subprocess.run([sys.executable, "-m", "pp_cluster.cli", "sweep", "lfw_grid", "--quick", "--results",
+                              f"s3://{BUCKET}/x"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    seconds = time.monotonic() - t0
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.startswith("pp-farm: error:") and f"127.0.0.1:{port}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert seconds <= 30, f"took {seconds:.0f} s"
 
 
 def _child(results: str) -> None:

@@ -147,3 +147,23 @@ def test_negative_seeds_and_a_missing_status_root_are_errors(tiny_sweep, tmp_pat
         tiny_sweep(tmp_path, seeds=(0, -1)).validate()
     assert main(["status", str(tmp_path / "nonexistent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gpu_shares_and_a_file_as_data_root_are_refused_before_ray(tiny_sweep, tmp_path, no_ray, capsys):
+    base = ["sweep", "lfw_grid", "--quick", "--results", str(tmp_path / "r")]
+    # A GPU share without GPU training would be silently ignored.
+    assert main(base + ["--gpus-per-trial", "5"]) == 2
+    assert "--gpus-per-trial applies to GPU training only: add --gpu" in capsys.readouterr().err
+    # Ray gives fractions of one GPU or whole GPUs.
+    with pytest.raises(SpecError, match=r"SweepSpec\.resources\.gpus_per_trial"):
+        tiny_sweep(tmp_path, resources=Resources(gpus_per_trial=1.5)).validate()
+    # More GPU than this machine has (none here, or fewer than 5): refused naming the flag.
+    assert main(base + ["--gpu", "--gpus-per-trial", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpus-per-trial" in err and "GPU" in err
+    # A file where a folder belongs is named as such, not as missing.
+    a_file = tmp_path / "lfw.tgz"
+    a_file.write_bytes(b"not a folder")
+    assert main(["sweep", "lfw_grid", "--data-root", str(a_file), "--results", str(tmp_path / "r2")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert not [f for f in (tmp_path / "r2").rglob("*") if f.is_file()]  # nothing written for a bad input
