@@ -20,6 +20,7 @@ from analysis.tables import (
     CONFIG, FIG5_METRICS, SETTING, Missing, Results, config_label, figure4_data, figure5_data, figure7_data,
     frontiers, in_setting, load, natural_key, paired_differences, settings, table_i, table_ii, table_iii,
 )
+from pp_cluster.results.rules import succeeded
 from analysis.uncertainty import METHODS
 
 
@@ -145,12 +146,12 @@ def _summary(res: Results) -> str:
         + f"; for one pair's accuracy difference, {METHODS['newcombe']}",
         "- the mean-image baseline is shown beside the attackers and never counts as the strongest one",
     ]
-    bad = m[m["status"] != "ok"]
+    bad = m[~succeeded(m)]
     if len(bad):
         lines.append("\nModels that did not finish:\n")
         bad = bad.assign(error=bad["error"].fillna("").str.slice(0, 120))
         lines.append(md_table(bad[["sweep", "model_id", "partition", "lam", "status", "diverged_epoch", "error"]]))
-    ok = a[a["status"] == "ok"]
+    ok = a[succeeded(a)]
     reasons = ok["dpd_reason"].dropna().unique()
     if len(reasons):
         lines.append(f"\nDPD unavailable for {ok['dpd'].isna().sum()} successful attack(s): "

@@ -24,8 +24,8 @@ from analysis.tables import (
     natural_key, paired_differences, settings, table_iii,
 )
 from analysis.uncertainty import METHODS, N_RESAMPLES, t_crit, wilson
-from pp_cluster.farm.fs import resolve
-from pp_cluster.farm.store import BASELINE_ATTACKERS
+from pp_cluster.results.fs import resolve
+from pp_cluster.results.rules import BASELINE_ATTACKERS, succeeded
 
 # Optional, beside the tables: how the run was made. RUN_KEYS are shown first (the tables fill in
 # date, machine and wall time when it has none), any other key after them as it is.
@@ -220,7 +220,7 @@ FIG5_PANELS = {
 
 def _nulls(res: Results, metric: str) -> str:
     """How many successful attacks lack ``metric``, and why (DPD records its reason)."""
-    ok = res.attacks[res.attacks["status"] == "ok"]
+    ok = res.attacks[succeeded(res.attacks)]
     null = ok[metric].isna()
     reasons = sorted(ok.loc[null, "dpd_reason"].dropna().unique()) if metric == "dpd" else []
     why = f"; `attacks.dpd_reason`: {'; '.join(f'“{r}”' for r in reasons)}" if reasons else ""

@@ -24,20 +24,18 @@ import pyarrow.fs as pafs
 from analysis.uncertainty import (
     LEVEL, METHODS, bootstrap, newcombe, paired_images, strongest_of_means, t_crit, wilson,
 )
-from pp_cluster.farm.fs import resolve
-from pp_cluster.farm.store import BASELINE_ATTACKERS, ResultStore
-
-KEYS = ["sweep", "model_id"]
-# One worst case per model and partition it was attacked at (`attacks.partition`).
-WORST_KEYS = [*KEYS, "partition"]
+from pp_cluster.results.fs import resolve
+from pp_cluster.results.rules import (  # the shared rules: strongest attacker, baselines, Pareto
+    MODEL_KEYS as KEYS, OK, STRONGEST, WORST_KEYS, competing, is_baseline, pareto_mask, strongest,
+    succeeded,
+)
+from pp_cluster.results.store import ResultStore
 # The configuration a row belongs to; seeds are what gets averaged over.
 CONFIG = ["sweep", "dataset", "arch", "partition"]
 # What distinguishes configurations within one partition; seeds are averaged within a setting.
 SETTING = ["defense", "defenders", "lam"]
 # The paper's tables and Figures 4–5 compare privacy partitioning against no defense.
 PAPER_DEFENSES = ("none", "partition")
-# Which direction makes an attacker strongest on each metric ("the best attack" of §V-C).
-STRONGEST = {"ssim": "max", "mse": "min", "psnr": "max", "dpd": "min", "reprint_acc": "max"}
 # The per-image values behind a metric: what a single run's bootstrap resamples.
 IMAGES = {"ssim": "ssim_images", "mse": "mse_images"}
 # The interval a single run has for each summarised column (``<column>_ci_lo/_ci_hi`` of its row);
@@ -123,22 +121,6 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 # -- the strongest attacker ---------------------------------------------------------------
 
 
-def is_baseline(attacks: pd.DataFrame) -> pd.Series:
-    """Rows of no-information baselines (the mean image): shown beside the attackers, never
-    counted as the strongest one."""
-    return attacks["attacker"].isin(BASELINE_ATTACKERS)
-
-
-def strongest(attacks: pd.DataFrame, by: Sequence[str], order: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Per ``by`` group the row of the strongest attack: sorted by ``order``, (column, "max" or
-    "min") pairs of which the first must be measured; ties go to the alphabetically first
-    attacker, so the answer is deterministic. The caller chooses which attacks compete."""
-    cols = [c for c, _ in order]
-    return (attacks.dropna(subset=cols[:1])
-            .sort_values([*cols, "attacker"], ascending=[how == "min" for _, how in order] + [True], kind="mergesort")
-            .drop_duplicates(list(by)))
-
-
 def _with_ci(df: pd.DataFrame, name: str, cis: list[tuple[float, float]]) -> pd.DataFrame:
     """``df`` with the (lo, hi) pairs ``cis`` (one per row) as ``<name>_ci_lo`` and ``<name>_ci_hi``."""
     return df.assign(**{f"{name}_ci_lo": [float(c[0]) for c in cis], f"{name}_ci_hi": [float(c[1]) for c in cis]})
@@ -185,7 +167,7 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """
     _require(attacks, [*WORST_KEYS, "attacker", "status", *STRONGEST, *IMAGES.values(), "n_eval"],
              "worst_case(attacks)")
-    ok = attacks[attacks["status"] == "ok"]
+    ok = attacks[succeeded(attacks)]
     real, base = ok[~is_baseline(ok)], ok[is_baseline(ok)]
     out = ok[WORST_KEYS].drop_duplicates().sort_values(WORST_KEYS, kind="mergesort").reset_index(drop=True)
     n = real.groupby(WORST_KEYS, dropna=False).size().rename("n_attacks").reset_index()
@@ -263,30 +245,6 @@ def summarise(rows: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], lev
     return out
 
 
-def pareto_mask(acc: Sequence[float], leak: Sequence[float]) -> np.ndarray:
-    """True where no other point has accuracy ≥ and leakage ≤ with one of them strict.
-
-    O(n log n): walking accuracies downwards, a point survives when it has the lowest leakage
-    of its accuracy level and strictly less than every more accurate point.
-    """
-    a, lk = np.asarray(acc, dtype=float), np.asarray(leak, dtype=float)
-    if a.shape != lk.shape or a.ndim != 1:
-        raise ValueError(f"pareto_mask: acc and leak must be 1-D of equal length, got {a.shape} and {lk.shape}")
-    if np.isnan(a).any() or np.isnan(lk).any():
-        raise ValueError("pareto_mask: acc and leak must not contain NaN (drop diverged models first)")
-    mask = np.zeros(len(a), dtype=bool)
-    if not len(a):
-        return mask
-    best = math.inf  # lowest leakage among strictly more accurate points
-    order = np.lexsort((lk, -a))
-    for level in np.split(order, np.flatnonzero(np.diff(a[order])) + 1):
-        lo = lk[level].min()
-        if lo < best:
-            mask[level[lk[level] == lo]] = True
-        best = min(best, lo)
-    return mask
-
-
 def frontier(models_with_worst: pd.DataFrame, acc: str = "test_acc", leak: str = "ssim") -> pd.DataFrame:
     """The Pareto set of (``acc`` ↑, worst-case ``leak`` ↓), most accurate first.
 
@@ -331,7 +289,7 @@ def n_defenders(defenders: pd.Series) -> pd.Series:
 def _attacked(res: Results) -> pd.DataFrame:
     """Finished models at each partition they were attacked at (:meth:`Results.models_with_worst`)."""
     mw = res.models_with_worst()
-    return mw[(mw["status"] == "ok") & mw["partition"].notna()]
+    return mw[succeeded(mw) & mw["partition"].notna()]
 
 
 def _paper_rows(res: Results) -> pd.DataFrame:
@@ -343,7 +301,7 @@ def _paper_rows(res: Results) -> pd.DataFrame:
 def _paper_attacks(res: Results) -> pd.DataFrame:
     """Successful attacks (baselines included) on finished models of :data:`PAPER_DEFENSES`."""
     j = res.joined()
-    return j[(j["status"] == "ok") & (j["status_model"] == "ok") & j["defense"].isin(PAPER_DEFENSES)
+    return j[succeeded(j) & (j["status_model"] == OK) & j["defense"].isin(PAPER_DEFENSES)
              & j["partition"].notna()]
 
 
@@ -391,7 +349,7 @@ def attribute_best(attacks: pd.DataFrame) -> pd.DataFrame:
     """Per model and partition the attack with the most correctly gendered faces (then most
     detected faces): the strongest attribute attack, baselines excluded. Adds Wilson intervals
     of #CG and #DF as counts out of #TI (``n_cg_ci_lo/_ci_hi``, ``n_df_ci_lo/_ci_hi``)."""
-    real = attacks[(attacks["status"] == "ok") & ~is_baseline(attacks)]
+    real = competing(attacks)
     best = strongest(real, WORST_KEYS, [("n_cg", "max"), ("n_df", "max")])
     n_ti = best["n_ti"].astype("float64")
     for col in ("n_cg", "n_df"):
@@ -409,7 +367,7 @@ def table_iii(res: Results) -> pd.DataFrame:
         raise Missing("Table III: no attribute results in these tables (attacks.n_cg is null everywhere)")
     # The chance level beside it: the mean-image baseline's counts on the same model and partition
     # (a constant face is detected and gendered too, so #CG alone is no measure of leakage).
-    base = attacks[(attacks["status"] == "ok") & is_baseline(attacks)].dropna(subset=["n_cg"])
+    base = attacks[succeeded(attacks) & is_baseline(attacks)].dropna(subset=["n_cg"])
     base = base.groupby(WORST_KEYS, observed=True)["n_cg"].max().rename("n_cg_baseline").reset_index()
     best = best.merge(base, on=WORST_KEYS, how="left")
     keys = [*CONFIG, *SETTING]
@@ -463,7 +421,7 @@ def figure7_data(res: Results) -> pd.DataFrame:
     """Figure 7: DP image pixelation, SSIM and classification accuracy against ε. Its models
     release pixelated images rather than activations, so they have no partition."""
     mw = res.models_with_worst()
-    dp = mw[(mw["defense"] == "dp_pixelation") & (mw["status"] == "ok")]
+    dp = mw[(mw["defense"] == "dp_pixelation") & succeeded(mw)]
     if dp.empty:
         raise Missing("Figure 7: no dp_pixelation models in these tables")
     dp = dp.assign(epsilon=epsilon(dp["config_json"])).dropna(subset=["epsilon"])
@@ -477,7 +435,7 @@ def frontiers(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     hypervolume row per (sweep, dataset) with reference point (accuracy 0, SSIM 1). A point is
     one trained model at one partition (an undefended model is a point at each partition)."""
     mw = res.models_with_worst()
-    mw = mw[mw["status"] == "ok"].dropna(subset=["test_acc", "ssim"])
+    mw = mw[succeeded(mw)].dropna(subset=["test_acc", "ssim"])
     if mw.empty:
         raise Missing("Frontier: no model has both a test accuracy and an attacked SSIM")
     parts, hv = [], []
@@ -567,7 +525,8 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
 
 def _real_images(attacks: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """Successful non-baseline attacks per (sweep, model, partition), for paired bootstraps."""
-    real = attacks[(attacks["status"] == "ok") & ~is_baseline(attacks) & attacks["partition"].notna()]
+    real = competing(attacks)
+    real = real[real["partition"].notna()]
     return dict(iter(real.groupby(WORST_KEYS, sort=False)))
 
 

@@ -64,7 +64,7 @@ def farm_run(spec: SweepSpec, num_cpus: int) -> tuple[float, float]:
     """(run_sweep s incl. starting a local Ray cluster, mean in-trial overhead s) of the same
     sweep on the farm, started as a user's ``python sweeps/...`` starts it: ``run_sweep``
     brings up the local cluster itself, with the farm's Ray Train settings."""
-    from pp_cluster.farm.store import ResultStore
+    from pp_cluster.results.store import ResultStore
     from pp_cluster.farm.sweep import run_sweep
 
     with Timer() as sweep:

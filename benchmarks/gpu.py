@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> None:
     enter_repo_root()
     import ray
 
-    from pp_cluster.farm.store import ResultStore
+    from pp_cluster.results.store import ResultStore
     from pp_cluster.farm.sweep import run_sweep
 
     packs = [1, 4] if args.quick else [int(v) for v in args.packs.split(",")]

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from pp_cluster.config import Resources, SpecError, SweepSpec
-from pp_cluster.farm.fs import redact
+from pp_cluster.config import SpecError, SweepSpec
+from pp_cluster.results.fs import redact
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -195,8 +195,9 @@ def _run(args: argparse.Namespace, driver: str) -> int:
 def _status(args: argparse.Namespace) -> int:
     import warnings
 
-    from analysis.tables import load, worst_case  # worst_case: the one strongest-attacker rule
-    from pp_cluster.farm.store import UnreadableFile
+    from analysis.tables import load
+    from pp_cluster.results.rules import succeeded, worst_values  # the one strongest-attacker rule
+    from pp_cluster.results.store import UnreadableFile
 
     try:
         with warnings.catch_warnings():
@@ -214,12 +215,12 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     for sweep, m in models.groupby("sweep", observed=True):
         a = attacks[attacks["sweep"] == sweep]
-        ok = a[a["status"] == "ok"]
-        print(f"sweep {sweep}: {len(m)} models ({(m['status'] == 'ok').sum()} ok, "
+        ok = a[succeeded(a)]
+        print(f"sweep {sweep}: {len(m)} models ({succeeded(m).sum()} ok, "
               f"{(m['status'] == 'diverged').sum()} diverged), {len(a)} attacks ({len(ok)} ok)")
         if not ok.empty:
             # One line per (model, partition attacked): an undefended model shows at every partition.
-            worst = worst_case(ok)[["model_id", "partition", "ssim", "ssim_attacker"]]
+            worst = worst_values(ok)[["model_id", "partition", "ssim", "ssim_attacker"]]
             table = m[["model_id", "lam", "seed", "test_acc"]].merge(worst, on="model_id")
             table = table.rename(columns={"ssim": "worst_ssim", "ssim_attacker": "by"})
             print(table.drop(columns="model_id").sort_values(["partition", "lam", "seed"]).to_string(index=False))

@@ -257,7 +257,7 @@ class SweepSpec:
         def bad(fieldname: str, msg: str) -> None:
             raise SpecError(f"SweepSpec.{fieldname}: {msg}")
 
-        from pp_cluster.farm.store import NAME_PATTERN
+        from pp_cluster.results.store import NAME_PATTERN
 
         if not NAME_PATTERN.fullmatch(self.name or ""):
             bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
@@ -268,6 +268,12 @@ class SweepSpec:
         if self.recipe not in RECIPES[self.dataset]:
             bad("recipe", f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
                 f"{', '.join(RECIPES[self.dataset])}")
+        from pp_cluster.pipeline import SPEC_OWNED
+
+        owned = sorted(set(self.train_overrides) & set(SPEC_OWNED))
+        if owned:
+            bad("train_overrides", f"{', '.join(owned)} belong to the sweep itself (set them as sweep fields or "
+                "flags: --epochs, --lams, --seeds, --batch-size, ...), not as training overrides")
         try:  # a misspelt or out-of-range override must fail here, not inside every trial
             recipe(self.dataset, self.recipe, **dict(self.train_overrides))
         except (ValueError, TypeError) as err:

@@ -62,14 +62,16 @@ def build_model(spec: ModelSpec, ds: Dataset) -> Model:
     return Model(net, local, remote, defenders)
 
 
+# TrainConfig fields the ModelSpec itself decides: never a train_overrides key
+# (config.SweepSpec.validate refuses them).
+SPEC_OWNED = ("lam", "distance", "epochs", "batch_size", "seed", "device", "defense")
+
+
 def train_config(spec: ModelSpec, ds: Dataset, device: str):
-    overrides = dict(spec.train_overrides)
     # λ = 0 ("none") trains as the partition defense without defenders: plain training.
-    overrides.update(
-        lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
-        seed=spec.seed, device=device, defense="partition" if spec.defense == "none" else spec.defense,
-    )
-    return recipe(ds.name, spec.recipe, **overrides)
+    owned = dict(lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
+                 seed=spec.seed, device=device, defense="partition" if spec.defense == "none" else spec.defense)
+    return recipe(ds.name, spec.recipe, **{**spec.train_overrides, **owned})
 
 
 def train_model(

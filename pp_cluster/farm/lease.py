@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from pp_cluster.config import SpecError
-from pp_cluster.farm.fs import read_bytes, redact, resolve, write_bytes
+from pp_cluster.results.fs import read_bytes, redact, resolve, write_bytes
 
 LEASE = "lease.json"
 TTL_S = 120.0

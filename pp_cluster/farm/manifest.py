@@ -23,7 +23,7 @@ from typing import Any
 
 import pp_cluster
 from pp_cluster.config import SpecError, SweepSpec, content_id
-from pp_cluster.farm.fs import read_bytes, redact, write_bytes
+from pp_cluster.results.fs import read_bytes, redact, write_bytes
 
 MANIFEST = "manifest.json"
 # Fields that say how or where a sweep runs, not what it computes.

@@ -9,7 +9,6 @@ written under its content id, a retried attack rewrites the same file, never a s
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 import ray
@@ -36,7 +35,7 @@ class AttackerWorker:
     def __init__(self, results_uri: str, threads: float) -> None:
         import torch
 
-        from pp_cluster.farm.store import ResultStore
+        from pp_cluster.results.store import ResultStore
 
         torch.set_num_threads(max(1, int(threads)))
         self.store = ResultStore(results_uri)
@@ -50,7 +49,8 @@ class AttackerWorker:
         import torch
 
         from pp_cluster import pipeline
-        from pp_cluster.farm.store import provenance
+        from pp_cluster.results.rows import attack_row
+        from pp_cluster.results.store import provenance
 
         spec = ModelSpec.from_dict(job["model"])
         attack = AttackSpec(**job["attack"])
@@ -64,11 +64,8 @@ class AttackerWorker:
             attack, net, spec, (tuple(image_shape), num_classes, tuple(value_range)), inputs,
             seed=spec.seed, device=device, n_keep=n_keep, judge=judge,
         )
-        prov = provenance()
-        row.update(
-            sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"], status="ok",
-            host=prov["host"], gpu=prov["gpu"], finished_at=dt.datetime.now(dt.timezone.utc),
-        )
+        row = attack_row(row, sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"],
+                         prov=provenance())
         self.store.write("attacks", job["sweep"], job["attack_id"], [row])
         if n_keep:
             self.store.write_reconstructions(

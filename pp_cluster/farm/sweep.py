@@ -10,8 +10,6 @@ resumed trial skips what is already written and never duplicates a row.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import os
 import signal
 import sys
@@ -20,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import pandas as pd
 import ray
 import ray.tune as tune
 import torch
@@ -30,14 +28,13 @@ from pp_cluster.config import SpecError, SweepSpec, content_id
 from pp_cluster.data.base import Split
 from pp_cluster.nets import split
 from pp_cluster.farm import manifest
-from pp_cluster.farm.fs import is_shared, redact, storage_args, strip_credentials
+from pp_cluster.results.fs import is_shared, redact, storage_args, strip_credentials
 from pp_cluster.farm.lease import Lease
 from pp_cluster.farm.pool import get_pool, start_pool
-from pp_cluster.farm.store import BASELINE_ATTACKERS, ResultStore, provenance
+from pp_cluster.results import rows, rules
+from pp_cluster.results.store import ResultStore, provenance
 from pp_cluster.farm.train import PlacementGroupReaper, fit_model
 
-# Tune's metric names for the worst-case attacker ("the best attacks" of the paper).
-WORST = {"ssim": "max", "mse": "min", "psnr": "max", "reprint_acc": "max"}
 N_RECONSTRUCTIONS = 8
 # Ray Train settings for many short runs: poll the workers often (a run's end is noticed
 # in 0.5 s, not 2 s) and give worker start-up time on a busy node before calling it failed.
@@ -62,21 +59,6 @@ def trial_resources(r, use_gpu: bool) -> dict[str, float]:
     return {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})}
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def worst_case(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Per metric, the strongest attacker's value over the successful attacks (every partition
-    an undefended model was attacked at); the no-information baselines never count."""
-    out: dict[str, float | None] = {}
-    for metric, how in WORST.items():
-        vals = [r[metric] for r in rows if r.get("status") == "ok" and r.get(metric) is not None
-                and r.get("attacker") not in BASELINE_ATTACKERS]
-        out[f"worst_{metric}"] = (max(vals) if how == "max" else min(vals)) if vals else None
-    return out
-
-
 def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
     """The Tune trainable: one model and its attacks. ``refs`` = [data set, attribute judge
     or None], both in the object store."""
@@ -91,17 +73,17 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
 
     done_rows = _ok_attack_rows(store, sweep.name, model_id, attacks)
     model_row = _model_row(store, sweep.name, model_id)
-    if model_row is not None and (model_row["status"] != "ok" or len(done_rows) == len(attacks)):
+    if model_row is not None and (model_row["status"] != rules.OK or len(done_rows) == len(attacks)):
         tune.report(_trial_metrics(model_row, done_rows, model_id, skipped=True))
         return
 
-    started = _utcnow()
+    started = rows.utcnow()
     use_gpu = bool(config["use_gpu"])
     final, history, net_state = fit_model(spec, model_id, refs[0], sweep.resources, use_gpu, sweep.storage())
     if model_row is None:
         model_row = _write_model(store, sweep, spec, model_id, final, history, started)
 
-    if final["status"] == "ok":
+    if final["status"] == rules.OK:
         ds = ray.get(refs[0])
         model = pipeline.build_model(spec, ds)
         model.net.load_state_dict(net_state)
@@ -131,8 +113,8 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
                 }
                 pending.append(pool.attack.remote(job, [inputs_ref, net_ref, refs[1]]))
         for row in ray.get(pending):
-            if row["status"] != "ok":
-                _write_failed_attack(store, sweep.name, row)
+            if row["status"] != rules.OK:
+                store.write("attacks", sweep.name, row["attack_id"], [rows.failed_attack_row(sweep.name, row)])
             done_rows.append(row)
     tune.report(_trial_metrics(model_row, done_rows, model_id, skipped=False))
 
@@ -143,12 +125,12 @@ def _ok_attack_rows(store: ResultStore, sweep: str, model_id: str, attacks: dict
     df = store.read("attacks", sweep, keys=list(attacks))
     if df.empty:
         return []
-    return _records(df[(df["model_id"] == model_id) & (df["status"] == "ok")])
+    return _records(df[(df["model_id"] == model_id) & rules.succeeded(df)])
 
 
 def _model_row(store: ResultStore, sweep: str, model_id: str) -> dict | None:
-    rows = _records(store.read("models", sweep, keys=[model_id]))
-    return rows[0] if rows else None
+    found = _records(store.read("models", sweep, keys=[model_id]))
+    return found[0] if found else None
 
 
 def _records(df) -> list[dict]:
@@ -157,97 +139,53 @@ def _records(df) -> list[dict]:
 
 
 def _model_base(sweep: SweepSpec, spec, model_id: str, started: dt.datetime) -> dict:
-    """The columns every models row of this trial shares: what was trained, where, when."""
-    prov = provenance()
-    return {
-        "sweep": sweep.name, "model_id": model_id, "trial_id": tune.get_context().get_trial_id(),
-        "seed": spec.seed, "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition,
-        "recipe": spec.recipe,
-        "lam": spec.lam, "defenders": ",".join(spec.defenders), "distance": spec.distance,
-        "defense": spec.defense, "epochs": spec.epochs, "lr": _lr(spec), "batch_size": spec.batch_size,
-        "started_at": started, "finished_at": _utcnow(), "config_json": json.dumps(spec.to_dict(), sort_keys=True),
-        **{k: prov[k] for k in ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")},
-    }
+    from pp_cluster.privacy.recipes import recipe
+
+    lr = float(spec.train_overrides.get("lr", recipe(spec.dataset, spec.recipe).lr))
+    return rows.model_base(sweep.name, spec, model_id, trial_id=tune.get_context().get_trial_id(), lr=lr,
+                           started=started, prov=provenance())
 
 
 def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, final: dict,
                  history: list[dict], started: dt.datetime) -> dict:
-    row = {
-        **_model_base(sweep, spec, model_id, started),
-        "test_acc": final["test_acc"], "train_acc": final["train_acc"], "n_test": final.get("n_test"),
-        "final_task_loss": _finite(final["final_task_loss"]), "final_distance": _finite(final["final_distance"]),
-        "status": final["status"], "diverged_epoch": final["diverged_epoch"],
-        "train_seconds": final["train_seconds"],
-        "finetune_acc_before": final.get("finetune_acc_before"), "finetune_acc_after": final.get("finetune_acc_after"),
-    }
+    row = rows.model_row(_model_base(sweep, spec, model_id, started), final)
     store.write("models", sweep.name, model_id, [row])
-    epochs = [
-        {"sweep": sweep.name, "model_id": model_id, **{k: _finite(h.get(k)) for k in
-         ("epoch", "task_loss", "distance", "train_acc", "test_acc", "lr", "seconds")}}
-        for h in history
-    ]
-    for e in epochs:
-        e["epoch"] = int(e["epoch"])
-    if epochs:
-        store.write("epochs", sweep.name, model_id, epochs)
+    if history:
+        store.write("epochs", sweep.name, model_id, rows.epoch_rows(sweep.name, model_id, history))
     return row
 
 
 def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: str, net, ds, device: str) -> None:
     """Appendix D / Figure 7: release the test images through ε-DP pixelation instead of a
-    partition; per ε, one models row (``defense = "dp_pixelation"``, the undefended model's
-    accuracy on the released images, ε in ``config_json``) and one attacks row for the release
-    itself (attacker ``dp_pixelation``: the released image is what anyone sees)."""
+    partition (``privacy.baselines.pixelation_sweep``); per ε one models row (the undefended
+    model's accuracy on the released images) and one attacks row for the release itself."""
     from pp_cluster.privacy.baselines import pixelation_sweep
 
-    started = _utcnow()
+    started = rows.utcnow()
     test = Split(ds.test.x.to(device), ds.test.y.to(device))
     b, m = sweep.dp_cell, sweep.dp_neighbourhood
     for r in pixelation_sweep(net, test, ds.value_range, sweep.dp_epsilons, b=b, m=m, seed=spec.seed):
-        config = {**spec.to_dict(), "base_model_id": model_id, "epsilon": r["eps"], "dp_cell": b,
-                  "dp_neighbourhood": m}
         dp_id = content_id("dp_pixelation", sweep.name, model_id, r["eps"], b, m)
         if store.exists("models", sweep.name, dp_id):
             continue
-        row = {**_model_base(sweep, spec, dp_id, started), "defense": "dp_pixelation", "status": "ok",
-               "test_acc": r["test_acc"], "config_json": json.dumps(config, sort_keys=True)}
+        config = {**spec.to_dict(), "base_model_id": model_id, "epsilon": r["eps"], "dp_cell": b,
+                  "dp_neighbourhood": m}
         attack_id = content_id("attack", dp_id, "dp_pixelation")
-        store.write("attacks", sweep.name, attack_id, [{
-            "sweep": sweep.name, "model_id": dp_id, "attack_id": attack_id, "attacker": "dp_pixelation",
-            "attacker_arch": f"Fan's DP pixelation (b={b}, m={m}, ε={r['eps']:g}): the released image",
-            "mse": r["mse"], "ssim": r["ssim"], "psnr": _finite(r["psnr"]), "reprint_acc": r["test_acc"],
-            "n_eval": len(test), "status": "ok", "finished_at": _utcnow(),
-            **{k: provenance()[k] for k in ("host", "gpu")},
-        }])
-        # The models row last: it is what marks the ε as done.
-        store.write("models", sweep.name, dp_id, [row])
+        model_row, attack_row = rows.dp_rows(_model_base(sweep, spec, dp_id, started), r, attack_id=attack_id,
+                                             config=config, n_eval=len(test), cell=b, neighbourhood=m,
+                                             prov=provenance())
+        store.write("attacks", sweep.name, attack_id, [attack_row])
+        store.write("models", sweep.name, dp_id, [model_row])  # last: it marks the ε as done
 
 
-def _lr(spec) -> float:
-    from pp_cluster.privacy.recipes import recipe
-
-    return float(spec.train_overrides.get("lr", recipe(spec.dataset, spec.recipe).lr))
-
-
-def _finite(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _write_failed_attack(store: ResultStore, sweep: str, row: dict) -> None:
-    store.write("attacks", sweep, row["attack_id"], [{
-        "sweep": sweep, "model_id": row["model_id"], "attack_id": row["attack_id"],
-        "attacker": row["attacker"], "partition": row.get("partition"), "status": "failed", "error": row["error"],
-        "finished_at": _utcnow(),
-    }])
-
-
-def _trial_metrics(model_row: dict, rows: list[dict], model_id: str, skipped: bool) -> dict:
+def _trial_metrics(model_row: dict, attack_rows: list[dict], model_id: str, skipped: bool) -> dict:
     test_acc = model_row.get("test_acc")
     metrics = {
         "model_id": model_id, "status": model_row["status"], "skipped": skipped,
         # Tune and Optuna need numbers: a diverged model scores as useless (acc 0, leak 1).
         "test_acc": float(test_acc) if test_acc is not None else 0.0,
-        **worst_case(rows),
+        # The strongest attacker (rules.worst_of) over every partition the model was attacked at.
+        **rules.worst_of(pd.DataFrame(attack_rows, columns=["status", "attacker", *rules.STRONGEST])),
     }
     if metrics["worst_ssim"] is None:
         metrics["worst_ssim"] = 1.0
@@ -599,7 +537,7 @@ def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
         where = f"{point['partition'] or 'undefended'} λ={point['lam']:g} seed={point['seed']}"
         if model_id not in models:
             out.append(f"{where}: not trained")
-        elif left and _model_row(store, sweep.name, model_id)["status"] == "ok":
+        elif left and _model_row(store, sweep.name, model_id)["status"] == rules.OK:
             out.append(f"{where}: {left} of {len(ids)} attacks left")
     return out
 
@@ -656,16 +594,10 @@ def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:
 
 
 def mark_pareto(store: ResultStore, sweep: str) -> None:
-    """Set ``models.pareto`` for every model of the sweep from its worst-case attacker SSIM."""
-    from analysis.tables import pareto_mask, worst_case  # the one Pareto and strongest-attacker rules
-
+    """Set ``models.pareto`` for every model of the sweep (``rules.pareto_flags``: accuracy
+    against the worst-case attacker SSIM at the partition where the model leaks most)."""
     models, attacks = store.read("models", sweep), store.read("attacks", sweep)
     if models.empty:
         return
-    # The strongest non-baseline attacker, at the partition where the model leaks most.
-    attacks = attacks.assign(sweep=attacks["sweep"].astype(str))
-    leak = worst_case(attacks).groupby("model_id")["ssim"].max() if not attacks.empty else {}
-    acc = models["test_acc"].astype("float64").fillna(0.0).to_numpy()
-    lk = np.array([float(leak.get(m, 1.0)) for m in models["model_id"]])
-    for model_id, is_opt in zip(models["model_id"], pareto_mask(acc, lk)):
-        store.update_column("models", sweep, model_id, "pareto", bool(is_opt))
+    for model_id, on in zip(models["model_id"], rules.pareto_flags(models, attacks)):
+        store.update_column("models", sweep, model_id, "pareto", bool(on))

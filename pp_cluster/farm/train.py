@@ -32,7 +32,7 @@ import torch
 
 from pp_cluster.config import ModelSpec, Resources
 from pp_cluster import pipeline
-from pp_cluster.farm.fs import read_bytes, write_bytes
+from pp_cluster.results.fs import read_bytes, write_bytes
 
 STATE_FILE = "state.pt"
 
@@ -146,7 +146,7 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
     Tune hears only the trial's final report (accuracy and worst-case attack metrics); the
     per-epoch curves go to the ``epochs`` table.
     """
-    from pp_cluster.farm.fs import storage_args
+    from pp_cluster.results.fs import storage_args
 
     local_mode = resources.num_workers == 1
     if local_mode:

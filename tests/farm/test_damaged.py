@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pp_cluster.cli import main
-from pp_cluster.farm.store import KEY_COLUMN, ResultStore, UnreadableFile
+from pp_cluster.results.store import KEY_COLUMN, ResultStore, UnreadableFile
 from pp_cluster.farm.sweep import _ok_attack_rows, run_sweep
 
 pytestmark = pytest.mark.farm

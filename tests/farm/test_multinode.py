@@ -68,7 +68,7 @@ def _scenario(observed, name):
 
 
 def _tables(results: str, sweep: str):
-    from pp_cluster.farm.store import ResultStore
+    from pp_cluster.results.store import ResultStore
 
     store = ResultStore(results)
     return store.read("models", sweep), store.read("attacks", sweep), store.read("epochs", sweep)
@@ -193,7 +193,7 @@ def _run_failover(cluster, work: Path, facts: dict) -> None:
     from conftest import _tiny_sweep
 
     from pp_cluster.config import Resources
-    from pp_cluster.farm.store import ResultStore
+    from pp_cluster.results.store import ResultStore
     from pp_cluster.farm.sweep import run_sweep
 
     before = set(_actors())

@@ -58,7 +58,7 @@ def s3_endpoint(monkeypatch):
 def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_endpoint, tmp_path):
     import boto3
 
-    from pp_cluster.farm.store import ResultStore
+    from pp_cluster.results.store import ResultStore
 
     results = f"s3://{BUCKET}/{PREFIX}"
     # The child has its credentials only in the URI (issue 18, item 6): they must reach every

@@ -41,6 +41,8 @@ def no_ray(monkeypatch):
     ({"dp_cell": 0}, "dp_cell"),
     ({"train_overrides": {"update": "interleaved"}}, "train_overrides"),
     ({"train_overrides": {"learning_rate": 0.1}}, "train_overrides"),
+    ({"train_overrides": {"epochs": 3}}, "train_overrides"),  # the sweep owns it: never silently overwritten
+    ({"train_overrides": {"lam": 3.0}}, "train_overrides"),
     ({"resources": Resources(checkpoint_interval_s=-1.0)}, r"resources\.checkpoint_interval_s"),
 ])
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from pp_cluster.farm.store import (
+from pp_cluster.results.store import (
     SCHEMAS, TABLES, ResultStore, content_id, empty_frame, provenance, schema_markdown,
 )
 
@@ -241,7 +241,7 @@ def test_provenance_and_no_ray_import():
     if (REPO / ".git").exists():
         assert p["git_sha"] is not None and len(p["git_sha"]) == 40
     # Analysts read results without a cluster or a GPU stack: importing the store pulls neither.
-    code = "import sys, pp_cluster.farm.store; assert not {'ray', 'torch'} & set(sys.modules), sys.modules.keys()"
+    code = "import sys, pp_cluster.results.store; assert not {'ray', 'torch'} & set(sys.modules), sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -25,7 +25,7 @@ from analysis.tables import (
     Missing, attack_intervals, figure4_data, figure5_data, figure7_data, table_i, table_ii, table_iii,
 )
 from analysis.uncertainty import N_RESAMPLES
-from pp_cluster.farm.store import ResultStore, provenance
+from pp_cluster.results.store import ResultStore, provenance
 
 SWEEP = "lfw-mini"
 T_975 = {1: 12.706204736174698, 2: 4.302652729749464}  # Student t 0.975 quantiles (tables)

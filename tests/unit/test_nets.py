@@ -294,6 +294,6 @@ def test_param_count_and_flops_per_sample():
 
 def test_the_results_contract_knows_the_zoo_baselines():
     """The store (no torch) names the baselines itself; it must agree with the zoo."""
-    from pp_cluster.farm.store import BASELINE_ATTACKERS
+    from pp_cluster.results.rules import BASELINE_ATTACKERS
 
     assert set(BASELINE_ATTACKERS) == set(BASELINES)

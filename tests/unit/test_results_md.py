@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from analysis.results_md import results_markdown, write_markdown
-from pp_cluster.farm.store import ResultStore
+from pp_cluster.results.store import ResultStore
 from test_analysis import attack_row, model_row, per_image
 
 REPO = Path(__file__).resolve().parents[2]

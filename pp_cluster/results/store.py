@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 import pp_cluster
 from pp_cluster.config import content_id  # noqa: F401 -- re-exported: ids name the files
-from pp_cluster.farm.fs import endpoint, is_remote, redact, replace_file, resolve, single_put, with_deadline
+from pp_cluster.results.fs import endpoint, is_remote, redact, replace_file, resolve, single_put, with_deadline
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -156,11 +156,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
-
-# Attackers that read nothing from the activations (nets.decoders' baselines, e.g. the mean
-# training image): their rows sit beside the others as a no-information reference and never
-# count as the strongest attacker.
-BASELINE_ATTACKERS: tuple[str, ...] = ("mean_image",)
 
 # The column a file's key is: one file per model (models, epochs) or per attack.
 KEY_COLUMN = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id", "reconstructions": "attack_id"}

@@ -1,0 +1,116 @@
+"""The rules every reader of the tables shares, each written once.
+
+- A row *succeeded* when its ``status`` is ``"ok"`` (a model may instead have ``diverged``
+  or ``failed``; an attack ``failed``).
+- *Baselines* (``BASELINE_ATTACKERS``: attackers that read nothing from the activations,
+  such as the mean training image) sit beside the attackers as a no-information reference
+  and never count as the strongest.
+- The *strongest attacker* on a metric is the successful non-baseline attack with the best
+  value in that metric's direction (``STRONGEST``: the paper's "best attack", §V-C); ties go
+  to the alphabetically first attacker, so the answer is deterministic.
+- An attack joins its model on (``sweep``, ``model_id``) and is *where* it split the model by
+  ``attacks.partition`` (``models.partition`` is null for an undefended model).
+- The *Pareto set*: no other model has accuracy ≥ and worst-case leakage ≤, one of them strict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+OK = "ok"
+BASELINE_ATTACKERS: tuple[str, ...] = ("mean_image",)
+# Which direction makes an attacker strongest on each metric.
+STRONGEST: dict[str, str] = {"ssim": "max", "mse": "min", "psnr": "max", "dpd": "min", "reprint_acc": "max"}
+MODEL_KEYS = ["sweep", "model_id"]
+# One worst case per model and partition it was attacked at.
+WORST_KEYS = [*MODEL_KEYS, "partition"]
+
+
+def succeeded(rows: pd.DataFrame) -> pd.Series:
+    return rows["status"] == OK
+
+
+def is_baseline(attacks: pd.DataFrame) -> pd.Series:
+    return attacks["attacker"].isin(BASELINE_ATTACKERS)
+
+
+def competing(attacks: pd.DataFrame) -> pd.DataFrame:
+    """The attacks that compete for the strongest: successful, and not a baseline."""
+    return attacks[succeeded(attacks) & ~is_baseline(attacks)]
+
+
+def strongest(attacks: pd.DataFrame, by: Sequence[str], order: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Per ``by`` group the row of the strongest attack: sorted by ``order``, (column, "max" or
+    "min") pairs of which the first must be measured; ties go to the alphabetically first
+    attacker. The caller chooses which attacks compete (usually :func:`competing`)."""
+    cols = [c for c, _ in order]
+    return (attacks.dropna(subset=cols[:1])
+            .sort_values([*cols, "attacker"], ascending=[how == "min" for _, how in order] + [True], kind="mergesort")
+            .drop_duplicates(list(by)))
+
+
+def worst_values(attacks: pd.DataFrame, by: Sequence[str] = tuple(WORST_KEYS)) -> pd.DataFrame:
+    """Per ``by`` group (default: model and partition) the strongest competing attacker's
+    value of every metric of ``STRONGEST`` and who it was (``<metric>_attacker``); a metric no
+    attacker measured (e.g. DPD offline) is null. No intervals: ``analysis.tables.worst_case``
+    adds them."""
+    real = competing(attacks)
+    out = real[list(by)].drop_duplicates().sort_values(list(by), kind="mergesort").reset_index(drop=True)
+    for metric, how in STRONGEST.items():
+        best = strongest(real, by, [(metric, how)])[[*by, metric, "attacker"]]
+        best = best.rename(columns={"attacker": f"{metric}_attacker"}).astype({metric: "float64"})
+        out = out.merge(best, on=list(by), how="left")
+    return out
+
+
+def worst_of(attacks: pd.DataFrame) -> dict[str, float | None]:
+    """The strongest competing value of every metric over all of ``attacks`` (e.g. one model
+    at every partition it was attacked at), as ``worst_<metric>``; None where none was measured."""
+    real = competing(attacks)
+    out: dict[str, float | None] = {}
+    for metric, how in STRONGEST.items():
+        vals = real[metric].dropna().astype("float64") if metric in real else pd.Series(dtype="float64")
+        out[f"worst_{metric}"] = (float(vals.max() if how == "max" else vals.min())) if len(vals) else None
+    return out
+
+
+def pareto_mask(acc: Sequence[float], leak: Sequence[float]) -> np.ndarray:
+    """True where no other point has accuracy ≥ and leakage ≤ with one of them strict.
+
+    O(n log n): walking accuracies downwards, a point survives when it has the lowest leakage
+    of its accuracy level and strictly less than every more accurate point.
+    """
+    a, lk = np.asarray(acc, dtype=float), np.asarray(leak, dtype=float)
+    if a.shape != lk.shape or a.ndim != 1:
+        raise ValueError(f"pareto_mask: acc and leak must be 1-D of equal length, got {a.shape} and {lk.shape}")
+    if np.isnan(a).any() or np.isnan(lk).any():
+        raise ValueError("pareto_mask: acc and leak must not contain NaN (drop diverged models first)")
+    mask = np.zeros(len(a), dtype=bool)
+    if not len(a):
+        return mask
+    best = math.inf  # lowest leakage among strictly more accurate points
+    order = np.lexsort((lk, -a))
+    for level in np.split(order, np.flatnonzero(np.diff(a[order])) + 1):
+        lo = lk[level].min()
+        if lo < best:
+            mask[level[lk[level] == lo]] = True
+        best = min(best, lo)
+    return mask
+
+
+def pareto_flags(models: pd.DataFrame, attacks: pd.DataFrame, leak: str = "ssim") -> pd.Series:
+    """Per model (indexed like ``models``) whether it is on its sweep's accuracy / worst-case
+    ``leak`` frontier, leakage taken at the partition where the model leaks most. A model
+    without accuracy counts as useless (0) and one never attacked as fully leaking: they can
+    still be marked, never above a measured model."""
+    worst = worst_values(attacks, by=("model_id",)).set_index("model_id")[leak] if len(attacks) else pd.Series()
+    fallback = 1.0 if STRONGEST[leak] == "max" else 0.0
+    lk = models["model_id"].map(worst).astype("float64").fillna(fallback).to_numpy()
+    if STRONGEST[leak] == "min":  # (lower is more leakage for MSE-like metrics)
+        lk = -lk
+    acc = models["test_acc"].astype("float64").fillna(0.0).to_numpy()
+    return pd.Series(pareto_mask(acc, lk), index=models.index)
