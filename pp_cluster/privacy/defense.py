@@ -35,6 +35,13 @@ The default, ``"alternating"``, is Algorithm 1 as the paper states it.
 - ``"noise"``: no defenders; ``lam`` = σ of the Gaussian noise that the local partition
   adds to its output (:func:`pp_cluster.nets.add_activation_noise`, applied to the net
   before it is split). Training is plain cross-entropy: the noise lives in the network.
+
+Code layout: :func:`train_defended` drives the epochs (data order, schedule, checkpoints,
+divergence, history); each mini-batch is one call of the step function that
+:data:`pp_cluster.privacy.steps.STEPS` maps ``(defense, update)`` to, and it returns a
+:class:`~pp_cluster.privacy.steps.StepStats`. The alternating step,
+:func:`~pp_cluster.privacy.steps.partition_alternating_step`, reads as the three steps
+above. A new defense plugs in there (that module's docstring says how), not here.
 """
 
 from __future__ import annotations
@@ -42,26 +49,33 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from pp_cluster import precision
 from pp_cluster.data.base import Split
-from pp_cluster.nets.noise import GaussianNoise
-from pp_cluster.privacy.metrics import DISTANCES, distance, reprint_accuracy
-from pp_cluster.privacy.nopeek import distance_correlation
+from pp_cluster.privacy.metrics import DISTANCES, reprint_accuracy
+from pp_cluster.privacy.steps import (
+    DEFENSES,
+    UPDATES,
+    StepContext,
+    StepFn,
+    check_defense,
+    step_function,
+)
 
-# The names are the `defense` column's (the results store adds "none" for λ = 0).
-DEFENSES = ("partition", "nopeek", "noise")
+# DEFENSES (the `defense` column's names; the results store adds "none" for λ = 0) and
+# UPDATES live with the step registry (privacy.steps.STEPS); the CLI and the config read
+# them from here.
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "onecycle")
-UPDATES = ("alternating", "simultaneous")
 AUGMENTS = ("none", "crop_flip")
 _EVAL_BATCH = 512
 _CROP_PAD = 4
@@ -231,17 +245,6 @@ def _all_finite(modules: Sequence[nn.Module]) -> bool:
     return bool(torch.isfinite(torch.cat(params)).all()) if params else True
 
 
-def _best(dists: Sequence[Tensor], distributed: bool) -> int:
-    """Index of the smallest distance; under DDP summed over shards first, so every shard
-    picks the same defender (the argmin on the global batch)."""
-    if len(dists) == 1:
-        return 0
-    values = torch.stack([v.detach() for v in dists])
-    if distributed:
-        dist.all_reduce(values)
-    return int(values.argmin())
-
-
 def _batches_per_epoch(n: int, batch_size: int) -> int:
     """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm
     cannot train on it) unless it is all there is. The training loop and the per-batch
@@ -254,6 +257,199 @@ def evaluate_accuracy(net: nn.Module, split: Split, batch_size: int = _EVAL_BATC
                       device: str | torch.device | None = None) -> float:
     """Classification accuracy of ``net`` on a split (eval mode, no grad)."""
     return reprint_accuracy(net, split.x, split.y, batch_size, device)
+
+
+def _check_inputs(local: nn.Module, defenders: Sequence[nn.Module], train: Split, test: Split,
+                  value_range: tuple[float, float], cfg: TrainConfig, resume: dict | None,
+                  shard: tuple[int, int]) -> None:
+    """ValueError for inputs :func:`train_defended` cannot train on."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    rank, world = shard
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    check_defense(cfg, local, defenders)
+    for name, s in (("train", train), ("test", test)):
+        if len(s) == 0 or len(s.y) != len(s):
+            raise ValueError(f"{name} split must be non-empty with one label per image, got "
+                             f"{len(s)} images and {len(s.y)} labels")
+    if len(train) < world:
+        raise ValueError(f"train split has {len(train)} images, fewer than the {world} shards")
+    if resume is not None and len(resume["defenders"]) != len(defenders):
+        raise ValueError(f"resume state has {len(resume['defenders'])} defenders, this run {len(defenders)}")
+    if resume is not None and not 0 <= resume["epoch"] <= cfg.epochs:
+        raise ValueError(f"resume state is at epoch {resume['epoch']}, outside 0..{cfg.epochs}")
+
+
+@dataclass
+class _Run:
+    """One call's training state: what the epochs step and what a snapshot saves."""
+
+    cfg: TrainConfig
+    net: nn.Module
+    defenders: Sequence[nn.Module]
+    ctx: StepContext  # the modules and optimisers as the step functions see them
+    schedulers: list[Any]  # saved and restored; all stepped per epoch but batch_scheduler
+    batch_scheduler: Any  # one-cycle: stepped per batch, else None
+    order_gen: torch.Generator  # the data order (same on every shard)
+    device: torch.device
+    x_train: Tensor  # on the device
+    y_train: Tensor
+    test: Split  # on the device
+    n_used: int  # images per epoch over all shards: len(train) trimmed to a multiple of world
+    per_epoch: int  # batches per epoch and shard
+    shard: tuple[int, int]
+    fmt: torch.memory_format
+    fill: float  # the crop padding: the value range's low end
+    start: int = 1  # the first epoch this call trains
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.ctx.optimizer, *self.ctx.defender_optimizers]
+
+
+def _schedulers(cfg: TrainConfig, optimizers: Sequence[torch.optim.Optimizer], per_epoch: int
+                ) -> tuple[list[Any], Any]:
+    """(every scheduler, the one stepped per batch or None); ``optimizers[0]`` is the classifier's."""
+    if cfg.schedule == "step" and cfg.lr_step:
+        return [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in optimizers], None
+    if cfg.schedule == "onecycle":
+        batch_scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizers[0], max_lr=cfg.lr, total_steps=max(1, cfg.epochs * per_epoch), pct_start=0.3)
+        return [batch_scheduler], batch_scheduler  # saved and restored with the rest; stepped per batch
+    return [], None
+
+
+def _setup(net: nn.Module, local: nn.Module, remote: nn.Module, defenders: Sequence[nn.Module],
+           train: Split, test: Split, value_range: tuple[float, float], cfg: TrainConfig,
+           resume: dict | None, wrap: Callable[[nn.Module], nn.Module] | None, shard: tuple[int, int]) -> _Run:
+    """Modules on the device (resumed weights loaded before wrapping), optimisers, schedules,
+    the seeded generators, the data on the device."""
+    rank, world = shard
+    device = torch.device(cfg.device)
+    use_amp, channels_last = cfg.fast_paths()
+    fmt = torch.channels_last if channels_last and train.x.ndim == 4 else torch.contiguous_format
+    net.to(device, memory_format=fmt)
+    for d in defenders:
+        d.to(device, memory_format=fmt)
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        for d, s in zip(defenders, resume["defenders"]):
+            d.load_state_dict(s)
+    classifier = _Partitioned(local, remote)
+    model = wrap(classifier) if wrap else classifier
+    wrapped_defenders = [wrap(d) if wrap else d for d in defenders]
+
+    optimizer = build_optimizer(cfg.optimizer, classifier.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
+    d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
+    n_used = len(train) - len(train) % world
+    per_epoch = _batches_per_epoch(n_used // world, cfg.batch_size)
+    schedulers, batch_scheduler = _schedulers(cfg, [optimizer, *d_optimizers], per_epoch)
+
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
+    ctx = StepContext(cfg=cfg, model=model, defenders=list(defenders), wrapped_defenders=wrapped_defenders,
+                      optimizer=optimizer, defender_optimizers=d_optimizers, value_range=value_range,
+                      use_amp=use_amp, device_type=device.type,
+                      distributed=world > 1 and dist.is_available() and dist.is_initialized())
+    run = _Run(cfg=cfg, net=net, defenders=list(defenders), ctx=ctx, schedulers=schedulers,
+               batch_scheduler=batch_scheduler, order_gen=order_gen, device=device,
+               x_train=train.x.to(device).contiguous(memory_format=fmt), y_train=train.y.to(device),
+               test=Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device)),
+               n_used=n_used, per_epoch=per_epoch, shard=shard, fmt=fmt, fill=float(value_range[0]))
+    if resume is not None:
+        _restore(run, resume)
+    return run
+
+
+def _restore(run: _Run, resume: dict) -> None:
+    """Optimiser, schedule and RNG states of a :func:`_state` snapshot; the weights are
+    loaded before wrapping, in :func:`_setup`."""
+    for o, s in zip(run.optimizers, [resume["optimizer"], *resume["defender_optimizers"]]):
+        o.load_state_dict(s)
+    for sch, s in zip(run.schedulers, resume["schedulers"]):
+        sch.load_state_dict(s)
+    rng = resume["rng"]
+    run.order_gen.set_state(rng["order"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    run.start = resume["epoch"] + 1
+
+
+def _state(run: _Run, epoch: int) -> dict[str, Any]:
+    """A CPU snapshot after ``epoch``: what ``resume=`` continues from."""
+    return _snapshot({
+        "epoch": epoch,
+        "net": run.net.state_dict(),
+        "defenders": [d.state_dict() for d in run.defenders],
+        "optimizer": run.ctx.optimizer.state_dict(),
+        "defender_optimizers": [o.state_dict() for o in run.ctx.defender_optimizers],
+        "schedulers": [s.state_dict() for s in run.schedulers],
+        "rng": {"order": run.order_gen.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    })
+
+
+def _on_every_shard(finite: bool, run: _Run) -> bool:
+    """Under DDP, finite only if finite on every shard: they stop together, or the others
+    would wait forever."""
+    if run.ctx.distributed:
+        flag = torch.tensor(float(finite), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag)
+    return finite
+
+
+def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
+    """One epoch of ``step`` over this shard's batches: the history row, or None if diverged."""
+    cfg, t_epoch = run.cfg, time.perf_counter()
+    rank, world = run.shard
+    run.ctx.model.train()
+    for d in run.ctx.wrapped_defenders:
+        d.train()
+    lr = run.ctx.optimizer.param_groups[0]["lr"]
+    order = torch.randperm(len(run.x_train), generator=run.order_gen)[:run.n_used][rank::world].to(run.device)
+    task_sum = dist_sum = 0.0
+    correct = seen = 0
+    has_distance = False  # whether the defense reports a distance: d(x, D_best(h)) or dCor
+    best_counts = [0] * len(run.defenders)
+    for b in range(run.per_epoch):
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x, y = run.x_train[idx], run.y_train[idx]
+        if cfg.augment == "crop_flip":
+            x = _crop_flip(x, run.fill, run.fmt)
+        stats = step(run.ctx, x, y)
+        if run.batch_scheduler is not None:
+            run.batch_scheduler.step()
+        if not _on_every_shard(stats.finite, run):
+            return None
+        task_sum += stats.task_loss
+        if stats.distance is not None:
+            has_distance, dist_sum = True, dist_sum + stats.distance
+        if stats.best is not None:
+            best_counts[stats.best] += 1
+        correct += stats.correct
+        seen += stats.n
+    for sch in run.schedulers:
+        if sch is not run.batch_scheduler:
+            sch.step()
+    if not _all_finite([run.net, *run.defenders]):
+        return None
+    row = {
+        "epoch": epoch,
+        "task_loss": task_sum / run.per_epoch,
+        "distance": dist_sum / run.per_epoch if has_distance else None,
+        "train_acc": correct / seen,
+        "test_acc": evaluate_accuracy(run.net, run.test, _EVAL_BATCH, run.device),
+        "lr": lr,
+        "seconds": time.perf_counter() - t_epoch,
+    }
+    if run.defenders:
+        row["best_defender_counts"] = best_counts
+    return row
 
 
 def train_defended(
@@ -289,223 +485,30 @@ def train_defended(
     :class:`~pp_cluster.nets.GaussianNoise` of that σ (so a forgotten
     ``add_activation_noise``, or one applied after splitting, is an error, not a silently
     undefended model); ``distance`` is None, as without defenders.
+
+    Each batch is one call of the step function of ``(cfg.defense, cfg.update)``
+    (:data:`pp_cluster.privacy.steps.STEPS`); this function only drives the epochs.
     """
-    lo, hi = float(value_range[0]), float(value_range[1])
-    if not hi > lo:
-        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
-    rank, world = shard
-    if not (world >= 1 and 0 <= rank < world):
-        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-    if cfg.defense == "partition":
-        if cfg.lam > 0 and not defenders:
-            raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
-    elif defenders:
-        raise ValueError(f"defense {cfg.defense!r} trains no defenders, got {len(defenders)}")
-    if cfg.defense == "noise" and cfg.lam > 0:
-        sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
-        if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
-            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
-                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
-    for name, s in (("train", train), ("test", test)):
-        if len(s) == 0 or len(s.y) != len(s):
-            raise ValueError(f"{name} split must be non-empty with one label per image, got "
-                             f"{len(s)} images and {len(s.y)} labels")
-    if len(train) < world:
-        raise ValueError(f"train split has {len(train)} images, fewer than the {world} shards")
-    if resume is not None and len(resume["defenders"]) != len(defenders):
-        raise ValueError(f"resume state has {len(resume['defenders'])} defenders, this run {len(defenders)}")
-    if resume is not None and not 0 <= resume["epoch"] <= cfg.epochs:
-        raise ValueError(f"resume state is at epoch {resume['epoch']}, outside 0..{cfg.epochs}")
-
+    _check_inputs(local, defenders, train, test, value_range, cfg, resume, shard)
+    step = step_function(cfg.defense, cfg.update)
     t_start = time.perf_counter()
-    device = torch.device(cfg.device)
-    use_amp, channels_last = cfg.fast_paths()
-    fmt = torch.channels_last if channels_last and train.x.ndim == 4 else torch.contiguous_format
-    net.to(device, memory_format=fmt)
-    for d in defenders:
-        d.to(device, memory_format=fmt)
-    if resume is not None:
-        net.load_state_dict(resume["net"])
-        for d, s in zip(defenders, resume["defenders"]):
-            d.load_state_dict(s)
-    classifier = _Partitioned(local, remote)
-    model = wrap(classifier) if wrap else classifier
-    wrapped_defenders = [wrap(d) if wrap else d for d in defenders]
-
-    optimizer = build_optimizer(cfg.optimizer, classifier.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
-    d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
-    all_optimizers = [optimizer, *d_optimizers]
-    n_used = len(train) - len(train) % world
-    per_epoch = _batches_per_epoch(n_used // world, cfg.batch_size)
-    schedulers, batch_scheduler = [], None
-    if cfg.schedule == "step" and cfg.lr_step:
-        schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in all_optimizers]
-    elif cfg.schedule == "onecycle":
-        batch_scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * per_epoch), pct_start=0.3)
-        schedulers = [batch_scheduler]  # saved and restored with the rest; stepped per batch
-
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed + rank)
-    start = 1
-    if resume is not None:
-        for o, s in zip(all_optimizers, [resume["optimizer"], *resume["defender_optimizers"]]):
-            o.load_state_dict(s)
-        for sch, s in zip(schedulers, resume["schedulers"]):
-            sch.load_state_dict(s)
-        rng = resume["rng"]
-        order_gen.set_state(rng["order"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        start = resume["epoch"] + 1
-
-    x_train = train.x.to(device).contiguous(memory_format=fmt)
-    y_train = train.y.to(device)
-    test_on_device = Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device))
-
-    distributed = world > 1 and dist.is_available() and dist.is_initialized()
-
-    def amp() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
-
-    def state_fn(epoch: int) -> dict[str, Any]:
-        return _snapshot({
-            "epoch": epoch,
-            "net": net.state_dict(),
-            "defenders": [d.state_dict() for d in defenders],
-            "optimizer": optimizer.state_dict(),
-            "defender_optimizers": [o.state_dict() for o in d_optimizers],
-            "schedulers": [s.state_dict() for s in schedulers],
-            "rng": {"order": order_gen.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        })
-
-    def diverged(epoch: int) -> TrainResult:
-        return TrainResult("diverged", epoch, None, None, None, None, rows, time.perf_counter() - t_start)
-
-    nopeek = cfg.defense == "nopeek"
-    tracks_distance = bool(defenders) or nopeek  # the rows' "distance": d(x, D_best(h)) or dCor
+    run = _setup(net, local, remote, defenders, train, test, value_range, cfg, resume, wrap, shard)
     rows: list[dict[str, Any]] = []
-    for epoch in range(start, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        model.train()
-        for d in wrapped_defenders:
-            d.train()
-        lr = optimizer.param_groups[0]["lr"]
-        order = torch.randperm(len(train), generator=order_gen)[:n_used][rank::world].to(device)
-        task_sum = dist_sum = 0.0
-        correct = seen = batches = 0
-        best_counts = [0] * len(defenders)
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = x_train[idx], y_train[idx]
-            if cfg.augment == "crop_flip":
-                x = _crop_flip(x, lo, fmt)
-            with amp():
-                h, logits = model(x)
-                task = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            watched = [task]
-            loss, h_grad = task, None
-            if defenders and cfg.update == "simultaneous":
-                # (1)-(3) on one pass per defender: d's backward through a detached copy of h
-                # gives the defender's gradient and ∂d/∂h; the argmin is taken before the step.
-                inputs = [h.detach().requires_grad_(cfg.lam > 0) for _ in defenders]
-                dists = []
-                for d, opt, h_d in zip(wrapped_defenders, d_optimizers, inputs):
-                    opt.zero_grad(set_to_none=True)
-                    with amp():
-                        rec = d(h_d)
-                    dists.append(distance(cfg.distance, x, rec.float(), value_range))
-                torch.stack(dists).sum().backward()
-                for opt in d_optimizers:
-                    opt.step()
-                watched.extend(v.detach() for v in dists)
-                best = _best(dists, distributed)
-                best_counts[best] += 1
-                loss = task - cfg.lam * dists[best].detach()
-                if cfg.lam > 0:
-                    h_grad = -cfg.lam * inputs[best].grad
-                watched.append(dists[best].detach())
-            elif defenders:
-                # (1) each defender steps on d(x, D(h)) with h detached: the classifier is untouched.
-                for d, opt in zip(wrapped_defenders, d_optimizers):
-                    opt.zero_grad(set_to_none=True)
-                    with amp():
-                        rec = d(h.detach())
-                    d_loss = distance(cfg.distance, x, rec.float(), value_range)
-                    d_loss.backward()
-                    opt.step()
-                    watched.append(d_loss.detach())
-                # (2) distances after the update, differentiable in h only (defender weights
-                # as constants); (3) the classifier's loss uses the argmin.
-                with torch.set_grad_enabled(cfg.lam > 0):
-                    dists = []
-                    for d in defenders:
-                        frozen = {k: p.detach() for k, p in d.named_parameters()}
-                        with amp():
-                            rec = functional_call(d, frozen, (h if cfg.lam > 0 else h.detach(),))
-                        dists.append(distance(cfg.distance, x, rec.float(), value_range))
-                best = _best(dists, distributed)
-                best_counts[best] += 1
-                loss = task - cfg.lam * dists[best]
-                watched.append(dists[best].detach())
-            elif nopeek:  # NoPeek: CE + α·dCor(x, h), the gradient reaching the local part through h
-                with torch.set_grad_enabled(cfg.lam > 0):
-                    dcor = distance_correlation(x, h)
-                if cfg.lam > 0:
-                    loss = task + cfg.lam * dcor
-                watched.append(dcor.detach())
-            optimizer.zero_grad(set_to_none=True)
-            if h_grad is None:
-                loss.backward()
-            else:  # CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
-                torch.autograd.backward([task, h], [torch.ones_like(task), h_grad])
-            optimizer.step()
-            if batch_scheduler is not None:
-                batch_scheduler.step()
-
-            stats = torch.stack([loss.detach().float(), *(w.float() for w in watched),
-                                 (logits.argmax(dim=1) == y).sum().float()]).tolist()
-            finite = all(math.isfinite(v) for v in stats[:-1])
-            if distributed:  # stop every shard together, or the others would wait forever
-                flag = torch.tensor(float(finite), device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                finite = bool(flag)
-            if not finite:
-                return diverged(epoch)
-            task_sum += stats[1]
-            dist_sum += stats[-2] if tracks_distance else 0.0
-            correct += int(stats[-1])
-            seen += len(idx)
-            batches += 1
-        for sch in schedulers:
-            if sch is not batch_scheduler:
-                sch.step()
-        if not _all_finite([net, *defenders]):
-            return diverged(epoch)
-        row = {
-            "epoch": epoch,
-            "task_loss": task_sum / batches,
-            "distance": dist_sum / batches if tracks_distance else None,
-            "train_acc": correct / seen,
-            "test_acc": evaluate_accuracy(net, test_on_device, _EVAL_BATCH, device),
-            "lr": lr,
-            "seconds": time.perf_counter() - t_epoch,
-        }
-        if defenders:
-            row["best_defender_counts"] = best_counts
+    for epoch in range(run.start, cfg.epochs + 1):
+        row = _train_epoch(run, step, epoch)
+        if row is None:
+            return TrainResult("diverged", epoch, None, None, None, None, rows, time.perf_counter() - t_start)
         rows.append(row)
         if on_epoch is not None:
-            on_epoch(row, lambda e=epoch: state_fn(e))
+            on_epoch(row, lambda e=epoch: _state(run, e))
 
+    device = run.device
     last = rows[-1] if rows else {}
     return TrainResult(
         status="ok",
         diverged_epoch=None,
-        test_acc=last["test_acc"] if rows else evaluate_accuracy(net, test_on_device, _EVAL_BATCH, device),
-        train_acc=evaluate_accuracy(net, Split(x_train, y_train), _EVAL_BATCH, device),
+        test_acc=last["test_acc"] if rows else evaluate_accuracy(net, run.test, _EVAL_BATCH, device),
+        train_acc=evaluate_accuracy(net, Split(run.x_train, run.y_train), _EVAL_BATCH, device),
         final_task_loss=last.get("task_loss"),
         final_distance=last.get("distance"),
         epochs=rows,

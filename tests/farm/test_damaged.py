@@ -9,7 +9,8 @@ import pytest
 
 from pp_cluster.cli import main
 from pp_cluster.results.store import KEY_COLUMN, ResultStore, UnreadableFile
-from pp_cluster.farm.sweep import _ok_attack_rows, run_sweep
+from pp_cluster.farm.sweep import run_sweep
+from pp_cluster.farm.trial import read_ok_attacks
 
 pytestmark = pytest.mark.farm
 
@@ -42,7 +43,7 @@ def test_truncated_attack_file_is_skipped_quarantined_and_recomputed(tiny_sweep,
     # Another model's trial reads only its own attack files: the damaged one cannot fail it.
     store = ResultStore(str(root))
     good_row = pd.read_parquet(good)
-    rows = _ok_attack_rows(store, "damaged", good_row["model_id"].item(), {good.stem: None})
+    rows = read_ok_attacks(store, "damaged", good_row["model_id"].item(), {good.stem: None})
     assert [r["attack_id"] for r in rows] == [good.stem]
 
     # --resume: the file is moved aside (not deleted), its attack computed again, once.

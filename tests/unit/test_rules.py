@@ -38,9 +38,9 @@ def test_every_consumer_takes_the_same_strongest_attacker():
     assert analysis.loc["pool1", "dpd_baseline"] == pytest.approx(0.05)  # shown beside, not chosen
 
     # The farm's Tune metrics: the strongest over every partition the model was attacked at.
-    from pp_cluster.farm.sweep import _trial_metrics
+    from pp_cluster.farm.trial import trial_metrics
 
-    metrics = _trial_metrics({"status": "ok", "test_acc": 0.9}, attacks.to_dict("records"), "m", skipped=False)
+    metrics = trial_metrics({"status": "ok", "test_acc": 0.9}, attacks.to_dict("records"), "m", skipped=False)
     assert metrics["worst_dpd"] == pytest.approx(0.20) and metrics["worst_ssim"] == pytest.approx(0.80)
     assert metrics == {**metrics, **rules.worst_of(attacks)}
 

@@ -1,0 +1,282 @@
+"""One mini-batch of defended training: a step function per (defense, update order).
+
+:func:`pp_cluster.privacy.defense.train_defended` is the epoch driver (data order,
+schedule, checkpoints, divergence, history); per batch it calls one function of this
+module, looked up in :data:`STEPS` by ``(TrainConfig.defense, TrainConfig.update)``:
+
+=================  ======================================  =====================================
+defense            ``update="alternating"``                ``update="simultaneous"``
+=================  ======================================  =====================================
+``"partition"``    :func:`partition_alternating_step`      :func:`partition_simultaneous_step`
+                   (Algorithm 1 as the paper states it)    (one pass per defender)
+``"nopeek"``       :func:`nopeek_step`                     :func:`nopeek_step` (no defenders)
+``"noise"``        :func:`plain_step`                      :func:`plain_step` (noise is in the net)
+=================  ======================================  =====================================
+
+A step function is ``step(ctx, x, y) -> StepStats``: it runs the forward pass, every
+optimiser step of the batch, and returns a :class:`StepStats`, the batch's statistics by
+name, on the host. ``ctx`` (:class:`StepContext`) holds what stays fixed over a run: the
+x -> (h, logits) module, the defenders, their optimisers, the config, the autocast switch.
+A step never touches the data order, a schedule, or the history: the driver does.
+
+Adding a defense
+----------------
+1. Write its step function here: call :func:`forward`, step whatever it trains, step the
+   classifier (:func:`classifier_step`), and end with :func:`record`, passing
+   ``distance=`` if the defense has one to report (it becomes the history's
+   ``"distance"``) and ``best=`` if it picks among the defenders (``"best_defender_counts"``).
+   Every value it passes to :func:`record` is checked for divergence.
+2. Register it in :data:`STEPS` under ``(name, "alternating")`` and ``(name,
+   "simultaneous")`` (the same function twice where the order means nothing).
+   :data:`DEFENSES`, the names :class:`~pp_cluster.privacy.defense.TrainConfig` accepts,
+   is read off :data:`STEPS`.
+3. If it constrains ``train_defended``'s inputs (takes defenders or none, needs a layer
+   in the local partition), add the rule to :func:`check_defense`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from pp_cluster.nets.noise import GaussianNoise
+from pp_cluster.privacy.metrics import distance as distance_fn
+from pp_cluster.privacy.nopeek import distance_correlation
+
+if TYPE_CHECKING:
+    from pp_cluster.privacy.defense import TrainConfig
+
+UPDATES = ("alternating", "simultaneous")
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One batch's statistics, on the host (one device sync per batch)."""
+
+    loss: float  # the objective the classifier stepped on
+    task_loss: float  # CE(y, f(x))
+    correct: int  # images of the batch classified right (train mode, before the step)
+    n: int  # images in the batch
+    distance: float | None = None  # d(x, D_best(h)), dCor(x, h); None: the defense has none
+    defender_losses: tuple[float, ...] = ()  # each defender's d(x, D_k(h)) in its own step
+    best: int | None = None  # index of the best defender, when the defense has defenders
+
+    @property
+    def finite(self) -> bool:
+        """False once any loss or distance is NaN or infinite: the run has diverged."""
+        values = (self.loss, self.task_loss, *self.defender_losses,
+                  *(() if self.distance is None else (self.distance,)))
+        return all(math.isfinite(v) for v in values)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every step of one run reads; built once by the driver."""
+
+    cfg: TrainConfig
+    model: nn.Module  # x -> (h, logits): local + remote, possibly wrapped (DDP)
+    defenders: Sequence[nn.Module]  # as given: their parameters enter step 3 as constants
+    wrapped_defenders: Sequence[nn.Module]  # the same, possibly wrapped: what steps 1 call
+    optimizer: torch.optim.Optimizer  # the classifier's
+    defender_optimizers: Sequence[torch.optim.Optimizer]
+    value_range: tuple[float, float]
+    use_amp: bool
+    device_type: str
+    distributed: bool  # under DDP: the best defender is the argmin on the global batch
+
+    def amp(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+    def distance(self, x: Tensor, rec: Tensor) -> Tensor:
+        """The privacy distance d(x, rec) of ``cfg.distance``, in fp32."""
+        return distance_fn(self.cfg.distance, x, rec.float(), self.value_range)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The classifier's forward pass on one batch."""
+
+    h: Tensor  # f_local(x), the activation the defenders (and an attacker) see
+    logits: Tensor
+    task: Tensor  # CE(y, f(x)), with the config's label smoothing
+
+
+StepFn = Callable[[StepContext, Tensor, Tensor], StepStats]
+
+
+def forward(ctx: StepContext, x: Tensor, y: Tensor) -> Forward:
+    with ctx.amp():
+        h, logits = ctx.model(x)
+        task = F.cross_entropy(logits, y, label_smoothing=ctx.cfg.label_smoothing)
+    return Forward(h, logits, task)
+
+
+def classifier_step(ctx: StepContext, loss: Tensor) -> None:
+    """One optimiser step of the classifier (local + remote) on ``loss``."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+
+
+def record(fwd: Forward, y: Tensor, loss: Tensor, *, defender_losses: Sequence[Tensor] = (),
+           distance: Tensor | None = None, best: int | None = None) -> StepStats:
+    """The batch's :class:`StepStats`, moved to the host in one transfer."""
+    named = {"loss": loss, "task_loss": fwd.task, "correct": (fwd.logits.argmax(dim=1) == y).sum()}
+    named |= {f"defender_{k}": v for k, v in enumerate(defender_losses)}
+    if distance is not None:
+        named["distance"] = distance
+    values = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
+    return StepStats(
+        loss=values["loss"], task_loss=values["task_loss"], correct=int(values["correct"]), n=len(y),
+        distance=values.get("distance"), best=best,
+        defender_losses=tuple(values[f"defender_{k}"] for k in range(len(defender_losses))),
+    )
+
+
+def best_defender(dists: Sequence[Tensor], distributed: bool) -> int:
+    """Index of the smallest distance; under DDP summed over shards first, so every shard
+    picks the same defender (the argmin on the global batch)."""
+    if len(dists) == 1:
+        return 0
+    values = torch.stack([v.detach() for v in dists])
+    if distributed:
+        dist.all_reduce(values)
+    return int(values.argmin())
+
+
+# --- the step functions -------------------------------------------------------------------
+def plain_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
+    """Cross-entropy only: the noise defense (its noise lives in the local partition) and
+    λ = 0 without defenders."""
+    fwd = forward(ctx, x, y)
+    classifier_step(ctx, fwd.task)
+    return record(fwd, y, fwd.task)
+
+
+def nopeek_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
+    """NoPeek: the classifier steps on CE(y, f(x)) + α·dCor(x, h), α = ``cfg.lam``, the
+    gradient reaching the local partition through h; at α = 0 dCor is only reported."""
+    lam = ctx.cfg.lam
+    fwd = forward(ctx, x, y)
+    with torch.set_grad_enabled(lam > 0):
+        dcor = distance_correlation(x, fwd.h)
+    loss = fwd.task + lam * dcor if lam > 0 else fwd.task
+    classifier_step(ctx, loss)
+    return record(fwd, y, loss, distance=dcor)
+
+
+def partition_alternating_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
+    """Algorithm 1 of the paper, one mini-batch, its three steps in the paper's order."""
+    if not ctx.defenders:  # an empty suite (λ = 0 only) is plain training
+        return plain_step(ctx, x, y)
+    lam = ctx.cfg.lam
+    fwd = forward(ctx, x, y)  # h = f_θl(x), computed once for the three steps
+
+    # 1. "Update the defender suite parameters θ_d ∈ {θ_d1, …, θ_dD} via SGD using the
+    #    gradient ∇_θd 1/m Σ_i d(x_i, f_θd(f_θl(x_i)))": h is detached, so this step never
+    #    touches the classifier.
+    defender_losses = []
+    for defender, opt in zip(ctx.wrapped_defenders, ctx.defender_optimizers):
+        opt.zero_grad(set_to_none=True)
+        with ctx.amp():
+            rec = defender(fwd.h.detach())
+        d_loss = ctx.distance(x, rec)
+        d_loss.backward()
+        opt.step()
+        defender_losses.append(d_loss.detach())
+
+    # 2. "Choose the best defender via θ_d = argmin_{θd ∈ {θd1, …, θdD}} 1/B Σ_i
+    #    d(x_i, f_θd(f_θl(x_i)))", after the update of step 1. The distances are
+    #    differentiable in h only: the defenders' weights enter as constants.
+    with torch.set_grad_enabled(lam > 0):
+        dists = []
+        for defender in ctx.defenders:
+            frozen = {k: p.detach() for k, p in defender.named_parameters()}
+            with ctx.amp():
+                rec = functional_call(defender, frozen, (fwd.h if lam > 0 else fwd.h.detach(),))
+            dists.append(ctx.distance(x, rec))
+    best = best_defender(dists, ctx.distributed)
+
+    # 3. "Update the model parameters θ via SGD using the gradient ∇_θ 1/B Σ_i
+    #    l(y_i, f_θ(x_i)) − λ·d(x_i, f_θd(f_θl(x_i)))": the λ-term reaches the local
+    #    partition through h; the remote partition gets the task gradient alone.
+    loss = fwd.task - lam * dists[best]
+    classifier_step(ctx, loss)
+    return record(fwd, y, loss, defender_losses=defender_losses, distance=dists[best], best=best)
+
+
+def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
+    """Algorithm 1's three steps on one forward and one backward pass per defender
+    (simultaneous gradient play; the defense module's docstring): the λ-gradient comes
+    from the defenders as they were at the start of the batch."""
+    if not ctx.defenders:  # an empty suite (λ = 0 only) is plain training
+        return plain_step(ctx, x, y)
+    lam = ctx.cfg.lam
+    fwd = forward(ctx, x, y)
+    # d(x, D_k(h)) on a detached copy of h that requires grad: one backward gives the
+    # defender's gradient (step 1) and ∂d/∂h (for step 3).
+    inputs = [fwd.h.detach().requires_grad_(lam > 0) for _ in ctx.defenders]
+    dists = []
+    for defender, opt, h_k in zip(ctx.wrapped_defenders, ctx.defender_optimizers, inputs):
+        opt.zero_grad(set_to_none=True)
+        with ctx.amp():
+            rec = defender(h_k)
+        dists.append(ctx.distance(x, rec))
+    torch.stack(dists).sum().backward()
+    for opt in ctx.defender_optimizers:  # step 1
+        opt.step()
+    best = best_defender(dists, ctx.distributed)  # step 2, on the distances before step 1
+    loss = fwd.task - lam * dists[best].detach()
+    if lam > 0:  # step 3: CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
+        h_grad = -lam * inputs[best].grad
+        ctx.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward([fwd.task, fwd.h], [torch.ones_like(fwd.task), h_grad])
+        ctx.optimizer.step()
+    else:
+        classifier_step(ctx, loss)
+    return record(fwd, y, loss, defender_losses=dists, distance=dists[best], best=best)
+
+
+# The one place a defense plugs in (module docstring): (defense, update) -> step function.
+STEPS: dict[tuple[str, str], StepFn] = {
+    ("partition", "alternating"): partition_alternating_step,
+    ("partition", "simultaneous"): partition_simultaneous_step,
+    ("nopeek", "alternating"): nopeek_step,  # no defenders: the two orders coincide
+    ("nopeek", "simultaneous"): nopeek_step,
+    ("noise", "alternating"): plain_step,
+    ("noise", "simultaneous"): plain_step,
+}
+# The names are the `defense` column's (the results store adds "none" for λ = 0).
+DEFENSES: tuple[str, ...] = tuple(dict.fromkeys(defense for defense, _ in STEPS))
+
+
+def step_function(defense: str, update: str) -> StepFn:
+    """The step function of ``(defense, update)``; ValueError naming the registered pairs."""
+    try:
+        return STEPS[(defense, update)]
+    except KeyError:
+        pairs = ", ".join(f"({d!r}, {u!r})" for d, u in STEPS)
+        raise ValueError(f"no training step for defense={defense!r} with update={update!r}; "
+                         f"registered (defense, update) pairs: {pairs}") from None
+
+
+def check_defense(cfg: TrainConfig, local: nn.Module, defenders: Sequence[nn.Module]) -> None:
+    """What each defense needs of ``train_defended``'s inputs; ValueError otherwise."""
+    if cfg.defense == "partition":
+        if cfg.lam > 0 and not defenders:
+            raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
+    elif defenders:
+        raise ValueError(f"defense {cfg.defense!r} trains no defenders, got {len(defenders)}")
+    if cfg.defense == "noise" and cfg.lam > 0:
+        sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
+        if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
+            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
+                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
