@@ -461,10 +461,7 @@ class ResultStore:
         that exist), e.g. the attacks one trial needs. Unreadable files are skipped with an
         ``UnreadableFile`` warning and listed in ``self.unreadable``."""
         if keys is not None:
-            if sweep is None:
-                raise ValueError("read(keys=...) needs the sweep")
-            wanted = {self._path(table, sweep, k) for k in keys}
-            files = sorted(p for p in self._files(table, sweep) if p in wanted)
+            files = self._key_files(table, sweep, keys)
         else:
             files = self._files(table, sweep)
         if not files:
@@ -479,6 +476,14 @@ class ResultStore:
         df = data.to_pandas()
         df["sweep"] = df["sweep"].astype("category")
         return df
+
+    def _key_files(self, table: str, sweep: str | None, keys: list[str]) -> list[str]:
+        """The files of ``keys`` that exist, looked up by path (one metadata request per key,
+        never a listing): what one trial reads does not grow with its sweep."""
+        if sweep is None:
+            raise ValueError("read(keys=...) needs the sweep")
+        paths = sorted({self._path(table, sweep, k) for k in keys})
+        return [i.path for i in self.fs.get_file_info(paths) if i.type == pafs.FileType.File] if paths else []
 
     def _dataset(self, table: str, files: list[str]) -> ds.Dataset:
         sweep_field = pa.field("sweep", pa.string())
