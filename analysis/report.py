@@ -247,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and args.markdown is None:
         parser.error("nothing to write: give --out DIR, --markdown PAGE or both")
     t0 = time.perf_counter()
-    if args.out is not None:
-        print(f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)")
-    if args.markdown is not None:
-        print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
+    try:
+        if args.out is not None:
+            print(f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)")
+        if args.markdown is not None:
+            print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
+    except (FileNotFoundError, ValueError) as e:  # a mistyped root or sweep: a message, not a traceback
+        print(f"analysis.report: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -91,8 +91,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("status", pa.string(), "outcome of training", null=False),
         _col("diverged_epoch", pa.int64(), "epoch at which the loss became non-finite; null if it did not"),
         _ERROR,
-        _col("pareto", pa.bool_(), "on the accuracy/privacy Pareto frontier of its sweep; null until the "
-             "analysis marks it"),
+        _col("pareto", pa.bool_(), "on the accuracy / worst-case-SSIM Pareto frontier of its sweep: set when an "
+             "Optuna sweep ends; null in grid sweeps (compute it with `analysis.frontier`)"),
         _col("finetune_acc_before", pa.float64(), "accuracy before fine-tuning the remote part (Sec. 5); "
              "null if not fine-tuned"),
         _col("finetune_acc_after", pa.float64(), "accuracy after fine-tuning the remote part; null if not "
