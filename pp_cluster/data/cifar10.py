@@ -26,7 +26,9 @@ BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 LAYOUTS = (f"<root>/{BATCH_FOLDER}/{{data_batch_1..5, test_batch, batches.meta}} (root may be {BATCH_FOLDER} "
            "itself) or <root>/{train,test}/<class>/*.png")
-OPTIONS: dict[str, Any] = {"split_test": None, "split_seed": 0, "test_fraction": 0.2}
+# limit_train: keep at most this many training images (a stratified subsample, seed
+# split_seed), for budgets that cannot afford the full split; None keeps them all.
+OPTIONS: dict[str, Any] = {"split_test": None, "split_seed": 0, "test_fraction": 0.2, "limit_train": None}
 
 
 def _unpickle(path: Path) -> dict[bytes, Any]:
@@ -84,6 +86,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     split_test = None if opts["split_test"] is None else check_bool("cifar10 option split_test", opts["split_test"])
     seed = check_int("cifar10 option split_seed", opts["split_seed"], 0)
     test_fraction = check_fraction("cifar10 option test_fraction", opts["test_fraction"])
+    limit = None if opts["limit_train"] is None else check_int("cifar10 option limit_train", opts["limit_train"], 10)
     folder = root / BATCH_FOLDER if (root / BATCH_FOLDER).is_dir() else root
     if (folder / "test_batch").is_file() or (folder / TRAIN_BATCHES[0]).is_file():
         splits, classes, meta = _read_batches(folder)
@@ -107,6 +110,11 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     else:
         train, test = splits["train"], splits["test"]
         meta["split"] = "the data set's own train/test splits"
+    if limit is not None and limit < len(train):
+        keep, _ = stratified_split(train.y.numpy(), 1 - limit / len(train), seed, "cifar10 option limit_train")
+        train = take(train, keep)
+        meta["split"] += f"; training images limited to {len(train)} (stratified, seed {seed})"
     meta.update(source=str(folder), n_bad=len(meta.get("bad", [])),
-                options={"split_test": split_test, "split_seed": seed, "test_fraction": test_fraction})
+                options={"split_test": split_test, "split_seed": seed, "test_fraction": test_fraction,
+                         "limit_train": limit})
     return build_dataset("cifar10", train, test, classes, VALUE_RANGE, meta)

@@ -99,6 +99,12 @@ def test_cifar_pickle_batches(tmp_path):
     assert torch.equal(_red_label(ds.train), ds.train.y) and torch.equal(_red_label(ds.test), ds.test.y)
     assert (ds.train.x[:, 1:] == -1).all()  # the channel-major row layout is read as C×H×W
     assert ds.meta["split"] == "the data set's own train/test splits"
+    # The quick CIFAR profile's option: a stratified subsample of the training images.
+    small = load_dataset("cifar10", tmp_path, limit_train=30)
+    assert len(small.train) == 30 and len(small.test) == 20
+    assert sorted(np.bincount(small.train.y.numpy(), minlength=10)) == [3] * 10
+    with pytest.raises(ValueError, match="limit_train"):
+        load_dataset("cifar10", tmp_path, limit_train=0)
 
 
 def test_cifar_pickle_bad_input(tmp_path):

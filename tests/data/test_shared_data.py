@@ -91,3 +91,21 @@ def test_real_cifar10_png(shared_data, cache):
     assert ds.num_classes == 10 and ds.image_shape == (3, 32, 32) and ds.meta["n_bad"] == 0
     assert torch.cat([ds.train.y, ds.test.y]).bincount().tolist() == [1000] * 10
     assert "test split only" in ds.meta["split"]
+
+
+@pytest.mark.shared_data
+def test_every_driver_quick_profile_loads_its_real_data(shared_data):
+    """Every driver's quick profile, given its real data, passes validation and loads (the
+    CIFAR quick profile once passed an option its loader did not have)."""
+    from pp_cluster import pipeline
+    from pp_cluster.cli import add_sweep_args, spec_from_args
+    import argparse
+
+    roots = {"lfw_grid": shared_data / "lfw" / "lfw-deepfunneled", "mnist_table1": shared_data / "mnist",
+             "mnist_table2": shared_data / "mnist", "cifar_vgg": shared_data / "cifar10"}
+    for driver, root in roots.items():
+        p = argparse.ArgumentParser()
+        add_sweep_args(p)
+        spec = spec_from_args(p.parse_args(["--quick", "--data-root", str(root)]), driver).validate()
+        ds = pipeline.load_data(spec.model_spec(spec.partitions[0], 0.0, spec.seeds[0]))
+        assert len(ds.train) > 0 and len(ds.test) > 0, driver
