@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -167,6 +168,10 @@ ALLOWED = {
 }
 # The zero-row file that gives an empty table folder its schema: not a key of any row.
 EMPTY_KEY = "empty"
+# Compacted files (results.compact) hold many keys' rows: ``compact-<id>.parquet``, listed in
+# the table folder's ``_compacted.json`` so that a lookup by key needs no listing.
+COMPACT_PREFIX = "compact-"
+COMPACT_INDEX = "_compacted.json"
 # Sweep names and keys become path segments (hive decodes %-escapes, a leading dot hides a file).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -439,7 +444,28 @@ class ResultStore:
         replace_file(self.fs, path, lambda p: pq.write_table(data, p, filesystem=self.fs))
 
     def exists(self, table: str, sweep: str, key: str) -> bool:
-        return self.fs.get_file_info(self._path(table, sweep, key)).type == pafs.FileType.File
+        if self.fs.get_file_info(self._path(table, sweep, key)).type == pafs.FileType.File:
+            return True
+        return bool(self.compacted(table, sweep)) and not self.read(table, sweep, keys=[key]).empty
+
+    def compacted_index(self, table: str, sweep: str) -> list[dict[str, str]]:
+        """The sweep's compacted files of ``table``: ``{"name", "min", "max"}`` (their key
+        range; keys are sorted within a file), from the index, without a listing."""
+        import json
+
+        index = f"{self._dir(table, sweep)}/{COMPACT_INDEX}"
+        if self.fs.get_file_info(index).type != pafs.FileType.File:
+            return []
+        with self.fs.open_input_stream(index) as f:
+            return json.loads(f.read())
+
+    def compacted(self, table: str, sweep: str, keys: list[str] | None = None) -> list[str]:
+        """Paths of the compacted files of ``table`` (only those whose key range holds one of
+        ``keys``, when given: a lookup opens the files its keys can be in, not all)."""
+        entries = self.compacted_index(table, sweep)
+        if keys is not None:
+            entries = [e for e in entries if any(e["min"] <= k <= e["max"] for k in keys)]
+        return [f"{self._dir(table, sweep)}/{e['name']}" for e in entries]
 
     def _files(self, table: str, sweep: str | None) -> list[str]:
         """Data files, skipping dot/underscore names as pyarrow datasets do (temp files, probes)."""
@@ -452,8 +478,15 @@ class ResultStore:
         )
 
     def done_keys(self, table: str, sweep: str) -> set[str]:
-        """Keys (model or attack ids) that already have a file: what a resumed sweep can skip."""
-        return {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in self._files(table, sweep)} - {EMPTY_KEY}
+        """Keys (model or attack ids) that have rows: what a resumed sweep can skip."""
+        files = self._files(table, sweep)
+        small = {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in files}
+        packed = [p for p in files if p.rsplit("/", 1)[1].startswith(COMPACT_PREFIX)]
+        keys = set()
+        if packed:
+            col = KEY_COLUMN[table]
+            keys = set(self._dataset(table, packed).to_table(columns=[col]).column(col).to_pylist())
+        return (small | keys) - {EMPTY_KEY} - {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in packed}
 
     def read(self, table: str, sweep: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
         """One sweep's rows, or every sweep's, as a DataFrame with the documented dtypes and
@@ -461,21 +494,35 @@ class ResultStore:
         that exist), e.g. the attacks one trial needs. Unreadable files are skipped with an
         ``UnreadableFile`` warning and listed in ``self.unreadable``."""
         if keys is not None:
-            files = self._key_files(table, sweep, keys)
+            files, packed = self._key_files(table, sweep, keys), self.compacted(table, sweep, keys)
         else:
             files = self._files(table, sweep)
-        if not files:
+            packed = [f for f in files if f.rsplit("/", 1)[1].startswith(COMPACT_PREFIX)]
+            files = [f for f in files if f not in set(packed)]
+        small, packed_rows = self._table(table, files), self._table(table, packed, keys)
+        if small is not None and packed_rows is not None:
+            # A key both in a small file and a compacted one (a compaction cut short before it
+            # deleted the small files, or a row rewritten since): the small file's copy.
+            key = KEY_COLUMN[table]
+            seen = pc.unique(small.column(key))
+            packed_rows = packed_rows.filter(pc.invert(pc.is_in(packed_rows.column(key), value_set=seen)))
+        parts = [t for t in (small, packed_rows) if t is not None]
+        if not parts:
             return empty_frame(table)
-        try:
-            data = self._dataset(table, files).to_table()
-        except (OSError, pa.ArrowException):
-            good = [f for f in files if self._readable(table, f)]
-            data = self._dataset(table, good).to_table() if good else None
-        if data is None:
-            return empty_frame(table)
-        df = data.to_pandas()
+        df = pa.concat_tables(parts).to_pandas()
         df["sweep"] = df["sweep"].astype("category")
         return df
+
+    def _table(self, table: str, files: list[str], keys: list[str] | None = None) -> pa.Table | None:
+        """The rows of ``files`` (only those of ``keys`` if given), skipping unreadable files."""
+        if not files:
+            return None
+        flt = ds.field(KEY_COLUMN[table]).isin(list(keys)) if keys is not None else None
+        try:
+            return self._dataset(table, files).to_table(filter=flt)
+        except (OSError, pa.ArrowException):
+            good = [f for f in files if self._readable(table, f)]
+            return self._dataset(table, good).to_table(filter=flt) if good else None
 
     def _key_files(self, table: str, sweep: str | None, keys: list[str]) -> list[str]:
         """The files of ``keys`` that exist, looked up by path (one metadata request per key,
@@ -529,8 +576,15 @@ class ResultStore:
         schema = FILE_SCHEMAS[table]
         if column not in schema.names or column == KEY_COLUMN[table]:
             raise ValueError(f"{table}: cannot update column {column!r}")
-        if not self.exists(table, sweep, key):
-            raise FileNotFoundError(f"no {table} file for key {key!r} in sweep {sweep!r} under {self.root}")
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            path = next((p for p in self.compacted(table, sweep)
+                         if key in pq.read_table(p, filesystem=self.fs, columns=[KEY_COLUMN[table]])
+                         .column(0).to_pylist()), None)
+            if path is None:
+                raise FileNotFoundError(f"no {table} rows for key {key!r} in sweep {sweep!r} under "
+                                        f"{redact(self.root)}")
         data = pq.read_table(path, filesystem=self.fs, schema=schema)
         i = schema.get_field_index(column)
-        self._put(path, data.set_column(i, schema.field(i), _column(table, schema.field(i), [value] * len(data))))
+        mine = pa.array([k == key for k in data.column(KEY_COLUMN[table]).to_pylist()])
+        new = _column(table, schema.field(i), [value] * len(data))
+        self._put(path, data.set_column(i, schema.field(i), pc.if_else(mine, new, data.column(i))))

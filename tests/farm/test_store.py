@@ -354,9 +354,11 @@ class _Counting(pafs.FileSystemHandler):
 
 
 @pytest.mark.parametrize("n_models", [5, 150])
-def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models):
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models, compacted):
     """What one trial reads (its model row, its attacks) is looked up by key: the same number
-    of listings, lookups and opens in a sweep of 5 models as in one of 150."""
+    of listings, lookups and opens in a sweep of 5 models as in one of 150, before and after
+    compaction (results.compact)."""
     from pp_cluster.farm.trial import read_model_row, read_ok_attacks
 
     handler = _Counting()
@@ -365,8 +367,17 @@ def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models):
         store.write("models", "big", f"m{m}", [model_row(f"m{m}")])
         for a in range(4):
             store.write("attacks", "big", f"a{m}x{a}", [attack_row(f"a{m}x{a}", f"m{m}")])
+    if compacted:
+        from pp_cluster.results.compact import compact
+
+        compact(store, "big", rows_per_file=100)
     handler.calls = dict.fromkeys(handler.calls, 0)
     plan = {f"a3x{a}": None for a in range(5)}  # 4 done, 1 still to do
     assert len(read_ok_attacks(store, "big", "m3", plan)) == 4
     assert read_model_row(store, "big", "m3")["model_id"] == "m3"
-    assert handler.calls == {"list": 0, "info": 6, "open": 5}
+    # (lookups: each key's small file, and the compaction index; opens: the files holding
+    # the rows, and the index when there is one)
+    expected = {"list": 0, "info": 8, "open": 5} if not compacted else {"list": 0, "info": 8}
+    assert {k: v for k, v in handler.calls.items() if k in expected} == expected
+    if compacted:  # the index and the one packed file each table's rows are in (of 6 for attacks)
+        assert handler.calls["open"] == 4
