@@ -489,8 +489,9 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
     undefended = rows[rows["defense"] == "none"]
     twins = undefended.duplicated(PAIR, keep=False)
     if twins.any():
-        raise ValueError(f"paired_differences: more than one undefended model per {PAIR}: "
-                         f"{sorted(undefended.loc[twins, 'model_id'])}")
+        ids = sorted(set(undefended.loc[twins, "model_id"]))
+        raise ValueError(f"paired_differences: more than one undefended model per {PAIR}: {len(ids)} models, "
+                         f"e.g. {ids[:5]}")
     pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
     if pairs.empty:
         raise Missing("Paired differences: no defended model has an undefended model of the same seed attacked "

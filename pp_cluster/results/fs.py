@@ -173,3 +173,67 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
 
     replace_file(fs, path, write)
+
+
+class CountingHandler(pafs.FileSystemHandler):
+    """A filesystem that counts what is asked of it (listings, lookups, opens): how the tests
+    and ``benchmarks/store_scale.py`` check that a reader's requests do not grow with a
+    sweep. ``counting(fs)`` wraps ``fs``."""
+
+    def __init__(self, fs: pafs.FileSystem) -> None:
+        self.fs, self.calls = fs, {"list": 0, "info": 0, "open": 0}
+
+    def get_type_name(self):
+        return "counting"
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        self.calls["info"] += len(paths)
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        self.calls["list"] += 1
+        return self.fs.get_file_info(selector)
+
+    def open_input_file(self, path):
+        self.calls["open"] += 1
+        return self.fs.open_input_file(path)
+
+    def open_input_stream(self, path):
+        self.calls["open"] += 1
+        return self.fs.open_input_stream(path)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError("not on a results root")
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def counting(fs: pafs.FileSystem) -> tuple[pafs.FileSystem, dict[str, int]]:
+    """``fs`` wrapped to count its listings, lookups and opens; returns it and the counters."""
+    handler = CountingHandler(fs)
+    return pafs.PyFileSystem(handler), handler.calls

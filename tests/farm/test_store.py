@@ -294,65 +294,6 @@ def test_s3_uri_honours_endpoint_env(s3_endpoint, monkeypatch):
     assert store.read("epochs", "s")["epoch"].tolist() == [0, 1, 2]
 
 
-class _Counting(pafs.FileSystemHandler):
-    """A local filesystem that counts listings, metadata lookups and file opens."""
-
-    def __init__(self) -> None:
-        self.fs, self.calls = pafs.LocalFileSystem(), {"list": 0, "info": 0, "open": 0}
-
-    def get_type_name(self):
-        return "counting"
-
-    def normalize_path(self, path):
-        return path
-
-    def get_file_info(self, paths):
-        self.calls["info"] += len(paths)
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        self.calls["list"] += 1
-        return self.fs.get_file_info(selector)
-
-    def open_input_file(self, path):
-        self.calls["open"] += 1
-        return self.fs.open_input_file(path)
-
-    def open_input_stream(self, path):
-        self.calls["open"] += 1
-        return self.fs.open_input_stream(path)
-
-    def __getattr__(self, name):  # writes and the rest: straight through
-        return getattr(self.fs, name)
-
-    def create_dir(self, path, recursive):
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise NotImplementedError
-
-    def delete_file(self, path):
-        self.fs.delete_file(path)
-
-    def move(self, src, dest):
-        self.fs.move(src, dest)
-
-    def copy_file(self, src, dest):
-        self.fs.copy_file(src, dest)
-
-    def open_output_stream(self, path, metadata):
-        return self.fs.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path, metadata):
-        return self.fs.open_append_stream(path, metadata=metadata)
-
-
 @pytest.mark.parametrize("n_models", [5, 150])
 @pytest.mark.parametrize("compacted", [False, True])
 def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models, compacted):
@@ -361,8 +302,10 @@ def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models, compacted
     compaction (results.compact)."""
     from pp_cluster.farm.trial import read_model_row, read_ok_attacks
 
-    handler = _Counting()
-    store = ResultStore(str(tmp_path / "res"), filesystem=pafs.PyFileSystem(handler))
+    from pp_cluster.results.fs import counting
+
+    fs, calls = counting(pafs.LocalFileSystem())
+    store = ResultStore(str(tmp_path / "res"), filesystem=fs)
     for m in range(n_models):
         store.write("models", "big", f"m{m}", [model_row(f"m{m}")])
         for a in range(4):
@@ -371,13 +314,13 @@ def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models, compacted
         from pp_cluster.results.compact import compact
 
         compact(store, "big", rows_per_file=100)
-    handler.calls = dict.fromkeys(handler.calls, 0)
+    calls.update(dict.fromkeys(calls, 0))
     plan = {f"a3x{a}": None for a in range(5)}  # 4 done, 1 still to do
     assert len(read_ok_attacks(store, "big", "m3", plan)) == 4
     assert read_model_row(store, "big", "m3")["model_id"] == "m3"
     # (lookups: each key's small file, and the compaction index; opens: the files holding
     # the rows, and the index when there is one)
     expected = {"list": 0, "info": 8, "open": 5} if not compacted else {"list": 0, "info": 8}
-    assert {k: v for k, v in handler.calls.items() if k in expected} == expected
+    assert {k: v for k, v in calls.items() if k in expected} == expected
     if compacted:  # the index and the one packed file each table's rows are in (of 6 for attacks)
-        assert handler.calls["open"] == 4
+        assert calls["open"] == 4
