@@ -33,7 +33,7 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    from pp_cluster.privacy.defense import DEFENSES, UPDATES
+    from pp_cluster.privacy.defense import UPDATES
     from pp_cluster.privacy.recipes import RECIPE_NAMES
 
     g = p.add_argument_group("what to run")
@@ -67,10 +67,16 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-samples", type=int, help="optuna: trial budget")
     g.add_argument("--save-reconstructions", action="store_true",
                    help="also write a few reconstructed images per attack (they are people's faces: opt-in)")
+    g.add_argument("--plugins", type=_names,
+                   help="comma-separated modules to import first, here and in every Ray worker, e.g. "
+                        "mypkg.mymodels: where your own networks, decoders, data sets, defenses and distances "
+                        "register (README, Extending)")
     g = p.add_argument_group("defenses and extra evaluations")
-    g.add_argument("--defense", choices=DEFENSES,
+    # No argparse choices: a --plugins module may register more defenses (checked by validation).
+    g.add_argument("--defense",
                    help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
-                        "correlation weight (nopeek), or Gaussian noise σ on the activation (noise)")
+                        "correlation weight (nopeek), Gaussian noise σ on the activation (noise), or one that a "
+                        "--plugins module registers")
     g.add_argument("--update", choices=UPDATES,
                    help="Algorithm 1's order (alternating, the paper's) or simultaneous: one defender "
                         "forward + backward per batch, the λ-gradient from the pre-update defender (faster)")
@@ -106,7 +112,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
 _SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
                "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
                "results", "storage_path", "defense", "finetune_epochs", "dp_epsilons", "dp_cell",
-               "dp_neighbourhood", "recipe")
+               "dp_neighbourhood", "recipe", "plugins")
 _RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus",
                    "checkpoint_interval_s")
 
@@ -227,6 +233,29 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    """Pack each sweep's one-row files into a few large ones (results.compact), holding the
+    sweep's lease so that no driver writes meanwhile."""
+    from pp_cluster.farm import manifest
+    from pp_cluster.farm.lease import Lease
+    from pp_cluster.results.compact import compact
+    from pp_cluster.results.store import ResultStore
+
+    try:
+        store = ResultStore(args.results)
+        sweeps = [args.sweep] if args.sweep else sorted(store.read("models")["sweep"].astype(str).unique())
+        if not sweeps:
+            raise FileNotFoundError(f"no sweeps under {redact(args.results)}")
+        for sweep in sweeps:
+            with Lease.acquire(manifest.sweep_dir(store.root, sweep), sweep):
+                merged = compact(store, sweep)
+            print(f"sweep {sweep}: " + ", ".join(f"{t} {n} files merged" for t, n in merged.items()))
+    except (SpecError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from pp_cluster.data.fetch import fetch_dataset
 
@@ -250,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sweep_args(sp)
     st = sub.add_parser("status", help="summarise the models and attacks under a results root")
     st.add_argument("results", help="results root (local path or s3://...)")
+    co = sub.add_parser("compact", help="merge a results root's one-row files into a few large ones "
+                        "(same rows for every reader; run while no sweep is running there)")
+    co.add_argument("results", help="results root (local path or s3://...)")
+    co.add_argument("--sweep", help="only this sweep (default: every sweep)")
     da = sub.add_parser("data", help="data sets")
     da_sub = da.add_subparsers(dest="data_command", required=True)
     fe = da_sub.add_parser("fetch", help="download a public data set into its standard layout")
@@ -260,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, args.driver)
     if args.command == "status":
         return _status(args)
+    if args.command == "compact":
+        return _compact(args)
     return _fetch(args)
 
 

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SEARCH_MODES = ("grid", "optuna")
-_ARCH_INPUT = {"mnist_mlp": (1, 28, 28), "face_cnn": (3, 64, 64), "vgg19_bn": (3, 32, 32)}
 ATTACKER_DATA = ("train", "disjoint")
 
 
 class SpecError(ValueError):
     """A sweep specification that cannot run; the message names the bad field."""
+
+
+def _bad(fieldname: str, msg: str) -> None:
+    raise SpecError(f"SweepSpec.{fieldname}: {msg}")
 
 
 def content_id(*parts: Any) -> str:
@@ -153,6 +156,9 @@ class SweepSpec:
     dp_epsilons: tuple[float, ...] = ()  # Appendix D: DP pixelation of each undefended model's test set
     dp_cell: int = 2  # pixelation grid b
     dp_neighbourhood: int = 1  # DP neighbourhood m
+    # Modules imported before validation, in the driver and in every Ray worker: where a
+    # user's own networks, decoders, data sets, defenses and distances register (plugins.py).
+    plugins: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
 
     # -- derived -------------------------------------------------------------
@@ -175,11 +181,13 @@ class SweepSpec:
         # λ = 0 is plain training: no defender is trained (Algorithm 1 with λ = 0 only
         # spends compute on defenders whose feedback is multiplied by zero), and the model does
         # not depend on the partition: its identity has none (attacked at every partition).
+        from pp_cluster.privacy.steps import trains_defenders
+
         defense = self.defense if lam > 0 else "none"
         if lam > 0 and partition is None:
             raise SpecError("a defended model (λ > 0) needs the partition it is defended at")
         partition = partition if lam > 0 else None
-        defenders = self.defender_suites[suite] if defense == "partition" else ()
+        defenders = self.defender_suites[suite] if trains_defenders(defense) else ()
         return ModelSpec(
             dataset=self.dataset,
             arch=self.arch,
@@ -248,133 +256,159 @@ class SweepSpec:
 
     # -- validation ----------------------------------------------------------
     def validate(self) -> "SweepSpec":
-        """Check every field that can be checked without data; raise SpecError naming it."""
-        from pp_cluster.nets import ARCHS, BASELINES, DECODERS, MNIST_ONLY
-        from pp_cluster.data import DATASETS
-        from pp_cluster.privacy.defense import DEFENSES
-        from pp_cluster.privacy.metrics import DISTANCES
-
-        def bad(fieldname: str, msg: str) -> None:
-            raise SpecError(f"SweepSpec.{fieldname}: {msg}")
-
-        from pp_cluster.results.store import NAME_PATTERN
-
-        if not NAME_PATTERN.fullmatch(self.name or ""):
-            bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
-        from pp_cluster.privacy.recipes import RECIPES, recipe
-
-        if self.recipe not in RECIPES[self.dataset]:
-            bad("recipe", f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
-                f"{', '.join(RECIPES[self.dataset])}")
-        from pp_cluster.pipeline import SPEC_OWNED
-
-        owned = sorted(set(self.train_overrides) & set(SPEC_OWNED))
-        if owned:
-            bad("train_overrides", f"{', '.join(owned)} belong to the sweep itself (set them as sweep fields or "
-                "flags: --epochs, --lams, --seeds, --batch-size, ...), not as training overrides")
-        try:  # a misspelt or out-of-range override must fail here, not inside every trial
-            recipe(self.dataset, self.recipe, **dict(self.train_overrides))
-        except (ValueError, TypeError) as err:
-            bad("train_overrides", str(err))
-        if self.arch not in ARCHS:
-            bad("arch", f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
-        if not self.partitions:
-            bad("partitions", "at least one partition point is needed")
-        if self.search not in SEARCH_MODES:
-            bad("search", f"{self.search!r}; choose from {', '.join(SEARCH_MODES)}")
-        if self.search == "grid" and not self.lams:
-            bad("lams", "at least one λ is needed for a grid sweep")
-        for lam in self.lams:
-            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-                bad("lams", f"λ must be a finite number >= 0, got {lam!r}")
-        if self.search == "optuna":
-            if self.lam_range is None:
-                bad("lam_range", "optuna search needs a λ range (low, high)")
-            lo, hi = self.lam_range
-            if not (0 < lo < hi and math.isfinite(hi)):
-                bad("lam_range", f"need 0 < low < high (searched on a log scale), got {self.lam_range}")
-            if self.num_samples < 1:
-                bad("num_samples", f"the trial budget must be >= 1, got {self.num_samples}")
-        if not self.seeds:
-            bad("seeds", "at least one seed is needed")
-        if len(set(self.seeds)) != len(self.seeds):
-            bad("seeds", f"seeds repeat: {self.seeds}")
-        for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                bad("seeds", f"a seed is an integer >= 0 (torch's generators refuse negative ones), got {seed!r}")
-        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
-                            ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
-            if not isinstance(value, int) or value < 1:
-                bad(name, f"must be an integer >= 1, got {value!r}")
-        if self.defense not in DEFENSES:
-            bad("defense", f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
-        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
-                or self.finetune_epochs < 0:
-            bad("finetune_epochs", f"must be an integer >= 0 (0 = no fine-tuning), got {self.finetune_epochs!r}")
-        if self.attributes and not (self.dataset == "lfw" and self.dataset_options.get("disjoint")):
-            bad("attributes", "gender inference (Table III) needs dataset 'lfw' with dataset option disjoint=True "
-                "(the gender classifier trains on people outside the model's identities)")
-        for eps in self.dp_epsilons:
-            if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
-                bad("dp_epsilons", f"ε must be a number > 0 (inf: pixelation without noise), got {eps!r}")
-        if self.dp_epsilons and (self.search != "grid" or 0.0 not in self.lams):
-            bad("dp_epsilons", "DP pixelation is evaluated on the undefended model: a grid sweep with λ = 0 in lams")
-        for name in ("dp_cell", "dp_neighbourhood"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, f"must be an integer >= 1, got {value!r}")
-        if self.distance not in DISTANCES:
-            bad("distance", f"unknown distance {self.distance!r}; choose from {', '.join(DISTANCES)}")
-        if not self.defender_suites or not all(self.defender_suites):
-            bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
-        suite_names = tuple(n for suite in self.defender_suites for n in suite)
-        for role, names in (("defender_suites", suite_names), ("attackers", self.attackers)):
-            for n in names:
-                if n not in DECODERS:
-                    bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
-                if role == "defender_suites" and n in BASELINES:
-                    bad(role, f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
-                        "nothing a defender could learn from")
-                if n in MNIST_ONLY and self.arch != "mnist_mlp":
-                    bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")
-        if not self.attackers:
-            bad("attackers", "at least one attacker is needed")
-        if len(set(self.attackers)) != len(self.attackers):
-            bad("attackers", f"attackers repeat: {self.attackers}")
-        if self.attacker_data not in ATTACKER_DATA:
-            bad("attacker_data", f"{self.attacker_data!r}; choose from {', '.join(ATTACKER_DATA)}")
-        if not 0 < self.attacker_fraction <= 1:
-            bad("attacker_fraction", f"must be in (0, 1], got {self.attacker_fraction}")
-        r = self.resources
-        if r.num_workers < 1:
-            bad("resources.num_workers", f"must be >= 1, got {r.num_workers}")
-        if not 0 < r.gpus_per_trial:
-            bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
-        if r.gpus_per_trial > 1 and not float(r.gpus_per_trial).is_integer():
-            bad("resources.gpus_per_trial", f"Ray gives a fraction of one GPU or whole GPUs, not {r.gpus_per_trial}")
-        if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
-            bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
-        if not (isinstance(r.checkpoint_interval_s, (int, float)) and r.checkpoint_interval_s >= 0):
-            bad("resources.checkpoint_interval_s", f"must be seconds >= 0 (0 = every epoch), got {r.checkpoint_interval_s!r}")
-        if r.pool_size < 1:
-            bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
-        if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:
-            bad("resources.attacker_cpus", "an attacker actor needs some CPU or GPU")
+        """Check every field that can be checked without data; raise SpecError naming it.
+        The plugin modules are imported first: what they register is then valid."""
+        self._check_plugins()
+        self._check_data_and_recipe()
+        self._check_grid()
+        self._check_defense_and_evaluations()
+        self._check_zoo()
+        self._check_resources()
         self._validate_partitions()
         self._check_results_writable()
         return self
 
+    def _check_plugins(self) -> None:
+        from pp_cluster.plugins import PluginError, import_plugins
+
+        if isinstance(self.plugins, str) or not all(isinstance(m, str) and m for m in self.plugins):
+            _bad("plugins", f"a tuple of module names, got {self.plugins!r}")
+        try:
+            import_plugins(self.plugins)
+        except PluginError as err:
+            _bad("plugins", str(err))
+
+    def _check_data_and_recipe(self) -> None:
+        from pp_cluster.data import DATASETS
+        from pp_cluster.pipeline import SPEC_OWNED
+        from pp_cluster.privacy.recipes import RECIPES, recipe
+        from pp_cluster.results.store import NAME_PATTERN
+
+        if not NAME_PATTERN.fullmatch(self.name or ""):
+            _bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
+        if self.dataset not in DATASETS:
+            _bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if self.recipe not in RECIPES.get(self.dataset, {}):
+            _bad("recipe", f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
+                 f"{', '.join(RECIPES.get(self.dataset, {})) or 'none (add them to privacy.recipes.RECIPES)'}")
+        owned = sorted(set(self.train_overrides) & set(SPEC_OWNED))
+        if owned:
+            _bad("train_overrides", f"{', '.join(owned)} belong to the sweep itself (set them as sweep fields or "
+                 "flags: --epochs, --lams, --seeds, --batch-size, ...), not as training overrides")
+        try:  # a misspelt or out-of-range override must fail here, not inside every trial
+            recipe(self.dataset, self.recipe, **dict(self.train_overrides))
+        except (ValueError, TypeError) as err:
+            _bad("train_overrides", str(err))
+
+    def _check_grid(self) -> None:
+        from pp_cluster.nets import ARCHS
+
+        if self.arch not in ARCHS:
+            _bad("arch", f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if not self.partitions:
+            _bad("partitions", "at least one partition point is needed")
+        if self.search not in SEARCH_MODES:
+            _bad("search", f"{self.search!r}; choose from {', '.join(SEARCH_MODES)}")
+        if self.search == "grid" and not self.lams:
+            _bad("lams", "at least one λ is needed for a grid sweep")
+        for lam in self.lams:
+            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+                _bad("lams", f"λ must be a finite number >= 0, got {lam!r}")
+        if self.search == "optuna":
+            if self.lam_range is None:
+                _bad("lam_range", "optuna search needs a λ range (low, high)")
+            lo, hi = self.lam_range
+            if not (0 < lo < hi and math.isfinite(hi)):
+                _bad("lam_range", f"need 0 < low < high (searched on a log scale), got {self.lam_range}")
+            if self.num_samples < 1:
+                _bad("num_samples", f"the trial budget must be >= 1, got {self.num_samples}")
+        if not self.seeds:
+            _bad("seeds", "at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            _bad("seeds", f"seeds repeat: {self.seeds}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                _bad("seeds", f"a seed is an integer >= 0 (torch's generators refuse negative ones), got {seed!r}")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                _bad(name, f"must be an integer >= 1, got {value!r}")
+
+    def _check_defense_and_evaluations(self) -> None:
+        from pp_cluster.privacy.defense import DEFENSES
+        from pp_cluster.privacy.metrics import DISTANCES
+
+        if self.defense not in DEFENSES:
+            _bad("defense", f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            _bad("finetune_epochs", f"must be an integer >= 0 (0 = no fine-tuning), got {self.finetune_epochs!r}")
+        if self.attributes and not (self.dataset == "lfw" and self.dataset_options.get("disjoint")):
+            _bad("attributes", "gender inference (Table III) needs dataset 'lfw' with dataset option disjoint=True "
+                 "(the gender classifier trains on people outside the model's identities)")
+        for eps in self.dp_epsilons:
+            if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
+                _bad("dp_epsilons", f"ε must be a number > 0 (inf: pixelation without noise), got {eps!r}")
+        if self.dp_epsilons and (self.search != "grid" or 0.0 not in self.lams):
+            _bad("dp_epsilons", "DP pixelation is evaluated on the undefended model: a grid sweep with λ = 0 in lams")
+        for name in ("dp_cell", "dp_neighbourhood"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _bad(name, f"must be an integer >= 1, got {value!r}")
+        if self.distance not in DISTANCES:
+            _bad("distance", f"unknown distance {self.distance!r}; choose from {', '.join(DISTANCES)}")
+
+    def _check_zoo(self) -> None:
+        from pp_cluster.nets import BASELINES, DECODERS, MNIST_ONLY
+
+        if not self.defender_suites or not all(self.defender_suites):
+            _bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
+        suite_names = tuple(n for suite in self.defender_suites for n in suite)
+        for role, names in (("defender_suites", suite_names), ("attackers", self.attackers)):
+            for n in names:
+                if n not in DECODERS:
+                    _bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
+                if role == "defender_suites" and n in BASELINES:
+                    _bad(role, f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
+                         "nothing a defender could learn from")
+                if n in MNIST_ONLY and self.arch != "mnist_mlp":
+                    _bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")
+        if not self.attackers:
+            _bad("attackers", "at least one attacker is needed")
+        if len(set(self.attackers)) != len(self.attackers):
+            _bad("attackers", f"attackers repeat: {self.attackers}")
+        if self.attacker_data not in ATTACKER_DATA:
+            _bad("attacker_data", f"{self.attacker_data!r}; choose from {', '.join(ATTACKER_DATA)}")
+        if not 0 < self.attacker_fraction <= 1:
+            _bad("attacker_fraction", f"must be in (0, 1], got {self.attacker_fraction}")
+
+    def _check_resources(self) -> None:
+        r = self.resources
+        if r.num_workers < 1:
+            _bad("resources.num_workers", f"must be >= 1, got {r.num_workers}")
+        if not 0 < r.gpus_per_trial:
+            _bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
+        if r.gpus_per_trial > 1 and not float(r.gpus_per_trial).is_integer():
+            _bad("resources.gpus_per_trial", f"Ray gives a fraction of one GPU or whole GPUs, not {r.gpus_per_trial}")
+        if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
+            _bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
+        if not (isinstance(r.checkpoint_interval_s, (int, float)) and r.checkpoint_interval_s >= 0):
+            _bad("resources.checkpoint_interval_s",
+                 f"must be seconds >= 0 (0 = every epoch), got {r.checkpoint_interval_s!r}")
+        if r.pool_size < 1:
+            _bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
+        if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:
+            _bad("resources.attacker_cpus", "an attacker actor needs some CPU or GPU")
+
     def _validate_partitions(self) -> None:
         import torch
 
-        from pp_cluster.nets import build_net
+        from pp_cluster.nets import NET_REGISTRY, build_net
 
-        # Split points are a property of the architecture: a stand-in input shape and weights
-        # on the meta device (no memory) suffice.
+        # Split points are a property of the architecture: the stand-in input shape it was
+        # registered with and weights on the meta device (no memory) suffice.
         with torch.device("meta"):
-            net = build_net(self.arch, _ARCH_INPUT[self.arch], num_classes=2, **dict(self.arch_options))
+            net = build_net(self.arch, NET_REGISTRY[self.arch].input_shape, num_classes=2, **dict(self.arch_options))
         valid = net.partitions
         for p in self.partitions:
             if p not in valid:

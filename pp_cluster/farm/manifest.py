@@ -44,16 +44,33 @@ def identity(sweep: SweepSpec) -> dict[str, Any]:
     return d
 
 
+def identity_defaults() -> dict[str, Any]:
+    """The JSON value of every SweepSpec field's default (fields without one are left out)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(SweepSpec):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default, default=list))
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default_factory(), default=lambda o: dataclasses.asdict(o)
+                                                if dataclasses.is_dataclass(o) else list(o)))
+    return out
+
+
 def spec_hash(sweep: SweepSpec) -> str:
     return content_id("sweep-manifest", identity(sweep))
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``field: old -> new`` for every field that differs (fields one side lacks included)."""
+    """``field: old -> new`` for every field that differs. A field the record lacks (added to
+    SweepSpec after it was written) counts as its default value."""
+    defaults = identity_defaults()
     out = []
     for k in sorted(set(old) | set(new)):
-        if old.get(k, "<absent>") != new.get(k, "<absent>"):
-            out.append(f"{k}: {json.dumps(old.get(k, '<absent>'))} -> {json.dumps(new.get(k, '<absent>'))}")
+        was, now = old.get(k, defaults.get(k, "<absent>")), new.get(k, "<absent>")
+        if was != now:
+            out.append(f"{k}: {json.dumps(was)} -> {json.dumps(now)}")
     return out
 
 

@@ -28,6 +28,8 @@ from pp_cluster.farm.pool import start_pool
 from pp_cluster.farm.progress import Interrupted, Progress, Signals
 from pp_cluster.farm.train import PlacementGroupReaper
 from pp_cluster.farm.trial import attack_plan, read_model_row, run_trial
+from pp_cluster.plugins import PLUGINS_ENV
+from pp_cluster.plugins import runtime_env as plugin_runtime_env
 from pp_cluster.results import rules
 from pp_cluster.results.fs import is_shared, redact, storage_args, strip_credentials
 from pp_cluster.results.store import ResultStore
@@ -39,10 +41,13 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP
              "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
-def train_runtime_env() -> dict[str, Any]:
-    """The job runtime environment the farm's Ray sessions want (``TRAIN_ENV``); a script or
-    test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
-    return {"env_vars": dict(TRAIN_ENV)}
+def train_runtime_env(plugins: tuple[str, ...] = (), env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job runtime environment the farm's Ray sessions want: ``TRAIN_ENV`` and
+    ``env_vars``, and what makes every worker import the sweep's ``plugins`` (imported here
+    already; ``plugins.runtime_env``: a setup hook, and the plugins' code as ``py_modules``).
+    A script or test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
+    env = plugin_runtime_env(plugins)
+    return {**env, "env_vars": {**TRAIN_ENV, **(env_vars or {}), **env.get("env_vars", {})}}
 
 
 
@@ -124,6 +129,8 @@ def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = N
     store = ResultStore(sweep.results_uri())
     store.check_writable()
     check_local_gpus(sweep, address, num_gpus)
+    if sweep.plugins and ray.is_initialized():
+        _check_job_plugins(sweep.plugins)
     signals = Signals()
     signals.install()
     lease = Lease.acquire(manifest.sweep_dir(sweep.results_uri(), sweep.name), sweep.name)
@@ -134,7 +141,7 @@ def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = N
             # address None: a new local cluster, never one that happens to run on this machine.
             ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
                      num_gpus=num_gpus if address is None else None,
-                     runtime_env={"env_vars": {**TRAIN_ENV, **secret_env}},
+                     runtime_env=train_runtime_env(sweep.plugins, secret_env),
                      include_dashboard=False, log_to_driver=verbose, configure_logging=False)
             started_ray = True
         signals.install()  # ray.init installed its own SIGTERM handler
@@ -235,6 +242,17 @@ def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, 
     if sweep.search == "optuna":
         mark_pareto(store, sweep.name)
     return n_trials, sum(1 for res in grid if res.error is not None)
+
+
+def _check_job_plugins(plugins: tuple[str, ...]) -> None:
+    """A Ray session the caller started must have been given the plugins' runtime env: its
+    workers would not know the plugins' names otherwise."""
+    job = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get(PLUGINS_ENV, "")
+    missing = [m for m in plugins if m not in job.split(",")]
+    if missing:
+        raise SpecError(f"SweepSpec.plugins: Ray was started without {', '.join(missing)}: start it with "
+                        "ray.init(runtime_env=pp_cluster.farm.sweep.train_runtime_env(plugins)) or let "
+                        "run_sweep start it")
 
 
 def _has_tune_state(sweep: SweepSpec) -> bool:

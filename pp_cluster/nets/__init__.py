@@ -1,8 +1,11 @@
 """Partitionable classifiers, their split points, the decoder zoo shared by defenders
-and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray."""
+and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray.
+A new network or decoder registers with :func:`register_net` / :func:`register_decoder`."""
 
-from pp_cluster.nets.classifiers import ARCHS, PartitionedNet, activation_shape, build_net, split
-from pp_cluster.nets.decoders import BASELINES, DECODERS, MNIST_ONLY, build_decoder, clip_to_range
+from pp_cluster.nets.classifiers import (ARCHS, NET_REGISTRY, PartitionedNet, activation_shape, build_net,
+                                         register_net, split)
+from pp_cluster.nets.decoders import (BASELINES, DECODER_REGISTRY, DECODERS, MNIST_ONLY, build_decoder,
+                                      clip_to_range, register_decoder)
 from pp_cluster.nets.measure import flops_per_sample, output_shape, param_count
 from pp_cluster.nets.noise import GaussianNoise, add_activation_noise
 
@@ -10,7 +13,9 @@ __all__ = [
     "ARCHS",
     "BASELINES",
     "DECODERS",
+    "DECODER_REGISTRY",
     "MNIST_ONLY",
+    "NET_REGISTRY",
     "GaussianNoise",
     "PartitionedNet",
     "activation_shape",
@@ -21,5 +26,7 @@ __all__ = [
     "flops_per_sample",
     "output_shape",
     "param_count",
+    "register_decoder",
+    "register_net",
     "split",
 ]

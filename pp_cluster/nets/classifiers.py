@@ -3,7 +3,8 @@
 A classifier is an ordered list of named *stages*; a partition point is the name of the
 stage after which the network is cut into a local part (on the user's device, producing
 the activation H) and a remote part. Splitting shares modules, so whatever trains the
-whole net trains both halves.
+whole net trains both halves. Every arch, built in or a plugin's, is registered with
+:func:`register_net` in :data:`NET_REGISTRY`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,42 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from math import prod
+from typing import NamedTuple, TypeVar
 
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs as _VGG_CFGS
 
 from pp_cluster.nets.measure import output_shape
-
-ARCHS: tuple[str, ...] = ("mnist_mlp", "face_cnn", "vgg19_bn")
+from pp_cluster.plugins import Registry
 
 # What an arch builder returns: (stages, partitions, default partition).
 _Spec = tuple[list[tuple[str, nn.Module]], tuple[str, ...], str]
+_B = TypeVar("_B", bound=Callable[..., _Spec])
+
+
+class Arch(NamedTuple):
+    builder: Callable[..., _Spec]  # (image_shape, num_classes, *, size knobs) -> _Spec
+    input_shape: tuple[int, int, int]  # an image shape it accepts: where a sweep's split points are checked
+
+
+NET_REGISTRY: Registry[Arch] = Registry("network")
+ARCHS = NET_REGISTRY.names()  # live: what build_net and SweepSpec.arch accept
+
+
+def register_net(name: str, *, input_shape: tuple[int, int, int]) -> Callable[[_B], _B]:
+    """Decorator registering ``builder(image_shape, num_classes, *, knobs) -> (stages,
+    partitions, default_partition)`` as network ``name``.
+
+    ``stages`` is a list of ``(stage name, module)`` run in order; ``partitions`` the inner
+    stage names a split may follow; the keyword-only ``knobs`` are the arch's
+    ``arch_options``. ``input_shape`` (C, H, W) is an image shape the builder accepts: the
+    split points are validated on a net built for it, on the meta device.
+    """
+    def add(builder: _B) -> _B:
+        NET_REGISTRY.register(name, Arch(builder, tuple(int(d) for d in input_shape)))
+        return builder
+
+    return add
 
 
 class PartitionedNet(nn.Module):
@@ -100,6 +127,7 @@ def _require_divisible(arch: str, image_shape: tuple[int, int, int], factor: int
         raise ValueError(f"{arch} needs H and W divisible by {factor}, got image_shape {image_shape}")
 
 
+@register_net("mnist_mlp", input_shape=(1, 28, 28))
 def _mnist_mlp(image_shape: tuple[int, int, int], num_classes: int, *, hidden: int = 800,
                dropout: float = 0.1) -> _Spec:
     """Sec. V-B: three ReLU layers of ``hidden`` units with dropout, then the classifier.
@@ -114,6 +142,7 @@ def _mnist_mlp(image_shape: tuple[int, int, int], num_classes: int, *, hidden: i
     return layers, ("fc1", "fc2", "fc3"), "fc2"
 
 
+@register_net("face_cnn", input_shape=(3, 64, 64))
 def _face_cnn(image_shape: tuple[int, int, int], num_classes: int, *, widths: Sequence[int] = (32, 64, 128, 256), fc: int = 512,
               dropout: float = 0.5) -> _Spec:
     """App. B ``photo-to-id``: two 5×5 convs then three pairs of 3×3 convs, a 2×2 max-pool
@@ -140,6 +169,7 @@ def _face_cnn(image_shape: tuple[int, int, int], num_classes: int, *, widths: Se
     return layers, ("pool1", "pool2", "pool3", "pool4"), "pool2"
 
 
+@register_net("vgg19_bn", input_shape=(3, 32, 32))
 def _vgg19_bn(image_shape: tuple[int, int, int], num_classes: int, *, width_mult: float = 1.0) -> _Spec:
     """Sec. V-D / App. C: torchvision's VGG-19 configuration ("E") with BatchNorm, one stage
     per pool, and the CIFAR classifier (one Linear from the last pool, 512 → classes at
@@ -159,25 +189,24 @@ def _vgg19_bn(image_shape: tuple[int, int, int], num_classes: int, *, width_mult
     return layers, ("pool1", "pool2", "pool3", "pool4"), "pool2"
 
 
-_BUILDERS: dict[str, Callable] = {"mnist_mlp": _mnist_mlp, "face_cnn": _face_cnn, "vgg19_bn": _vgg19_bn}
-
-
 def build_net(arch: str, image_shape: tuple[int, int, int], num_classes: int, **options) -> PartitionedNet:
     """A fresh ``arch`` classifier for ``image_shape`` (C, H, W) images and ``num_classes``.
 
     ``options`` are the arch's size knobs: ``hidden``/``dropout`` (mnist_mlp),
-    ``widths``/``fc``/``dropout`` (face_cnn), ``width_mult`` (vgg19_bn).
+    ``widths``/``fc``/``dropout`` (face_cnn), ``width_mult`` (vgg19_bn); a registered arch's
+    are its builder's keyword-only parameters.
     """
-    if arch not in _BUILDERS:
+    if arch not in NET_REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    params = inspect.signature(_BUILDERS[arch]).parameters.values()
+    builder = NET_REGISTRY[arch].builder
+    params = inspect.signature(builder).parameters.values()
     known = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
     if set(options) - set(known):
         raise ValueError(f"unknown option(s) {sorted(set(options) - set(known))} for {arch}; valid: {known}")
     image_shape = tuple(int(d) for d in image_shape)
-    stages, partitions, default = _BUILDERS[arch](image_shape, num_classes, **options)
+    stages, partitions, default = builder(image_shape, num_classes, **options)
     return PartitionedNet(arch, image_shape, num_classes, stages, partitions, default)

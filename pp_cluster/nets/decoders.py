@@ -1,8 +1,9 @@
 """The decoder zoo: networks that map an activation H back to the image (H → x).
 
 Defenders (trained during Algorithm 1) and attackers (trained on frozen activations)
-are the same kind of network, so both come from this one registry: a name in
-``DECODERS`` is what a sweep config says and what the ``attacks`` table records.
+are the same kind of network, so both come from this one registry
+(:data:`DECODER_REGISTRY`, extended with :func:`register_decoder`): a name in ``DECODERS``
+is what a sweep config says and what the ``attacks`` table records.
 Every decoder maps ``B×activation_shape`` to ``B×image_shape`` and ends in the
 activation that matches the data's value range (sigmoid for (0, 1), tanh for (-1, 1)).
 """
@@ -19,6 +20,7 @@ from torchvision.models.resnet import BasicBlock
 
 from pp_cluster.nets.classifiers import PartitionedNet, activation_shape, split
 from pp_cluster.nets.noise import GaussianNoise
+from pp_cluster.plugins import Registry
 
 _OUTPUT_ACTIVATIONS: dict[tuple[float, float], type[nn.Module]] = {(0.0, 1.0): nn.Sigmoid, (-1.0, 1.0): nn.Tanh}
 
@@ -189,14 +191,38 @@ def _mean_image(net: PartitionedNet, partition: str, act_shape: tuple[int, ...],
 # --- the registry ---------------------------------------------------------------------
 
 
-class _Entry(NamedTuple):
-    builder: Callable[..., nn.Module]
+class Decoder(NamedTuple):
+    builder: Callable[..., nn.Module]  # (net, partition, activation_shape, out_act, **fixed, **options)
     fixed: dict[str, object]
     options: tuple[str, ...] = ()  # keyword options a caller may set
     mnist_only: bool = False
     baseline: bool = False  # a no-information reference: an attacker only, never a defender or "the best"
 
 
+DECODER_REGISTRY: Registry[Decoder] = Registry("decoder")
+
+
+def register_decoder(name: str, builder: Callable[..., nn.Module] | None = None, *,
+                     fixed: dict[str, object] | None = None, options: tuple[str, ...] = (),
+                     mnist_only: bool = False, baseline: bool = False):
+    """Register decoder ``name``: ``builder(net, partition, act_shape, out_act, **fixed,
+    **options) -> nn.Module`` maps ``B×act_shape`` activations to ``B×net.image_shape``
+    images and ends in ``out_act`` (the data's value range). ``options`` are the keywords a
+    caller may pass to :func:`build_decoder`; ``baseline`` marks an attacker that reads
+    nothing from H (never a defender, never the worst case). Without ``builder``, a decorator.
+    """
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        DECODER_REGISTRY.register(name, Decoder(fn, dict(fixed or {}), tuple(options), mnist_only, baseline))
+        return fn
+
+    return add if builder is None else add(builder)
+
+
+register_decoder("deconv", _deconv)
+register_decoder("fc", _dense, options=("hidden",))
+register_decoder("sparse_fc", _dense, fixed={"dropout": 0.5}, options=("hidden",))
+register_decoder("resdec", _resdec, options=("width",))
+register_decoder("mean_image", _mean_image, baseline=True)
 # App. A writes "800 → Relu → 800 → Sigmoid" for Linear(d, 800) → ReLU → Linear(800, image)
 # → Sigmoid; the last number is the 28×28 image size, taken here from the net's image_shape.
 _APPENDIX_A = {
@@ -208,23 +234,24 @@ _APPENDIX_A = {
     "mnist_a6": {"hidden": 1024, "hidden_act": nn.ReLU},
     "mnist_a8": {"hidden": 0},
 }
-_ZOO: dict[str, _Entry] = {
-    "deconv": _Entry(_deconv, {}),
-    "fc": _Entry(_dense, {}, ("hidden",)),
-    "sparse_fc": _Entry(_dense, {"dropout": 0.5}, ("hidden",)),
-    "resdec": _Entry(_resdec, {}, ("width",)),
-    "mean_image": _Entry(_mean_image, {}, baseline=True),
-    **{name: _Entry(_dense, spec, mnist_only=True) for name, spec in _APPENDIX_A.items()},
-    "mnist_a7": _Entry(_conv1d, {}, mnist_only=True),
-}
+for _name, _fixed in _APPENDIX_A.items():
+    register_decoder(_name, _dense, fixed=_fixed, mnist_only=True)
+register_decoder("mnist_a7", _conv1d, mnist_only=True)
 # The paper's four defenders are its four best attackers of the single-defender runs.
-_ZOO |= {f"mnist_d{i}": _ZOO[a] for i, a in enumerate(("mnist_a3", "mnist_a4", "mnist_a7", "mnist_a8"), start=1)}
+for _i, _name in enumerate(("mnist_a3", "mnist_a4", "mnist_a7", "mnist_a8"), start=1):
+    DECODER_REGISTRY.register(f"mnist_d{_i}", DECODER_REGISTRY[_name])
 
-DECODERS: tuple[str, ...] = tuple(sorted(_ZOO, key=lambda n: (n.startswith("mnist_"), n)))
+
+def _zoo_order(name: str) -> tuple[bool, str]:
+    return name.startswith("mnist_"), name  # the paper's zoo first, Appendix A's MNIST networks last
+
+
+# Live views of the registry.
+DECODERS = DECODER_REGISTRY.names(key=_zoo_order)
 # Attackers that read nothing from H: reported beside the others, excluded from every worst case.
-BASELINES: tuple[str, ...] = tuple(n for n in DECODERS if _ZOO[n].baseline)
+BASELINES = DECODER_REGISTRY.names(where=lambda d: d.baseline, key=_zoo_order)
 # Appendix A's MNIST networks: only for ``mnist_mlp``.
-MNIST_ONLY: tuple[str, ...] = tuple(n for n in DECODERS if _ZOO[n].mnist_only)
+MNIST_ONLY = DECODER_REGISTRY.names(where=lambda d: d.mnist_only, key=_zoo_order)
 
 
 def build_decoder(name: str, net: PartitionedNet, partition: str, value_range: tuple[float, float],
@@ -234,9 +261,9 @@ def build_decoder(name: str, net: PartitionedNet, partition: str, value_range: t
     ``options``: ``hidden`` for ``fc``/``sparse_fc`` (default: ``_fc_hidden``), ``width``
     for ``resdec``; the paper's fixed architectures take none.
     """
-    if name not in _ZOO:
+    if name not in DECODER_REGISTRY:
         raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(DECODERS)}")
-    entry = _ZOO[name]
+    entry = DECODER_REGISTRY[name]
     if entry.mnist_only and net.arch != "mnist_mlp":
         raise ValueError(f"decoder {name!r} is an Appendix A MNIST network, only for mnist_mlp, not {net.arch}")
     unknown = sorted(set(options) - set(entry.options))

@@ -70,9 +70,9 @@ from pp_cluster.privacy.steps import (
     step_function,
 )
 
-# DEFENSES (the `defense` column's names; the results store adds "none" for λ = 0) and
-# UPDATES live with the step registry (privacy.steps.STEPS); the CLI and the config read
-# them from here.
+# DEFENSES (the `defense` column's names; the results store adds "none" for λ = 0, a live
+# view) and UPDATES live with the defense registry (privacy.steps.register_defense); the CLI
+# and the config read them from here.
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "onecycle")

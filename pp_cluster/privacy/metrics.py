@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +25,26 @@ import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor, nn
 
-DISTANCES = ("ssim", "mse")
+from pp_cluster.plugins import Registry
+
+# (x, x_rec, value_range) -> per-image distance, shape (N,), differentiable in x_rec.
+DistanceFn = Callable[[Tensor, Tensor, tuple[float, float]], Tensor]
+DISTANCE_REGISTRY: Registry[DistanceFn] = Registry("distance")
+DISTANCES = DISTANCE_REGISTRY.names()  # live: what TrainConfig.distance and SweepSpec.distance accept
+
+
+def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
+    """Decorator registering the privacy distance ``name`` of Eq. (1): ``fn(x, x_rec,
+    value_range)`` returns each image's distance (shape ``(N,)``, differentiable in
+    ``x_rec``; small = a close reconstruction). The defenders minimise its batch mean and λ
+    weighs it in the classifier's loss; it gets fp32 inputs in ``value_range``."""
+    def add(fn: DistanceFn) -> DistanceFn:
+        DISTANCE_REGISTRY.register(name, fn)
+        return fn
+
+    return add
+
+
 SSIM_WIN = 7
 # scikit-image's SSIM with its defaults (uniform window, K1 0.01, K2 0.03) at data_range 1,
 # the (co)variances as sample estimates (NP / (NP - 1)).
@@ -152,15 +172,24 @@ def ssim_per_sample(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) 
         return _ssim_images(a, b)
 
 
+@register_distance("ssim")
+def _one_minus_ssim(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+    return 1.0 - ssim_per_sample(x, x_rec, value_range)
+
+
+@register_distance("mse")
+def _mse_per_sample(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+    _check_pair(x, x_rec)
+    diff = to_unit(x_rec.float(), value_range) - to_unit(x.float(), value_range)
+    return diff.pow(2).flatten(1).mean(dim=1)
+
+
 def distance_per_sample(name: str, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
-    """Privacy distance d(x, x_rec) of Eq. (1) per image: ``1 - SSIM`` or MSE in [0, 1] space."""
-    if name == "ssim":
-        return 1.0 - ssim_per_sample(x, x_rec, value_range)
-    if name == "mse":
-        _check_pair(x, x_rec)
-        diff = to_unit(x_rec.float(), value_range) - to_unit(x.float(), value_range)
-        return diff.pow(2).flatten(1).mean(dim=1)
-    raise ValueError(f"unknown distance {name!r}; choose from {', '.join(DISTANCES)}")
+    """Privacy distance d(x, x_rec) of Eq. (1) per image: ``1 - SSIM`` or MSE in [0, 1] space,
+    or a registered one (:func:`register_distance`)."""
+    if name not in DISTANCE_REGISTRY:
+        raise ValueError(f"unknown distance {name!r}; choose from {', '.join(DISTANCES)}")
+    return DISTANCE_REGISTRY[name](x, x_rec, value_range)
 
 
 def distance(name: str, x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:

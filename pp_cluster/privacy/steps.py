@@ -19,27 +19,26 @@ name, on the host. ``ctx`` (:class:`StepContext`) holds what stays fixed over a 
 x -> (h, logits) module, the defenders, their optimisers, the config, the autocast switch.
 A step never touches the data order, a schedule, or the history: the driver does.
 
-Adding a defense
-----------------
-1. Write its step function here: call :func:`forward`, step whatever it trains, step the
+Adding a defense (here or in a plugin module: README, "Extending")
+--------------------------------------------------------------------
+1. Write its step function: call :func:`forward`, step whatever it trains, step the
    classifier (:func:`classifier_step`), and end with :func:`record`, passing
    ``distance=`` if the defense has one to report (it becomes the history's
    ``"distance"``) and ``best=`` if it picks among the defenders (``"best_defender_counts"``).
    Every value it passes to :func:`record` is checked for divergence.
-2. Register it in :data:`STEPS` under ``(name, "alternating")`` and ``(name,
-   "simultaneous")`` (the same function twice where the order means nothing).
-   :data:`DEFENSES`, the names :class:`~pp_cluster.privacy.defense.TrainConfig` accepts,
-   is read off :data:`STEPS`.
-3. If it constrains ``train_defended``'s inputs (takes defenders or none, needs a layer
-   in the local partition), add the rule to :func:`check_defense`.
+2. Register it with :func:`register_defense` (a decorator): one step function, or one per
+   update order; ``defenders=True`` if it trains the sweep's defender suite; ``check=`` if
+   it needs something of the local partition. :data:`DEFENSE_REGISTRY` is the one place a
+   defense is defined; :data:`STEPS` and :data:`DEFENSES` (the names
+   :class:`~pp_cluster.privacy.defense.TrainConfig` and ``SweepSpec`` accept) are read off it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -48,6 +47,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pp_cluster.nets.noise import GaussianNoise
+from pp_cluster.plugins import Registry
 from pp_cluster.privacy.metrics import distance as distance_fn
 from pp_cluster.privacy.nopeek import distance_correlation
 
@@ -245,17 +245,69 @@ def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepS
     return record(fwd, y, loss, defender_losses=dists, distance=dists[best], best=best)
 
 
-# The one place a defense plugs in (module docstring): (defense, update) -> step function.
-STEPS: dict[tuple[str, str], StepFn] = {
-    ("partition", "alternating"): partition_alternating_step,
-    ("partition", "simultaneous"): partition_simultaneous_step,
-    ("nopeek", "alternating"): nopeek_step,  # no defenders: the two orders coincide
-    ("nopeek", "simultaneous"): nopeek_step,
-    ("noise", "alternating"): plain_step,
-    ("noise", "simultaneous"): plain_step,
-}
-# The names are the `defense` column's (the results store adds "none" for λ = 0).
-DEFENSES: tuple[str, ...] = tuple(dict.fromkeys(defense for defense, _ in STEPS))
+# --- the registry: the one place a defense plugs in (module docstring) -----------------
+class Defense(NamedTuple):
+    alternating: StepFn  # the step under update="alternating" (Algorithm 1's order)
+    simultaneous: StepFn  # under update="simultaneous"
+    defenders: bool = False  # trains the sweep's defender suite beside the classifier
+    check: Callable[[TrainConfig, nn.Module], None] | None = None  # what it needs of the local partition
+
+
+DEFENSE_REGISTRY: Registry[Defense] = Registry("defense")
+
+
+def register_defense(name: str, step: StepFn | None = None, *, simultaneous: StepFn | None = None,
+                     defenders: bool = False, check: Callable[[TrainConfig, nn.Module], None] | None = None):
+    """Register defense ``name`` (what λ > 0 trains; the ``defense`` column): ``step`` for
+    ``update="alternating"`` and, unless ``simultaneous`` is given, for ``"simultaneous"``
+    too (where the order means nothing). ``defenders``: it trains the sweep's defender suite
+    (``ctx.defenders``; a suite is then required at λ > 0, and refused otherwise).
+    ``check(cfg, local)`` raises ValueError when the local partition lacks what the defense
+    needs. Without ``step``, a decorator."""
+    def add(fn: StepFn) -> StepFn:
+        DEFENSE_REGISTRY.register(name, Defense(fn, simultaneous or fn, defenders, check))
+        return fn
+
+    return add if step is None else add(step)
+
+
+def _check_noise(cfg: TrainConfig, local: nn.Module) -> None:
+    if cfg.lam > 0:
+        sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
+        if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
+            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
+                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
+
+
+register_defense("partition", partition_alternating_step, simultaneous=partition_simultaneous_step, defenders=True)
+register_defense("nopeek", nopeek_step)  # no defenders: the two orders coincide
+register_defense("noise", plain_step, check=_check_noise)  # the noise is in the net
+
+
+class _Steps(Mapping[tuple[str, str], StepFn]):
+    """``(defense, update) -> step function``, read off :data:`DEFENSE_REGISTRY` at every use."""
+
+    def _table(self) -> dict[tuple[str, str], StepFn]:
+        return {(name, u): getattr(d, u) for name, d in DEFENSE_REGISTRY.items() for u in UPDATES}
+
+    def __getitem__(self, key: tuple[str, str]) -> StepFn:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(DEFENSE_REGISTRY) * len(UPDATES)
+
+
+STEPS: Mapping[tuple[str, str], StepFn] = _Steps()
+# The names are the `defense` column's (the results store adds "none" for λ = 0); live.
+DEFENSES = DEFENSE_REGISTRY.names()
+
+
+def trains_defenders(defense: str) -> bool:
+    """Whether ``defense`` trains a defender suite ("none", λ = 0, trains none)."""
+    return defense in DEFENSE_REGISTRY and DEFENSE_REGISTRY[defense].defenders
 
 
 def step_function(defense: str, update: str) -> StepFn:
@@ -270,13 +322,11 @@ def step_function(defense: str, update: str) -> StepFn:
 
 def check_defense(cfg: TrainConfig, local: nn.Module, defenders: Sequence[nn.Module]) -> None:
     """What each defense needs of ``train_defended``'s inputs; ValueError otherwise."""
-    if cfg.defense == "partition":
+    defense = DEFENSE_REGISTRY[cfg.defense]
+    if defense.defenders:
         if cfg.lam > 0 and not defenders:
             raise ValueError(f"lam={cfg.lam} > 0 needs at least one defender")
     elif defenders:
         raise ValueError(f"defense {cfg.defense!r} trains no defenders, got {len(defenders)}")
-    if cfg.defense == "noise" and cfg.lam > 0:
-        sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
-        if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
-            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
-                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
+    if defense.check is not None:
+        defense.check(cfg, local)

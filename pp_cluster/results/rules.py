@@ -16,12 +16,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 OK = "ok"
+# The built-in baselines; a plugin's (nets.register_decoder(..., baseline=True)) count too
+# wherever the decoder registry is loaded (baseline_attackers()).
 BASELINE_ATTACKERS: tuple[str, ...] = ("mean_image",)
 # Which direction makes an attacker strongest on each metric.
 STRONGEST: dict[str, str] = {"ssim": "max", "mse": "min", "psnr": "max", "dpd": "min", "reprint_acc": "max"}
@@ -34,8 +37,14 @@ def succeeded(rows: pd.DataFrame) -> pd.Series:
     return rows["status"] == OK
 
 
+def baseline_attackers() -> tuple[str, ...]:
+    nets = sys.modules.get("pp_cluster.nets")
+    extra = tuple(nets.BASELINES) if nets is not None else ()
+    return tuple(dict.fromkeys(BASELINE_ATTACKERS + extra))
+
+
 def is_baseline(attacks: pd.DataFrame) -> pd.Series:
-    return attacks["attacker"].isin(BASELINE_ATTACKERS)
+    return attacks["attacker"].isin(baseline_attackers())
 
 
 def competing(attacks: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -166,6 +167,16 @@ ALLOWED = {
     ("attacks", "status"): {"ok", "failed"},
     ("attacks", "attacker_data"): {"train", "disjoint"},
 }
+def allowed_values(table: str, column: str) -> set[str]:
+    """The values a column takes: ``ALLOWED``, and for ``models.defense`` every defense a
+    plugin registered (read from the registry only where it is loaded: the writer's side)."""
+    values = set(ALLOWED[table, column])
+    steps = sys.modules.get("pp_cluster.privacy.steps")
+    if (table, column) == ("models", "defense") and steps is not None:
+        values |= set(steps.DEFENSES)
+    return values
+
+
 # The zero-row file that gives an empty table folder its schema: not a key of any row.
 EMPTY_KEY = "empty"
 # Compacted files (results.compact) hold many keys' rows: ``compact-<id>.parquet``, listed in
@@ -312,8 +323,8 @@ def _column(table: str, field: pa.Field, values: list[Any]) -> pa.Array:
                 raise ValueError(f"{table}.{field.name} is required (not nullable) but a row has {v!r}")
         elif not check(v):
             raise ValueError(f"{table}.{field.name} must be {kind} ({field.type}), got {type(v).__name__} {v!r}")
-        elif (table, field.name) in ALLOWED and v not in ALLOWED[table, field.name]:
-            allowed = ", ".join(sorted(ALLOWED[table, field.name]))
+        elif (table, field.name) in ALLOWED and v not in allowed_values(table, field.name):
+            allowed = ", ".join(sorted(allowed_values(table, field.name)))
             raise ValueError(f"{table}.{field.name} must be one of {allowed}, got {v!r}")
     return pa.array([None if _is_null(v) else v for v in values], type=field.type)
 

@@ -120,3 +120,11 @@ def test_a_second_driver_is_refused_and_a_dead_holders_lease_is_taken_over(tiny_
     with Lease.acquire(where, "held") as lease:
         assert json.load(open(f"{where}/{LEASE}"))["host"] == socket.gethostname()
     assert not os.path.exists(f"{where}/{LEASE}")
+
+
+def test_a_field_added_to_the_spec_later_counts_as_its_default(tiny_sweep, tmp_path):
+    spec = tiny_sweep(tmp_path / "res", name="older").validate()
+    recorded = manifest.identity(spec)
+    del recorded["plugins"]  # a manifest written before SweepSpec had plugins
+    assert manifest.differences(recorded, manifest.identity(spec)) == []
+    assert manifest.differences(recorded, manifest.identity(spec.with_(plugins=("x",)))) == ['plugins: [] -> ["x"]']
