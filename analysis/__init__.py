@@ -13,9 +13,29 @@ and figures, a report and a reproducible results page.
 """
 
 from analysis.tables import (
-    CI_METHOD, Missing, Results, aggregate, frontier, hypervolume, load, paired_differences, pareto_mask,
-    summarise, worst_case,
+    CI_METHOD,
+    Missing,
+    Results,
+    aggregate,
+    frontier,
+    hypervolume,
+    load,
+    paired_differences,
+    pareto_mask,
+    summarise,
+    worst_case,
 )
 
-__all__ = ["CI_METHOD", "Missing", "Results", "aggregate", "frontier", "hypervolume", "load", "paired_differences",
-           "pareto_mask", "summarise", "worst_case"]
+__all__ = [
+    "CI_METHOD",
+    "Missing",
+    "Results",
+    "aggregate",
+    "frontier",
+    "hypervolume",
+    "load",
+    "paired_differences",
+    "pareto_mask",
+    "summarise",
+    "worst_case",
+]

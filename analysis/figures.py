@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,15 @@ from PIL import Image
 
 from analysis.tables import PAPER_DEFENSES, SETTING, config_label, in_setting, natural_key, settings
 
-STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
-         "xtick.labelsize": 10, "ytick.labelsize": 10, "savefig.dpi": 150}
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "savefig.dpi": 150,
+}
 # (column, axis label with unit, scale applied before plotting)
 FIG5_PANELS = [
     ("test_acc", "test accuracy (%)", 100.0),
@@ -36,7 +43,13 @@ FIG5_PANELS = [
     ("mse", "MSE (pixels in [0, 1])", 1.0),
     ("dpd", "DPD (LPIPS distance)", 1.0),
 ]
-FIG5_TITLES = ["accuracy", "reprint accuracy", "SSIM of best attack", "MSE of best attack", "DPD of best attack"]
+FIG5_TITLES = [
+    "accuracy",
+    "reprint accuracy",
+    "SSIM of best attack",
+    "MSE of best attack",
+    "DPD of best attack",
+]
 
 
 def _color(i: int) -> tuple:
@@ -75,21 +88,34 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
     partition × defense; ``data`` comes from :func:`analysis.tables.figure4_data`."""
     paths = []
     for sweep, dataset, g in _per_dataset(data):
-        configs = sorted(g.groupby([*SETTING, "partition"], observed=True, sort=False),
-                         key=lambda kv: (kv[0][0] != "none", kv[0][0], kv[0][2], kv[0][1], natural_key(kv[0][3])))
+        configs = sorted(
+            g.groupby([*SETTING, "partition"], observed=True, sort=False),
+            key=lambda kv: (kv[0][0] != "none", kv[0][0], kv[0][2], kv[0][1], natural_key(kv[0][3])),
+        )
         n_cols = min(n_images, int(g.groupby("attack_id")["index"].nunique().max()))
         with rc_context(STYLE):
             # Square cells in (original, reconstruction) pairs with a gap between pairs; no margins:
             # bbox_inches="tight" grows the canvas to fit the row labels.
             n = len(configs)
             fig = _figure(figsize=(1.1 * n_cols, 2.5 * n))
-            grid = fig.add_gridspec(3 * n - 1, n_cols, height_ratios=([1, 1, 0.3] * n)[:-1], hspace=0.06,
-                                    wspace=0.06, left=0, right=1, bottom=0, top=1)
+            grid = fig.add_gridspec(
+                3 * n - 1,
+                n_cols,
+                height_ratios=([1, 1, 0.3] * n)[:-1],
+                hspace=0.06,
+                wspace=0.06,
+                left=0,
+                right=1,
+                bottom=0,
+                top=1,
+            )
             for r, ((defense, defenders, lam, partition), rows) in enumerate(configs):
                 rows = rows.sort_values("index").head(n_cols)
                 first = rows.iloc[0]
-                labels = (f"{partition}, {config_label(defense, defenders, lam)}\noriginal",
-                          f"reconstruction\n{first['attacker']}, SSIM {first['ssim']:.2f}")
+                labels = (
+                    f"{partition}, {config_label(defense, defenders, lam)}\noriginal",
+                    f"reconstruction\n{first['attacker']}, SSIM {first['ssim']:.2f}",
+                )
                 for k, (col, label) in enumerate(zip(("original", "reconstruction"), labels)):
                     for c in range(n_cols):
                         ax = fig.add_subplot(grid[3 * r + k, c], xticks=[], yticks=[])
@@ -100,8 +126,11 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
                             ax.axis("off")
                         if c == 0:
                             ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
-            fig.suptitle(f"Figure 4 — reconstructions by the strongest attacker\n{dataset}, sweep {sweep}",
-                         y=1.0, va="bottom")
+            fig.suptitle(
+                f"Figure 4 — reconstructions by the strongest attacker\n{dataset}, sweep {sweep}",
+                y=1.0,
+                va="bottom",
+            )
             paths.append(_save(fig, out / f"figure4_{_slug(sweep, dataset)}.png"))
     return paths
 
@@ -153,14 +182,26 @@ def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
                 ax.set_title(f"({'abcde'[i]}) {title}")
                 ax.set_ylabel(ylabel)
                 if not _grouped_bars(ax, g, col, scale, configs, colors):
-                    ax.text(0.5, 0.5, f"no {col} values\nin these tables", ha="center", va="center",
-                            transform=ax.transAxes, color="0.4")
+                    ax.text(
+                        0.5,
+                        0.5,
+                        f"no {col} values\nin these tables",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        color="0.4",
+                    )
             n = g["ssim_n"]
             seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
             handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in configs]
-            fig.legend(handles, [config_label(*c) for c in configs], loc="outside upper center",
-                       ncol=len(configs), title=f"{dataset} (sweep {sweep}) — mean over {seeds} seed(s), "
-                       "95 % interval (t over seeds; one seed: bootstrap over images or Wilson)")
+            fig.legend(
+                handles,
+                [config_label(*c) for c in configs],
+                loc="outside upper center",
+                ncol=len(configs),
+                title=f"{dataset} (sweep {sweep}) — mean over {seeds} seed(s), "
+                "95 % interval (t over seeds; one seed: bootstrap over images or Wilson)",
+            )
             paths.append(_save(fig, out / f"figure5_{_slug(sweep, dataset)}.png"))
     return paths
 
@@ -174,8 +215,10 @@ def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
         with rc_context(STYLE):
             fig = _figure(figsize=(9, 3.6), layout="constrained")
             axes = fig.subplots(1, 2)
-            for ax, col, ylabel, scale in ((axes[0], "ssim", "SSIM (1 = identical)", 1.0),
-                                           (axes[1], "test_acc", "classification accuracy (%)", 100.0)):
+            for ax, col, ylabel, scale in (
+                (axes[0], "ssim", "SSIM (1 = identical)", 1.0),
+                (axes[1], "test_acc", "classification accuracy (%)", 100.0),
+            ):
                 ax.plot(eps, g[f"{col}_mean"] * scale, marker="o")
                 mid, half = _interval(g, col, scale)
                 ax.errorbar(eps, mid, yerr=half, fmt="none", ecolor="C0", capsize=3)
@@ -189,8 +232,14 @@ def figure7(data: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
-                 avoid: np.ndarray | None = None, fontsize: float = 9) -> None:
+def place_labels(
+    ax: Axes,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    texts: Sequence[str],
+    avoid: np.ndarray | None = None,
+    fontsize: float = 9,
+) -> None:
     """Annotate points without overlapping labels: each label takes the first candidate offset
     (growing rings of eight directions) whose box stays inside the axes and clears every label
     already placed, every labelled point and every ``avoid`` point (data coordinates: other
@@ -210,15 +259,24 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequ
     for x, y, s in zip(xs, ys, texts):
         best = None
         for dx, dy in candidates:
-            t = ax.annotate(s, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                            ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if abs(dx) + abs(dy) > 20 else None)
+            t = ax.annotate(
+                s,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if abs(dx) + abs(dy) > 20 else None,
+            )
             box = t.get_window_extent(renderer).padded(2)
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-            clashes = (10 * sum(box.overlaps(o) for o in placed) + sum(box.overlaps(o) for o in markers)
-                       + (0 if inside else 1000))
+            clashes = (
+                10 * sum(box.overlaps(o) for o in placed)
+                + sum(box.overlaps(o) for o in markers)
+                + (0 if inside else 1000)
+            )
             if best is None or clashes < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -251,28 +309,47 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
         with rc_context(STYLE):
             fig = _figure(figsize=(7.5, 5.2), layout="constrained")
             ax = fig.subplots()
-            ax.step(front["ssim"], front["test_acc"] * 100, where="post", color="0.3", lw=1, zorder=1,
-                    label="Pareto frontier")
+            ax.step(
+                front["ssim"],
+                front["test_acc"] * 100,
+                where="post",
+                color="0.3",
+                lw=1,
+                zorder=1,
+                label="Pareto frontier",
+            )
             for p in partitions:
                 sub = g[g["partition"] == p]
                 rest, best = sub[~sub["on_frontier"]], sub[sub["on_frontier"]]
-                ax.scatter(rest["ssim"], rest["test_acc"] * 100, s=30, facecolors="none", edgecolors=[colors[p]],
-                           label=f"{p}")
-                ax.scatter(best["ssim"], best["test_acc"] * 100, s=55, color=colors[p], edgecolors="black", zorder=3)
+                ax.scatter(
+                    rest["ssim"],
+                    rest["test_acc"] * 100,
+                    s=30,
+                    facecolors="none",
+                    edgecolors=[colors[p]],
+                    label=f"{p}",
+                )
+                ax.scatter(
+                    best["ssim"], best["test_acc"] * 100, s=55, color=colors[p], edgecolors="black", zorder=3
+                )
             ax.set_xlabel("worst-case attacker SSIM (lower = more private)")
             ax.set_ylabel("test accuracy (%)")
             ax.margins(0.15)
             ax.grid(alpha=0.3)
             row = hv[(hv["sweep"] == sweep) & (hv["dataset"] == dataset)].iloc[0]
-            ax.set_title(f"{dataset} (sweep {sweep}): {row['n_pareto']} of {row['n_models']} (model, partition) "
-                         f"points on the frontier, hypervolume {row['hypervolume']:.3f}")
+            ax.set_title(
+                f"{dataset} (sweep {sweep}): {row['n_pareto']} of {row['n_models']} (model, partition) "
+                f"points on the frontier, hypervolume {row['hypervolume']:.3f}"
+            )
             ax.legend(title="partition (filled = Pareto)", loc="best")
             fig.canvas.draw()
             fig.set_layout_engine("none")  # freeze the layout: labels are placed in display space
             fx, fy = front["ssim"].to_numpy(float), (front["test_acc"] * 100).to_numpy(float)
             others = np.column_stack([g["ssim"], g["test_acc"] * 100]).astype(float)
-            labels = [model_label(*t[:3], t[3] if many_suites else "")
-                      for t in front[["partition", "defense", "lam", "defenders"]].itertuples(index=False)]
+            labels = [
+                model_label(*t[:3], t[3] if many_suites else "")
+                for t in front[["partition", "defense", "lam", "defenders"]].itertuples(index=False)
+            ]
             place_labels(ax, fx, fy, labels, avoid=np.vstack([others, _staircase(fx, fy)]))
             paths.append(_save(fig, out / f"frontier_{_slug(sweep, dataset)}.png"))
     return paths
@@ -292,13 +369,18 @@ def training_curves(epochs: pd.DataFrame, models: pd.DataFrame, out: Path) -> li
     defenders × λ (mean over seeds); an undefended model trains without a partition."""
     cols = ["sweep", "model_id", "dataset", "partition", "defenders", "lam"]
     models = models.assign(partition=models["partition"].fillna("undefended"))
-    e = epochs.merge(models[[*cols, "distance"]].rename(columns={"distance": "distance_kind"}),
-                     on=["sweep", "model_id"], how="inner")
+    e = epochs.merge(
+        models[[*cols, "distance"]].rename(columns={"distance": "distance_kind"}),
+        on=["sweep", "model_id"],
+        how="inner",
+    )
     paths = []
     for sweep, dataset, g in _per_dataset(e):
         keys = ["partition", "defenders", "lam"]
-        lines = sorted(g.groupby(keys, observed=True, sort=False),
-                       key=lambda kv: (natural_key(kv[0][0]), kv[0][1], kv[0][2]))
+        lines = sorted(
+            g.groupby(keys, observed=True, sort=False),
+            key=lambda kv: (natural_key(kv[0][0]), kv[0][1], kv[0][2]),
+        )
         with rc_context(STYLE):
             fig = _figure(figsize=(4.2 * len(CURVES) + 2.5, 3.6), layout="constrained")
             axes = fig.subplots(1, len(CURVES))
@@ -306,8 +388,13 @@ def training_curves(epochs: pd.DataFrame, models: pd.DataFrame, out: Path) -> li
                 mean = sub.groupby("epoch")[[c for c, _, _ in CURVES]].mean()
                 label = f"{partition}, λ={lam:g}" + (f" [{defenders}]" if defenders else "")
                 for ax, (col, _, fn) in zip(axes, CURVES):
-                    ax.plot(mean.index, fn(mean[col]), marker="." if len(mean) < 30 else None,
-                            color=_color(i), label=label)
+                    ax.plot(
+                        mean.index,
+                        fn(mean[col]),
+                        marker="." if len(mean) < 30 else None,
+                        color=_color(i),
+                        label=label,
+                    )
             kinds = g.loc[g["distance"].notna(), "distance_kind"].unique()
             units = " / ".join(DISTANCE_UNITS.get(k, k) for k in sorted(kinds)) or "no defenders"
             for ax, (col, ylabel, _) in zip(axes, CURVES):

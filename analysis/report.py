@@ -10,18 +10,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from analysis.results_md import cell, fmt, interval, md_table, paired_md, write_markdown
 from analysis.tables import (
-    CONFIG, FIG5_METRICS, SETTING, Missing, Results, config_label, figure4_data, figure5_data, figure7_data,
-    frontiers, in_setting, load, natural_key, paired_differences, settings, table_i, table_ii, table_iii,
+    CONFIG,
+    FIG5_METRICS,
+    SETTING,
+    Missing,
+    Results,
+    config_label,
+    figure4_data,
+    figure5_data,
+    figure7_data,
+    frontiers,
+    in_setting,
+    load,
+    natural_key,
+    paired_differences,
+    settings,
+    table_i,
+    table_ii,
+    table_iii,
 )
-from pp_cluster.results.rules import succeeded
 from analysis.uncertainty import METHODS
+from pp_cluster.results.rules import succeeded
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -36,9 +52,11 @@ def _heading(key: tuple) -> str:
 def _seeds_note(df: pd.DataFrame, col: str) -> str:
     n = df[col]
     seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
-    return (f"Mean over {seeds} seed(s) and its 95 % interval: t over seeds where there are two or more, else "
-            "the single run's (bootstrap over images for SSIM/MSE, Wilson for accuracy and counts); the method "
-            "of each is in the CSV (`*_ci_method`).")
+    return (
+        f"Mean over {seeds} seed(s) and its 95 % interval: t over seeds where there are two or more, else "
+        "the single run's (bootstrap over images for SSIM/MSE, Wilson for accuracy and counts); the method "
+        "of each is in the CSV (`*_ci_method`)."
+    )
 
 
 def table_i_md(t: pd.DataFrame) -> str:
@@ -52,9 +70,17 @@ def table_i_md(t: pd.DataFrame) -> str:
         cells = {c: g[(g["lam"] == c[0]) & (g["defenders"] == c[1])].set_index("attacker") for c in cols}
         rows = [["model accuracy, %", *[cell(cells[c].iloc[0], "test_acc") for c in cols]]]
         for attacker in sorted(g["attacker"].unique(), key=natural_key):
-            rows.append([f"MSE / SSIM {attacker}", *[
-                f"{cell(cells[c].loc[attacker], 'mse')} / {cell(cells[c].loc[attacker], 'ssim')}"
-                if attacker in cells[c].index else "–" for c in cols]])
+            rows.append(
+                [
+                    f"MSE / SSIM {attacker}",
+                    *[
+                        f"{cell(cells[c].loc[attacker], 'mse')} / {cell(cells[c].loc[attacker], 'ssim')}"
+                        if attacker in cells[c].index
+                        else "–"
+                        for c in cols
+                    ],
+                ]
+            )
         body = pd.DataFrame(rows, columns=["defender weight λ", *heads])
         parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
     return "\n\n".join(parts)
@@ -69,18 +95,27 @@ def table_ii_md(t: pd.DataFrame) -> str:
     order = {"none": 0, "single": 1, "multiple": 2}
     parts = []
     for key, g in _groups(t):
-        suites = sorted(g[["defenders_present", "defenders", "lam"]].drop_duplicates().itertuples(index=False),
-                        key=lambda s: (order[s[0]], s[2], s[1]))
+        suites = sorted(
+            g[["defenders_present", "defenders", "lam"]].drop_duplicates().itertuples(index=False),
+            key=lambda s: (order[s[0]], s[2], s[1]),
+        )
         labels = [_suite_label(*s) for s in suites]
         attackers = sorted(g["attacker"].unique(), key=natural_key)
         rows = []
-        by_suite = [g[(g["defenders_present"] == s[0]) & (g["defenders"] == s[1]) & (g["lam"] == s[2])] for s in suites]
+        by_suite = [
+            g[(g["defenders_present"] == s[0]) & (g["defenders"] == s[1]) & (g["lam"] == s[2])]
+            for s in suites
+        ]
         rows.append(["model accuracy, %", *[cell(s.iloc[0], "test_acc") for s in by_suite]])
         for metric in ("mse", "ssim"):
             for attacker in attackers:
                 vals = [s[s["attacker"] == attacker] for s in by_suite]
-                rows.append([f"{metric.upper()} {attacker}",
-                             *[cell(v.iloc[0], metric) if len(v) else "–" for v in vals]])
+                rows.append(
+                    [
+                        f"{metric.upper()} {attacker}",
+                        *[cell(v.iloc[0], metric) if len(v) else "–" for v in vals],
+                    ]
+                )
         body = pd.DataFrame(rows, columns=["defenders present", *labels])
         parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
     return "\n\n".join(parts)
@@ -94,13 +129,23 @@ def table_iii_md(t: pd.DataFrame) -> str:
         rows = []
         for setting in settings(g):
             c = g[in_setting(g, setting)].set_index("partition")
-            rows.append([config_label(*setting), *[
-                f"{cell(c.loc[p], 'n_cg')} / {cell(c.loc[p], 'n_df')} / {fmt(c.at[p, 'n_ti_mean'], '.0f')}"
-                if p in c.index else "–" for p in partitions]])
+            rows.append(
+                [
+                    config_label(*setting),
+                    *[
+                        f"{cell(c.loc[p], 'n_cg')} / {cell(c.loc[p], 'n_df')} / {fmt(c.at[p, 'n_ti_mean'], '.0f')}"
+                        if p in c.index
+                        else "–"
+                        for p in partitions
+                    ],
+                ]
+            )
         body = pd.DataFrame(rows, columns=["#CG / #DF / #TI", *partitions])
-        parts.append(f"**{dataset} / {arch}** (sweep `{sweep}`)\n\n{md_table(body)}\n\n"
-                     f"#CG correctly gendered, #DF detected faces, #TI total images; strongest attacker per model. "
-                     f"{_seeds_note(g, 'n_cg_n')}")
+        parts.append(
+            f"**{dataset} / {arch}** (sweep `{sweep}`)\n\n{md_table(body)}\n\n"
+            f"#CG correctly gendered, #DF detected faces, #TI total images; strongest attacker per model. "
+            f"{_seeds_note(g, 'n_cg_n')}"
+        )
     return "\n\n".join(parts)
 
 
@@ -119,15 +164,33 @@ def figure5_md(t: pd.DataFrame) -> str:
 
 
 def frontier_md(points: pd.DataFrame, hv: pd.DataFrame) -> str:
-    front = points[points["on_frontier"]].sort_values(["sweep", "dataset", "test_acc"], ascending=[True, True, False])
-    cols = ["sweep", "dataset", "partition", "defense", "lam", "defenders", "seed", "test_acc", "ssim",
-            "ssim_attacker"]
+    front = points[points["on_frontier"]].sort_values(
+        ["sweep", "dataset", "test_acc"], ascending=[True, True, False]
+    )
+    cols = [
+        "sweep",
+        "dataset",
+        "partition",
+        "defense",
+        "lam",
+        "defenders",
+        "seed",
+        "test_acc",
+        "ssim",
+        "ssim_attacker",
+    ]
     body = front[cols].assign(
-        test_acc=[interval(a, lo, hi, "rate") for a, lo, hi in front[["test_acc", "test_acc_ci_lo", "test_acc_ci_hi"]].values],
-        ssim=[interval(a, lo, hi) for a, lo, hi in front[["ssim", "ssim_ci_lo", "ssim_ci_hi"]].values])
-    return (f"{md_table(hv.assign(hypervolume=hv['hypervolume'].map(fmt)))}\n\n"
-            f"Hypervolume: area dominated in (test accuracy, worst-case SSIM) up to the reference point "
-            f"(accuracy 0, SSIM 1); 1 would be a perfect, leak-free model.\n\n{md_table(body)}")
+        test_acc=[
+            interval(a, lo, hi, "rate")
+            for a, lo, hi in front[["test_acc", "test_acc_ci_lo", "test_acc_ci_hi"]].values
+        ],
+        ssim=[interval(a, lo, hi) for a, lo, hi in front[["ssim", "ssim_ci_lo", "ssim_ci_hi"]].values],
+    )
+    return (
+        f"{md_table(hv.assign(hypervolume=hv['hypervolume'].map(fmt)))}\n\n"
+        f"Hypervolume: area dominated in (test accuracy, worst-case SSIM) up to the reference point "
+        f"(accuracy 0, SSIM 1); 1 would be a perfect, leak-free model.\n\n{md_table(body)}"
+    )
 
 
 def _summary(res: Results) -> str:
@@ -139,10 +202,11 @@ def _summary(res: Results) -> str:
         f"- attacks: {len(a)} ({', '.join(f'{k}: {v}' for k, v in a['status'].value_counts().items()) or 'none'})",
         f"- attacker data: {', '.join(sorted(a['attacker_data'].dropna().unique())) or 'n/a'}",
         f"- epochs rows: {len(res.epochs)}",
-        "- \"best attack\" = per model and partition the strongest attacker on each metric (max SSIM / reprint "
+        '- "best attack" = per model and partition the strongest attacker on each metric (max SSIM / reprint '
         "accuracy / PSNR, min MSE / DPD), over successful attacks only; an undefended model is attacked at every "
         "partition",
-        "- 95 % intervals: " + "; ".join(f"{k}: {v}" for k, v in METHODS.items() if k != "newcombe")
+        "- 95 % intervals: "
+        + "; ".join(f"{k}: {v}" for k, v in METHODS.items() if k != "newcombe")
         + f"; for one pair's accuracy difference, {METHODS['newcombe']}",
         "- the mean-image baseline is shown beside the attackers and never counts as the strongest one",
     ]
@@ -150,12 +214,16 @@ def _summary(res: Results) -> str:
     if len(bad):
         lines.append("\nModels that did not finish:\n")
         bad = bad.assign(error=bad["error"].fillna("").str.slice(0, 120))
-        lines.append(md_table(bad[["sweep", "model_id", "partition", "lam", "status", "diverged_epoch", "error"]]))
+        lines.append(
+            md_table(bad[["sweep", "model_id", "partition", "lam", "status", "diverged_epoch", "error"]])
+        )
     ok = a[succeeded(a)]
     reasons = ok["dpd_reason"].dropna().unique()
     if len(reasons):
-        lines.append(f"\nDPD unavailable for {ok['dpd'].isna().sum()} successful attack(s): "
-                     + "; ".join(map(str, reasons)))
+        lines.append(
+            f"\nDPD unavailable for {ok['dpd'].isna().sum()} successful attack(s): "
+            + "; ".join(map(str, reasons))
+        )
     return "\n".join(lines)
 
 
@@ -182,11 +250,13 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
     def images(paths: list[Path]) -> str:
         return "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
 
-    def table(build: Callable[[Results], pd.DataFrame], render: Callable[[pd.DataFrame], str],
-              name: str) -> Callable[[], str]:
+    def table(
+        build: Callable[[Results], pd.DataFrame], render: Callable[[pd.DataFrame], str], name: str
+    ) -> Callable[[], str]:
         def run() -> str:
             t = build(res)
             return f"{render(t)}\n\n{csv(t, name)}"
+
         return run
 
     def fig4() -> str:
@@ -199,32 +269,47 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
 
     def fig7() -> str:
         t = figure7_data(res)
-        return (f"{images(figures.figure7(t, out))}\n\nε is read from the `epsilon` key of each model's "
-                f"`config_json` (the models table has no ε column); SSIM is the strongest attack's.\n\n"
-                f"{csv(t, 'figure7')}")
+        return (
+            f"{images(figures.figure7(t, out))}\n\nε is read from the `epsilon` key of each model's "
+            f"`config_json` (the models table has no ε column); SSIM is the strongest attack's.\n\n"
+            f"{csv(t, 'figure7')}"
+        )
 
     def front() -> str:
         points, hv = frontiers(res)
-        return (f"{images(figures.frontier_plot(points, hv, out))}\n\n{frontier_md(points, hv)}\n\n"
-                f"{csv(points.drop(columns=['config_json']), 'frontier')} · {csv(hv, 'hypervolume')}")
+        return (
+            f"{images(figures.frontier_plot(points, hv, out))}\n\n{frontier_md(points, hv)}\n\n"
+            f"{csv(points.drop(columns=['config_json']), 'frontier')} · {csv(hv, 'hypervolume')}"
+        )
 
     def curves() -> str:
         if res.epochs.empty:
             raise Missing("Training curves: the epochs table is empty")
         return images(figures.training_curves(res.epochs, res.models, out))
 
-    artefact("Table I — accuracy and attacker MSE/SSIM per defender weight λ", table(table_i, table_i_md, "table_i"))
+    artefact(
+        "Table I — accuracy and attacker MSE/SSIM per defender weight λ",
+        table(table_i, table_i_md, "table_i"),
+    )
     artefact("Table II — no, single and multiple defenders", table(table_ii, table_ii_md, "table_ii"))
-    artefact("Table III — gender estimation from reconstructions", table(table_iii, table_iii_md, "table_iii"))
+    artefact(
+        "Table III — gender estimation from reconstructions", table(table_iii, table_iii_md, "table_iii")
+    )
     artefact("Figure 4 — original vs reconstructed images", fig4)
     artefact("Figure 5 — five criteria per partition × defense", fig5)
     artefact("Figure 7 — DP image pixelation against ε", fig7)
-    artefact("Defended minus undefended, paired by seed", table(paired_differences, paired_md, "paired_differences"))
+    artefact(
+        "Defended minus undefended, paired by seed",
+        table(paired_differences, paired_md, "paired_differences"),
+    )
     artefact("Accuracy–privacy frontier", front)
     artefact("Training curves", curves)
     worst = res.models_with_worst().drop(columns=["config_json"], errors="ignore")
     sections.append(f"## Per-model best attacks\n\n{csv(worst, 'models_worst_case')}")
-    sections += ["## Missing", "\n".join(f"- {m}" for m in missing) if missing else "Nothing: every artefact was built."]
+    sections += [
+        "## Missing",
+        "\n".join(f"- {m}" for m in missing) if missing else "Nothing: every artefact was built.",
+    ]
     path = out / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path
@@ -235,9 +320,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="results root (local path or s3://bucket/prefix)")
     p.add_argument("--out", type=Path, default=None, help="directory for report.md, PNGs and CSVs")
     p.add_argument("--sweep", default=None, help="only this sweep (default: every sweep under the root)")
-    p.add_argument("--markdown", type=Path, default=None, metavar="PAGE",
-                   help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
-                        "(e.g. docs/results.md)")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="PAGE",
+        help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
+        "(e.g. docs/results.md)",
+    )
     return p
 
 
@@ -249,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if args.out is not None:
-            print(f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)")
+            print(
+                f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)"
+            )
         if args.markdown is not None:
             print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
     except (FileNotFoundError, ValueError) as e:  # a mistyped root or sweep: a message, not a traceback

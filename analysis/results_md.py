@@ -12,16 +12,27 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow.fs as pafs
 
 from analysis import paper
 from analysis.tables import (
-    CONFIG, DIFF_METRICS, Missing, Results, config_label, epsilon, figure5_data, frontiers, load,
-    natural_key, paired_differences, settings, table_iii,
+    CONFIG,
+    DIFF_METRICS,
+    Missing,
+    Results,
+    config_label,
+    epsilon,
+    figure5_data,
+    frontiers,
+    load,
+    natural_key,
+    paired_differences,
+    settings,
+    table_iii,
 )
 from analysis.uncertainty import METHODS, N_RESAMPLES, t_crit, wilson
 from pp_cluster.results.fs import resolve
@@ -30,8 +41,13 @@ from pp_cluster.results.rules import BASELINE_ATTACKERS, succeeded
 # Optional, beside the tables: how the run was made. RUN_KEYS are shown first (the tables fill in
 # date, machine and wall time when it has none), any other key after them as it is.
 RUN_FILE = "run.json"
-RUN_KEYS = {"command": "command", "date": "date", "machine": "machine", "wall_seconds": "wall time",
-            "notes": "notes"}
+RUN_KEYS = {
+    "command": "command",
+    "date": "date",
+    "machine": "machine",
+    "wall_seconds": "wall time",
+    "notes": "notes",
+}
 METHOD_NAMES = {"t": "t over seeds", "bootstrap": "bootstrap", "wilson": "Wilson", "newcombe": "Newcombe"}
 
 
@@ -87,8 +103,10 @@ def method(row: pd.Series, metric: str) -> str:
 def sorted_rows(df: pd.DataFrame, then: Callable[[pd.Series], int] = lambda r: 0) -> list[pd.Series]:
     """Rows by partition (reading order), setting (undefended first, then by λ), then ``then``."""
     order = {s: i for i, s in enumerate(settings(df))}
-    return sorted((r for _, r in df.iterrows()), key=lambda r: (
-        natural_key(r["partition"]), order[(r["defense"], r["defenders"], r["lam"])], then(r)))
+    return sorted(
+        (r for _, r in df.iterrows()),
+        key=lambda r: (natural_key(r["partition"]), order[(r["defense"], r["defenders"], r["lam"])], then(r)),
+    )
 
 
 def per_config(df: pd.DataFrame, render: Callable[[pd.DataFrame, str], str]) -> str:
@@ -144,8 +162,11 @@ def provenance_md(res: Results, info: dict) -> str:
     if "command" in info:
         out += ["The run was made with:", "", "```", info["command"].strip(), "```", ""]
     else:
-        out += [f"No `{RUN_FILE}` beside the tables, so the command that made the run is not recorded; "
-                "what follows is what the tables themselves record.", ""]
+        out += [
+            f"No `{RUN_FILE}` beside the tables, so the command that made the run is not recorded; "
+            "what follows is what the tables themselves record.",
+            "",
+        ]
     rows = []
     for key, label in RUN_KEYS.items():
         if key == "command":
@@ -155,18 +176,27 @@ def provenance_md(res: Results, info: dict) -> str:
             rows.append((label, value))
         elif key in derived:
             rows.append((label, derived[key]))
-    rows += [(key, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
-             for key, v in sorted(info.items()) if key not in RUN_KEYS]
+    rows += [
+        (key, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+        for key, v in sorted(info.items())
+        if key not in RUN_KEYS
+    ]
     status = ", ".join(f"{k} {v}" for k, v in sorted(m["status"].value_counts().items()))
     a_status = ", ".join(f"{k} {v}" for k, v in sorted(a["status"].value_counts().items()))
     rows += [
-        ("sweeps", _values(m["sweep"])), ("data set / classifier", f"{_values(m['dataset'])} / {_values(m['arch'])}"),
-        ("recipe", _values(m["recipe"])), ("epochs", _values(m["epochs"])), ("seeds", _values(m["seed"])),
-        ("defenses", _values(m["defense"])), ("λ", _values(m["lam"].map(lambda x: f"{x:g}"))),
-        ("partitions attacked", _values(a["partition"])), ("attackers", _values(a["attacker"])),
+        ("sweeps", _values(m["sweep"])),
+        ("data set / classifier", f"{_values(m['dataset'])} / {_values(m['arch'])}"),
+        ("recipe", _values(m["recipe"])),
+        ("epochs", _values(m["epochs"])),
+        ("seeds", _values(m["seed"])),
+        ("defenses", _values(m["defense"])),
+        ("λ", _values(m["lam"].map(lambda x: f"{x:g}"))),
+        ("partitions attacked", _values(a["partition"])),
+        ("attackers", _values(a["attacker"])),
         ("test images (models.n_test)", _values(m["n_test"])),
         ("images per attack (attacks.n_eval)", _values(a["n_eval"])),
-        ("models", f"{len(m)} ({status})"), ("attacks", f"{len(a)} ({a_status})"),
+        ("models", f"{len(m)} ({status})"),
+        ("attacks", f"{len(a)} ({a_status})"),
         ("pp_cluster / torch", f"{_values(m['package_version'])} / {_values(m['torch_version'])}"),
         ("git commit", _values(m["git_sha"])),
     ]
@@ -179,28 +209,30 @@ def methods_md(res: Results) -> str:
     n_test = sorted({int(n) for n in res.models["n_test"].dropna()})
     widths = ", ".join(f"n = {n}: ±{_half_width(n):.1f} points" for n in sorted({*n_test, 40, 474}))
     baselines = ", ".join(f"`{b}`" for b in BASELINE_ATTACKERS)
-    return "\n".join([
-        "Every number is a mean with its 95 % interval in brackets; the *interval* column names the method:",
-        "",
-        f"- **t over seeds** where a setting has two or more seeds: {METHODS['t']}.",
-        f"- **bootstrap** for a single run's SSIM and MSE: {METHODS['bootstrap']}. For the worst case, each "
-        "resample recomputes every attacker's mean and takes the strongest, so the interval includes the "
-        "choice of attacker.",
-        f"- **Wilson** for a single run's test accuracy (from `test_acc` and `n_test`), reprint accuracy "
-        f"(`n_eval`) and #CG / #DF (out of #TI): {METHODS['wilson']}.",
-        f"- **Newcombe** for a single pair's difference in accuracy or #CG: {METHODS['newcombe']}.",
-        "",
-        f"A small test set gives wide intervals. A Wilson interval around 90 % accuracy is, half-width, "
-        f"{widths}; {' and '.join(map(str, n_test)) or 'no'} test image(s) stand behind this run's accuracies "
-        "(the paper's LFW test set has 474). With one seed, an interval covers evaluation noise only, not "
-        f"training noise; with two, the t quantile is {t_crit(pd.Series([2])).iloc[0]:.1f} (one degree of freedom), "
-        "so those intervals are very wide and may reach past a metric's range (above 100 %, below 0): they are "
-        "shown as computed.",
-        "",
-        f"*Worst case* = per model and partition the strongest attacker on each metric (max SSIM and reprint "
-        f"accuracy, min MSE and DPD), over successful attacks. The no-information baseline ({baselines}: the "
-        "mean training image, whatever the input) is shown beside it and never counts as an attacker.",
-    ])
+    return "\n".join(
+        [
+            "Every number is a mean with its 95 % interval in brackets; the *interval* column names the method:",
+            "",
+            f"- **t over seeds** where a setting has two or more seeds: {METHODS['t']}.",
+            f"- **bootstrap** for a single run's SSIM and MSE: {METHODS['bootstrap']}. For the worst case, each "
+            "resample recomputes every attacker's mean and takes the strongest, so the interval includes the "
+            "choice of attacker.",
+            f"- **Wilson** for a single run's test accuracy (from `test_acc` and `n_test`), reprint accuracy "
+            f"(`n_eval`) and #CG / #DF (out of #TI): {METHODS['wilson']}.",
+            f"- **Newcombe** for a single pair's difference in accuracy or #CG: {METHODS['newcombe']}.",
+            "",
+            f"A small test set gives wide intervals. A Wilson interval around 90 % accuracy is, half-width, "
+            f"{widths}; {' and '.join(map(str, n_test)) or 'no'} test image(s) stand behind this run's accuracies "
+            "(the paper's LFW test set has 474). With one seed, an interval covers evaluation noise only, not "
+            f"training noise; with two, the t quantile is {t_crit(pd.Series([2])).iloc[0]:.1f} (one degree of freedom), "
+            "so those intervals are very wide and may reach past a metric's range (above 100 %, below 0): they are "
+            "shown as computed.",
+            "",
+            f"*Worst case* = per model and partition the strongest attacker on each metric (max SSIM and reprint "
+            f"accuracy, min MSE and DPD), over successful attacks. The no-information baseline ({baselines}: the "
+            "mean training image, whatever the input) is shown beside it and never counts as an attacker.",
+        ]
+    )
 
 
 def _half_width(n: int, p: float = 0.9) -> float:
@@ -225,7 +257,9 @@ def _nulls(res: Results, metric: str) -> str:
     reasons = sorted(ok.loc[null, "dpd_reason"].dropna().unique()) if metric == "dpd" else []
     why = f"; `attacks.dpd_reason`: {'; '.join(f'“{r}”' for r in reasons)}" if reasons else ""
     if null.all():
-        return f"Not measured in this run: `attacks.{metric}` is null for all {len(ok)} successful attacks{why}."
+        return (
+            f"Not measured in this run: `attacks.{metric}` is null for all {len(ok)} successful attacks{why}."
+        )
     return f"`attacks.{metric}` is null for {null.sum()} of {len(ok)} successful attacks{why}."
 
 
@@ -237,12 +271,17 @@ def figure5_md(res: Results) -> str:
         if t[f"{metric}_mean"].isna().all():
             body = _nulls(res, metric)
         else:
-            def render(g: pd.DataFrame, _: str) -> str:
+
+            def render(g: pd.DataFrame, _: str, metric: str = metric) -> str:
                 rows = []
                 for r in sorted_rows(g):
-                    row = {"partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
-                           "seeds": r[f"{metric}_n"], "ours [95 % CI]": cell(r, metric),
-                           "interval": method(r, metric)}
+                    row = {
+                        "partition": r["partition"],
+                        "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                        "seeds": r[f"{metric}_n"],
+                        "ours [95 % CI]": cell(r, metric),
+                        "interval": method(r, metric),
+                    }
                     if metric != "test_acc":
                         row["strongest attacker"] = r[f"{metric}_attackers"] or "–"
                     if f"{metric}_baseline_mean" in r:
@@ -253,7 +292,9 @@ def figure5_md(res: Results) -> str:
             body = per_config(t, render)
             if metric == "dpd" and t["dpd_mean"].isna().any():
                 body += "\n\n" + _nulls(res, metric)
-        parts.append(f"### {title}\n\n{body}\n\nPaper (Figure 5, LFW; no values printed): {paper.FIGURE5[metric]}.")
+        parts.append(
+            f"### {title}\n\n{body}\n\nPaper (Figure 5, LFW; no values printed): {paper.FIGURE5[metric]}."
+        )
     return "\n\n".join(parts)
 
 
@@ -268,20 +309,29 @@ def paired_md(d: pd.DataFrame) -> str:
         for r in sorted_rows(g, then=lambda r: DIFF_METRICS.index(r["metric"])):
             name, kind = DIFF_NAMES[r["metric"]], KINDS.get(r["metric"], "value")
             sig = r["significant"]
-            rows.append({
-                "partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
-                "metric": name, "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
-                "defended": interval(r["defended"], kind=kind), "undefended": interval(r["undefended"], kind=kind),
-                "defended − undefended [95 % CI]": interval(r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind),
-                "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
-                "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
-            })
+            rows.append(
+                {
+                    "partition": r["partition"],
+                    "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                    "metric": name,
+                    "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
+                    "defended": interval(r["defended"], kind=kind),
+                    "undefended": interval(r["undefended"], kind=kind),
+                    "defended − undefended [95 % CI]": interval(
+                        r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind
+                    ),
+                    "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
+                    "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
+                }
+            )
         return md_table(pd.DataFrame(rows))
 
-    return (f"{per_config(d, render)}\n\nEach defended model is paired with the undefended model of the same seed "
-            "(and recipe), attacked at the same partition. *Significant* means the paired 95 % interval of the "
-            "difference excludes 0; with one pair the SSIM interval is a paired bootstrap (the same images "
-            "resampled for both models).")
+    return (
+        f"{per_config(d, render)}\n\nEach defended model is paired with the undefended model of the same seed "
+        "(and recipe), attacked at the same partition. *Significant* means the paired 95 % interval of the "
+        "difference excludes 0; with one pair the SSIM interval is a paired bootstrap (the same images "
+        "resampled for both models)."
+    )
 
 
 def table_iii_md(res: Results) -> str:
@@ -289,49 +339,79 @@ def table_iii_md(res: Results) -> str:
     try:
         t = table_iii(res)
     except Missing as e:
-        ref = pd.DataFrame([{"partition": p, "setting": "no defense" if d == "none" else "λ=0.1 (deconv)",
-                             "paper #CG / #DF / #TI": " / ".join(map(str, v))} for (d, p), v in paper.TABLE_III.items()])
+        ref = pd.DataFrame(
+            [
+                {
+                    "partition": p,
+                    "setting": "no defense" if d == "none" else "λ=0.1 (deconv)",
+                    "paper #CG / #DF / #TI": " / ".join(map(str, v)),
+                }
+                for (d, p), v in paper.TABLE_III.items()
+            ]
+        )
         return f"{e}.\n\nThe paper's Table III (LFW), for reference:\n\n{md_table(ref)}"
 
     def render(g: pd.DataFrame, dataset: str) -> str:
         rows = []
         for r in sorted_rows(g):
-            row = {"partition": r["partition"], "setting": config_label(r["defense"], r["defenders"], r["lam"]),
-                   "seeds": r["n_cg_n"], "#CG [95 % CI]": cell(r, "n_cg"),
-                   "#DF [95 % CI]": cell(r, "n_df"), "#TI": fmt(r["n_ti_mean"], ".0f"),
-                   "#CG / #TI": pct(r["n_cg_mean"] / r["n_ti_mean"]), "interval": method(r, "n_cg"),
-                   "mean-image #CG": fmt(r.get("n_cg_baseline_mean", float("nan")), ".0f")}
+            row = {
+                "partition": r["partition"],
+                "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                "seeds": r["n_cg_n"],
+                "#CG [95 % CI]": cell(r, "n_cg"),
+                "#DF [95 % CI]": cell(r, "n_df"),
+                "#TI": fmt(r["n_ti_mean"], ".0f"),
+                "#CG / #TI": pct(r["n_cg_mean"] / r["n_ti_mean"]),
+                "interval": method(r, "n_cg"),
+                "mean-image #CG": fmt(r.get("n_cg_baseline_mean", float("nan")), ".0f"),
+            }
             ref = paper.TABLE_III.get((r["defense"], r["partition"])) if dataset.startswith("lfw") else None
             row["paper #CG / #DF / #TI"] = " / ".join(map(str, ref)) if ref else "–"
             row["paper #CG / #TI"] = pct(ref[0] / ref[2]) if ref else "–"
             rows.append(row)
         return md_table(pd.DataFrame(rows))
 
-    return (f"{per_config(t, render)}\n\n#CG correctly gendered faces, #DF detected faces, #TI images examined; per "
-            "model and partition the attacker with the most #CG (baselines excluded). *Mean-image #CG* is the "
-            "no-information baseline's count on the same models: a constant mean face is detected and gendered "
-            "too, so an attacker leaks gender only as far as it beats that count. The paper's defended "
-            "column is λ = 0.1 with one deconv defender after 250 epochs; compare rates (#CG / #TI) when the "
-            "test sets differ in size.")
+    return (
+        f"{per_config(t, render)}\n\n#CG correctly gendered faces, #DF detected faces, #TI images examined; per "
+        "model and partition the attacker with the most #CG (baselines excluded). *Mean-image #CG* is the "
+        "no-information baseline's count on the same models: a constant mean face is detected and gendered "
+        "too, so an attacker leaks gender only as far as it beats that count. The paper's defended "
+        "column is λ = 0.1 with one deconv defender after 250 epochs; compare rates (#CG / #TI) when the "
+        "test sets differ in size."
+    )
 
 
 def frontier_md(res: Results) -> str:
     points, hv = frontiers(res)
 
     def render(g: pd.DataFrame, _: str) -> str:
-        front = g[g["on_frontier"]].sort_values(["test_acc", "ssim"], ascending=[False, True], kind="mergesort")
-        rows = [{"partition": r["partition"] if isinstance(r["partition"], str) else "input",
-                 "setting": _point_setting(r), "seed": r["seed"],
-                 "test accuracy, % [95 % CI]": interval(r["test_acc"], r["test_acc_ci_lo"], r["test_acc_ci_hi"], "rate"),
-                 "worst-case SSIM [95 % CI]": interval(r["ssim"], r["ssim_ci_lo"], r["ssim_ci_hi"]),
-                 "strongest attacker": r["ssim_attacker"]} for _, r in front.iterrows()]
+        front = g[g["on_frontier"]].sort_values(
+            ["test_acc", "ssim"], ascending=[False, True], kind="mergesort"
+        )
+        rows = [
+            {
+                "partition": r["partition"] if isinstance(r["partition"], str) else "input",
+                "setting": _point_setting(r),
+                "seed": r["seed"],
+                "test accuracy, % [95 % CI]": interval(
+                    r["test_acc"], r["test_acc_ci_lo"], r["test_acc_ci_hi"], "rate"
+                ),
+                "worst-case SSIM [95 % CI]": interval(r["ssim"], r["ssim_ci_lo"], r["ssim_ci_hi"]),
+                "strongest attacker": r["ssim_attacker"],
+            }
+            for _, r in front.iterrows()
+        ]
         h = hv[(hv["sweep"] == g["sweep"].iloc[0]) & (hv["dataset"] == g["dataset"].iloc[0])].iloc[0]
-        return (f"{md_table(pd.DataFrame(rows))}\n\n{h['n_pareto']} of {h['n_models']} (model, partition) points are "
-                f"Pareto-optimal; hypervolume {h['hypervolume']:.3f} (area dominated up to accuracy 0, SSIM 1).")
+        return (
+            f"{md_table(pd.DataFrame(rows))}\n\n{h['n_pareto']} of {h['n_models']} (model, partition) points are "
+            f"Pareto-optimal; hypervolume {h['hypervolume']:.3f} (area dominated up to accuracy 0, SSIM 1)."
+        )
 
-    return (f"{per_config(points, render)}\n\nA point is one trained model at one partition "
-            "(an undefended model is a point at each partition), placed by its test accuracy and worst-case SSIM; "
-            f"Pareto-optimal = no other point is at least as accurate and leaks no more.\n\nPaper: {paper.FRONTIER}.")
+    return (
+        f"{per_config(points, render)}\n\nA point is one trained model at one partition "
+        "(an undefended model is a point at each partition), placed by its test accuracy and worst-case SSIM; "
+        f"Pareto-optimal = no other point is at least as accurate and leaks no more.\n\nPaper: {paper.FRONTIER}."
+    )
 
 
 def _point_setting(r: pd.Series) -> str:
@@ -353,12 +433,18 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
         f"Generated by `python -m analysis.report TABLES --markdown PAGE` from the tables in "
         f"[`{source_label(root, page)}`]({source_label(root, page)}) alone; regenerating it from the same "
         f"tables gives this page byte for byte (bootstraps: {N_RESAMPLES} resamples, fixed seed).",
-        "## How the run was made", provenance_md(res, run_info(root)),
-        "## How to read the numbers", methods_md(res),
-        "## Figure 5 (a–e): five criteria per partition", _built(lambda: figure5_md(res)),
-        "## Defended minus undefended, paired by seed", _built(lambda: paired_md(paired_differences(res))),
-        "## Table III: gender estimation from the reconstructions", table_iii_md(res),
-        "## Privacy–utility frontier", _built(lambda: frontier_md(res)),
+        "## How the run was made",
+        provenance_md(res, run_info(root)),
+        "## How to read the numbers",
+        methods_md(res),
+        "## Figure 5 (a–e): five criteria per partition",
+        _built(lambda: figure5_md(res)),
+        "## Defended minus undefended, paired by seed",
+        _built(lambda: paired_md(paired_differences(res))),
+        "## Table III: gender estimation from the reconstructions",
+        table_iii_md(res),
+        "## Privacy–utility frontier",
+        _built(lambda: frontier_md(res)),
         f"## The paper's setting\n\n{paper.SETTING}.",
     ]
     return "\n\n".join(sections) + "\n"

@@ -14,22 +14,40 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
 from analysis.uncertainty import (
-    LEVEL, METHODS, bootstrap, newcombe, paired_images, strongest_of_means, t_crit, wilson,
+    LEVEL,
+    METHODS,
+    bootstrap,
+    newcombe,
+    paired_images,
+    strongest_of_means,
+    t_crit,
+    wilson,
 )
 from pp_cluster.results.fs import resolve
 from pp_cluster.results.rules import (  # the shared rules: strongest attacker, baselines, Pareto
-    MODEL_KEYS as KEYS, OK, STRONGEST, WORST_KEYS, competing, is_baseline, pareto_mask, strongest,
+    MODEL_KEYS as KEYS,
+)
+from pp_cluster.results.rules import (
+    OK,
+    STRONGEST,
+    WORST_KEYS,
+    competing,
+    is_baseline,
+    pareto_mask,
+    strongest,
     succeeded,
 )
 from pp_cluster.results.store import ResultStore
+
 # The configuration a row belongs to; seeds are what gets averaged over.
 CONFIG = ["sweep", "dataset", "arch", "partition"]
 # What distinguishes configurations within one partition; seeds are averaged within a setting.
@@ -40,8 +58,16 @@ PAPER_DEFENSES = ("none", "partition")
 IMAGES = {"ssim": "ssim_images", "mse": "mse_images"}
 # The interval a single run has for each summarised column (``<column>_ci_lo/_ci_hi`` of its row);
 # a group of two or more seeds gets the t interval over seeds instead.
-RUN_CI = {"test_acc": "wilson", "reprint_acc": "wilson", "ssim": "bootstrap", "mse": "bootstrap",
-          "ssim_baseline": "bootstrap", "mse_baseline": "bootstrap", "n_cg": "wilson", "n_df": "wilson"}
+RUN_CI = {
+    "test_acc": "wilson",
+    "reprint_acc": "wilson",
+    "ssim": "bootstrap",
+    "mse": "bootstrap",
+    "ssim_baseline": "bootstrap",
+    "mse_baseline": "bootstrap",
+    "n_cg": "wilson",
+    "n_df": "wilson",
+}
 # Settings are paired with the undefended model trained the same way from the same seed.
 PAIR = ["sweep", "dataset", "arch", "recipe", "epochs", "lr", "batch_size", "seed", "partition"]
 CI_METHOD = METHODS["t"]
@@ -123,7 +149,9 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 def _with_ci(df: pd.DataFrame, name: str, cis: list[tuple[float, float]]) -> pd.DataFrame:
     """``df`` with the (lo, hi) pairs ``cis`` (one per row) as ``<name>_ci_lo`` and ``<name>_ci_hi``."""
-    return df.assign(**{f"{name}_ci_lo": [float(c[0]) for c in cis], f"{name}_ci_hi": [float(c[1]) for c in cis]})
+    return df.assign(
+        **{f"{name}_ci_lo": [float(c[0]) for c in cis], f"{name}_ci_hi": [float(c[1]) for c in cis]}
+    )
 
 
 def _bootstrap_strongest(attacks: pd.DataFrame, metric: str, level: float) -> pd.DataFrame:
@@ -138,7 +166,9 @@ def _bootstrap_strongest(attacks: pd.DataFrame, metric: str, level: float) -> pd
 
     groups = attacks.dropna(subset=[metric]).groupby(WORST_KEYS, dropna=False, sort=True)[IMAGES[metric]]
     keys = groups.size().index.to_frame(index=False)
-    return _with_ci(keys, "", [ci(lists) for _, lists in groups]).rename(columns={"_ci_lo": "lo", "_ci_hi": "hi"})
+    return _with_ci(keys, "", [ci(lists) for _, lists in groups]).rename(
+        columns={"_ci_lo": "lo", "_ci_hi": "hi"}
+    )
 
 
 def _strongest_with_ci(attacks: pd.DataFrame, metric: str, name: str, level: float) -> pd.DataFrame:
@@ -146,9 +176,13 @@ def _strongest_with_ci(attacks: pd.DataFrame, metric: str, name: str, level: flo
     its attacker (``<name>_attacker``) and interval (``<name>_ci_lo/_ci_hi``): bootstrap over the
     images where they were stored, Wilson over ``n_eval`` for reprint accuracy."""
     best = strongest(attacks, WORST_KEYS, [(metric, STRONGEST[metric])])
-    out = best[WORST_KEYS].assign(**{name: best[metric].astype("float64"), f"{name}_attacker": best["attacker"]})
+    out = best[WORST_KEYS].assign(
+        **{name: best[metric].astype("float64"), f"{name}_attacker": best["attacker"]}
+    )
     if metric in IMAGES:
-        cis = _bootstrap_strongest(attacks, metric, level).rename(columns={"lo": f"{name}_ci_lo", "hi": f"{name}_ci_hi"})
+        cis = _bootstrap_strongest(attacks, metric, level).rename(
+            columns={"lo": f"{name}_ci_lo", "hi": f"{name}_ci_hi"}
+        )
         return out.merge(cis, on=WORST_KEYS, how="left")
     if metric == "reprint_acc":
         return _with_ci(out, name, [wilson(p * n, n) for p, n in zip(best[metric], best["n_eval"])])
@@ -165,8 +199,11 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     of the baseline) and reprint accuracy (Wilson). A metric no attacker measured (e.g. DPD
     offline) stays null.
     """
-    _require(attacks, [*WORST_KEYS, "attacker", "status", *STRONGEST, *IMAGES.values(), "n_eval"],
-             "worst_case(attacks)")
+    _require(
+        attacks,
+        [*WORST_KEYS, "attacker", "status", *STRONGEST, *IMAGES.values(), "n_eval"],
+        "worst_case(attacks)",
+    )
     ok = attacks[succeeded(attacks)]
     real, base = ok[~is_baseline(ok)], ok[is_baseline(ok)]
     out = ok[WORST_KEYS].drop_duplicates().sort_values(WORST_KEYS, kind="mergesort").reset_index(drop=True)
@@ -187,7 +224,7 @@ def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFram
     for metric, col in IMAGES.items():
         stat = strongest_of_means(STRONGEST[metric])
 
-        def ci(images: Any, value: float) -> tuple[float, float]:
+        def ci(images: Any, value: float, stat=stat) -> tuple[float, float]:
             samples = None if pd.isna(value) else paired_images([images])
             return bootstrap(samples, stat, level) if samples else (math.nan, math.nan)
 
@@ -198,7 +235,9 @@ def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFram
 # -- statistics over seeds ----------------------------------------------------------------
 
 
-def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
+def aggregate(
+    df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL
+) -> pd.DataFrame:
     """Mean, sample std, n and a ``level`` confidence interval of each metric over the rows of
     each ``by`` group (the seeds). One row per group; columns ``<metric>_{mean,std,n,ci_lo,ci_hi}``.
 
@@ -215,16 +254,25 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level
     parts = []
     for m in metrics:
         half = t_crit(n[m], level) * std[m] / np.sqrt(n[m])
-        parts.append(pd.DataFrame({
-            f"{m}_mean": mean[m], f"{m}_std": std[m], f"{m}_n": n[m].astype("int64"),
-            f"{m}_ci_lo": mean[m] - half, f"{m}_ci_hi": mean[m] + half,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    f"{m}_mean": mean[m],
+                    f"{m}_std": std[m],
+                    f"{m}_n": n[m].astype("int64"),
+                    f"{m}_ci_lo": mean[m] - half,
+                    f"{m}_ci_hi": mean[m] + half,
+                }
+            )
+        )
     out = pd.concat(parts, axis=1).reset_index()
     out.attrs["ci_method"] = CI_METHOD
     return out
 
 
-def summarise(rows: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
+def summarise(
+    rows: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], level: float = LEVEL
+) -> pd.DataFrame:
     """:func:`aggregate`, with an interval for every number: a group of one run takes that run's
     own interval (its row's ``<metric>_ci_lo/_ci_hi``, see :data:`RUN_CI`). ``<metric>_ci_method``
     names the method of each row's interval (a key of :data:`analysis.uncertainty.METHODS`)."""
@@ -234,8 +282,12 @@ def summarise(rows: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], lev
         n = out[f"{m}_n"]
         method = pd.Series(np.where(n >= 2, "t", None), index=out.index, dtype=object)
         if f"{m}_ci_lo" in rows.columns:
-            lone = (rows.dropna(subset=[m]).groupby(by, dropna=False, observed=True, sort=True)
-                    [[f"{m}_ci_lo", f"{m}_ci_hi"]].first().reset_index())
+            lone = (
+                rows.dropna(subset=[m])
+                .groupby(by, dropna=False, observed=True, sort=True)[[f"{m}_ci_lo", f"{m}_ci_hi"]]
+                .first()
+                .reset_index()
+            )
             own = out[by].merge(lone, on=by, how="left")
             single = (n == 1) & own[f"{m}_ci_lo"].notna()
             out.loc[single, f"{m}_ci_lo"] = own.loc[single, f"{m}_ci_lo"]
@@ -266,7 +318,9 @@ def hypervolume(points: Any, ref: tuple[float, float] = (0.0, 1.0)) -> float:
     if p.size == 0:
         return 0.0
     if p.ndim != 2 or p.shape[1] != 2:
-        raise ValueError(f"hypervolume: points must be an (n, 2) array of (accuracy, leakage), got shape {p.shape}")
+        raise ValueError(
+            f"hypervolume: points must be an (n, 2) array of (accuracy, leakage), got shape {p.shape}"
+        )
     ra, rl = float(ref[0]), float(ref[1])
     p = p[(p[:, 0] > ra) & (p[:, 1] < rl)]
     if not len(p):
@@ -301,8 +355,9 @@ def _paper_rows(res: Results) -> pd.DataFrame:
 def _paper_attacks(res: Results) -> pd.DataFrame:
     """Successful attacks (baselines included) on finished models of :data:`PAPER_DEFENSES`."""
     j = res.joined()
-    return j[succeeded(j) & (j["status_model"] == OK) & j["defense"].isin(PAPER_DEFENSES)
-             & j["partition"].notna()]
+    return j[
+        succeeded(j) & (j["status_model"] == OK) & j["defense"].isin(PAPER_DEFENSES) & j["partition"].notna()
+    ]
 
 
 def _per_attacker(j: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -320,8 +375,10 @@ def table_i(res: Results) -> pd.DataFrame:
     rows = _paper_rows(res)
     rows = rows[n_defenders(rows["defenders"]) <= 1]
     if j.empty or j.groupby(CONFIG, observed=True)["lam"].nunique().max() < 2:
-        raise Missing("Table I: needs successful attacks on models with at most one defender at two or more λ "
-                      "values of one configuration; these tables have none")
+        raise Missing(
+            "Table I: needs successful attacks on models with at most one defender at two or more λ "
+            "values of one configuration; these tables have none"
+        )
     return _per_attacker(j, rows, [*CONFIG, "defenders", "lam"])
 
 
@@ -335,7 +392,9 @@ def table_ii(res: Results) -> pd.DataFrame:
     """Table II: none / single / multiple defenders, accuracy and each attacker's MSE and SSIM."""
     j = _paper_attacks(res)
     if j.empty or not (n_defenders(j["defenders"]) > 1).any():
-        raise Missing("Table II: no model trained with more than one defender has successful attacks in these tables")
+        raise Missing(
+            "Table II: no model trained with more than one defender has successful attacks in these tables"
+        )
     j = j.assign(defenders_present=defender_class(j["defenders"]))
     rows = _paper_rows(res)
     rows = rows.assign(defenders_present=defender_class(rows["defenders"]))
@@ -353,8 +412,16 @@ def attribute_best(attacks: pd.DataFrame) -> pd.DataFrame:
     best = strongest(real, WORST_KEYS, [("n_cg", "max"), ("n_df", "max")])
     n_ti = best["n_ti"].astype("float64")
     for col in ("n_cg", "n_df"):
-        best = _with_ci(best, col, [(n * lo, n * hi) for n, (lo, hi) in
-                                    zip(n_ti, (wilson(k, n) for k, n in zip(best[col].astype("float64"), n_ti)))])
+        best = _with_ci(
+            best,
+            col,
+            [
+                (n * lo, n * hi)
+                for n, (lo, hi) in zip(
+                    n_ti, (wilson(k, n) for k, n in zip(best[col].astype("float64"), n_ti))
+                )
+            ],
+        )
     return best
 
 
@@ -382,7 +449,9 @@ FIG5_BASELINES = ["ssim_baseline", "mse_baseline"]
 
 
 def _attackers_of(rows: pd.DataFrame, keys: list[str], col: str) -> pd.Series:
-    return rows.groupby(keys, observed=True, dropna=False)[col].agg(lambda s: ",".join(sorted(set(s.dropna()))))
+    return rows.groupby(keys, observed=True, dropna=False)[col].agg(
+        lambda s: ",".join(sorted(set(s.dropna())))
+    )
 
 
 def figure5_data(res: Results) -> pd.DataFrame:
@@ -395,8 +464,11 @@ def figure5_data(res: Results) -> pd.DataFrame:
     keys = [*CONFIG, *SETTING]
     out = summarise(rows, keys, [*FIG5_METRICS, *FIG5_BASELINES])
     for m in FIG5_METRICS[1:]:
-        out = out.merge(_attackers_of(rows, keys, f"{m}_attacker").rename(f"{m}_attackers").reset_index(),
-                        on=keys, how="left")
+        out = out.merge(
+            _attackers_of(rows, keys, f"{m}_attacker").rename(f"{m}_attackers").reset_index(),
+            on=keys,
+            how="left",
+        )
     return out
 
 
@@ -414,7 +486,9 @@ def _find_key(obj: Any, key: str) -> Any:
 def epsilon(config_json: pd.Series) -> pd.Series:
     """The DP-pixelation privacy parameter ε: the models table has no column for it, so it is
     read from the ``epsilon`` key anywhere in a model's ``config_json`` (null when absent)."""
-    return config_json.map(lambda s: _find_key(json.loads(s), "epsilon") if isinstance(s, str) else None).astype("Float64")
+    return config_json.map(
+        lambda s: _find_key(json.loads(s), "epsilon") if isinstance(s, str) else None
+    ).astype("Float64")
 
 
 def figure7_data(res: Results) -> pd.DataFrame:
@@ -442,8 +516,15 @@ def frontiers(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     for (sweep, dataset), g in mw.groupby(["sweep", "dataset"], observed=True, sort=True):
         mask = pareto_mask(g["test_acc"].to_numpy(float), g["ssim"].to_numpy(float))
         parts.append(g.assign(on_frontier=mask))
-        hv.append({"sweep": sweep, "dataset": dataset, "n_models": len(g), "n_pareto": int(mask.sum()),
-                   "hypervolume": hypervolume(g[["test_acc", "ssim"]].to_numpy(float))})
+        hv.append(
+            {
+                "sweep": sweep,
+                "dataset": dataset,
+                "n_models": len(g),
+                "n_pareto": int(mask.sum()),
+                "hypervolume": hypervolume(g[["test_acc", "ssim"]].to_numpy(float)),
+            }
+        )
     return pd.concat(parts, ignore_index=True), pd.DataFrame(hv)
 
 
@@ -452,23 +533,41 @@ def figure4_data(res: Results) -> pd.DataFrame:
     (max SSIM) attacker among those whose reconstructions were saved."""
     recon = res.reconstructions()
     if recon.empty:
-        raise Missing("Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)")
+        raise Missing(
+            "Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)"
+        )
     j = _paper_attacks(res)
     j = j[~is_baseline(j) & j["attack_id"].isin(recon["attack_id"])].dropna(subset=["ssim"])
     if j.empty:
         raise Missing("Figure 4: the saved reconstructions belong to no successful attack")
-    picked = (j.sort_values(["seed", "ssim", "attacker"], ascending=[True, False, True], kind="mergesort")
-              .drop_duplicates([*CONFIG, *SETTING]))
+    picked = j.sort_values(
+        ["seed", "ssim", "attacker"], ascending=[True, False, True], kind="mergesort"
+    ).drop_duplicates([*CONFIG, *SETTING])
     cols = [*CONFIG, *SETTING, "seed", "model_id", "attack_id", "attacker", "ssim"]
-    return picked[cols].merge(recon[["sweep", "attack_id", "index", "original", "reconstruction"]],
-                              on=["sweep", "attack_id"], how="inner")
+    return picked[cols].merge(
+        recon[["sweep", "attack_id", "index", "original", "reconstruction"]],
+        on=["sweep", "attack_id"],
+        how="inner",
+    )
 
 
 # -- defended minus undefended ------------------------------------------------------------
 
 DIFF_METRICS = ("ssim", "test_acc", "n_cg")
-DIFF_COLUMNS = [*CONFIG, *SETTING, "metric", "n_pairs", "seeds", "defended", "undefended", "diff", "diff_ci_lo",
-                "diff_ci_hi", "ci_method", "significant"]
+DIFF_COLUMNS = [
+    *CONFIG,
+    *SETTING,
+    "metric",
+    "n_pairs",
+    "seeds",
+    "defended",
+    "undefended",
+    "diff",
+    "diff_ci_lo",
+    "diff_ci_hi",
+    "ci_method",
+    "significant",
+]
 
 
 def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
@@ -490,12 +589,16 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
     twins = undefended.duplicated(PAIR, keep=False)
     if twins.any():
         ids = sorted(set(undefended.loc[twins, "model_id"]))
-        raise ValueError(f"paired_differences: more than one undefended model per {PAIR}: {len(ids)} models, "
-                         f"e.g. {ids[:5]}")
+        raise ValueError(
+            f"paired_differences: more than one undefended model per {PAIR}: {len(ids)} models, "
+            f"e.g. {ids[:5]}"
+        )
     pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
     if pairs.empty:
-        raise Missing("Paired differences: no defended model has an undefended model of the same seed attacked "
-                      "at its partition")
+        raise Missing(
+            "Paired differences: no defended model has an undefended model of the same seed attacked "
+            "at its partition"
+        )
     images = _real_images(res.attacks)
     keys = [*CONFIG, *SETTING]
     parts = []
@@ -511,10 +614,20 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
         for i, pair in lone.iterrows():
             (lo, hi), method = _one_pair_ci(pair, metric, images, level)
             agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
-        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(
+            lambda s: ",".join(map(str, sorted(s)))
+        )
         agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
-        parts.append(agg.assign(metric=metric).rename(columns={
-            "diff_n": "n_pairs", f"{metric}_mean": "defended", f"{metric}_u_mean": "undefended", "diff_mean": "diff"}))
+        parts.append(
+            agg.assign(metric=metric).rename(
+                columns={
+                    "diff_n": "n_pairs",
+                    f"{metric}_mean": "defended",
+                    f"{metric}_u_mean": "undefended",
+                    "diff_mean": "diff",
+                }
+            )
+        )
     if not parts:
         raise Missing("Paired differences: the paired models have no worst-case SSIM, test accuracy or #CG")
     out = pd.concat(parts, ignore_index=True)
@@ -534,6 +647,7 @@ def _real_images(attacks: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
 def _one_pair_ci(pair: pd.Series, metric: str, images: dict, level: float) -> tuple[tuple[float, float], str]:
     """The interval of a single defended − undefended difference (see :func:`paired_differences`)."""
     if metric in IMAGES:
+
         def lists(model_id: str) -> list:
             a = images.get((pair["sweep"], model_id, pair["partition"]))
             return [] if a is None else list(a.dropna(subset=[metric])[IMAGES[metric]])
@@ -543,8 +657,9 @@ def _one_pair_ci(pair: pd.Series, metric: str, images: dict, level: float) -> tu
         if samples is None:
             return (math.nan, math.nan), "bootstrap"
         pick = strongest_of_means(STRONGEST[metric])
-        return bootstrap(samples, lambda *s, axis=-1: pick(*s[:len(d)], axis=axis) - pick(*s[len(d):], axis=axis),
-                         level), "bootstrap"
+        return bootstrap(
+            samples, lambda *s, axis=-1: pick(*s[: len(d)], axis=axis) - pick(*s[len(d) :], axis=axis), level
+        ), "bootstrap"
     if metric == "test_acc":  # a rate of n_test images
         n, n_u = pair["n_test"], pair["n_test_u"]
         k, k_u, scale = pair[metric] * n, pair[f"{metric}_u"] * n_u, 1.0

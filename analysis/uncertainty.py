@@ -9,7 +9,7 @@ binomial count. Bootstraps use a fixed seed, so a report built twice is identica
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ METHODS = {
     "bootstrap": f"percentile bootstrap over the evaluation images ({N_RESAMPLES} resamples, fixed seed)",
     "wilson": "Wilson score interval of a binomial proportion (count out of the images scored)",
     "newcombe": "Newcombe's hybrid score interval of a difference of two proportions (from the two Wilson "
-                "intervals; unpaired, so conservative for two models scored on the same images)",
+    "intervals; unpaired, so conservative for two models scored on the same images)",
 }
 
 
@@ -74,15 +74,29 @@ def paired_images(lists: Sequence[object]) -> list[np.ndarray] | None:
     """Per-image values of attacks on the same evaluation images as float arrays, or None when any
     is missing or they differ in length (then they cannot be resampled together)."""
     arrays = [None if _missing(x) else np.asarray(x, dtype="float64") for x in lists]
-    if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1 or len(arrays[0]) < 2:
+    if (
+        not arrays
+        or any(a is None for a in arrays)
+        or len({len(a) for a in arrays}) != 1
+        or len(arrays[0]) < 2
+    ):
         return None
     return arrays
 
 
-def bootstrap(samples: Sequence[np.ndarray], statistic: Callable[..., np.ndarray],
-              level: float = LEVEL) -> tuple[float, float]:
+def bootstrap(
+    samples: Sequence[np.ndarray], statistic: Callable[..., np.ndarray], level: float = LEVEL
+) -> tuple[float, float]:
     """Percentile interval of ``statistic`` with the image indices resampled jointly for all
     ``samples`` (paired: every attack, of one model or of two, was scored on the same images)."""
-    res = stats.bootstrap(tuple(samples), statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
-                          confidence_level=level, method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
+    res = stats.bootstrap(
+        tuple(samples),
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=N_RESAMPLES,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PP_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -44,12 +45,15 @@ def load_average() -> str:
 
 def machine_line() -> str:
     """Host, cores and load average: the context every number in a table needs."""
-    return (f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
-            f"load average {load_average()}")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
+        f"load average {load_average()}"
+    )
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A Markdown table, so the printed output pastes straight into benchmarks/README.md."""
+
     def cell(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -62,7 +66,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds`` (wall clock, perf_counter)."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._t0 = time.perf_counter()
         self.seconds = 0.0
         return self

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import fastest_cpu, lfw_like, machine_line, print_table
 from torch import nn
 
-from _common import fastest_cpu, lfw_like, machine_line, print_table
 from pp_cluster import pipeline
 from pp_cluster.config import AttackSpec, ModelSpec
 from pp_cluster.data.attacker import attacker_data
@@ -46,8 +46,12 @@ ZOO = ("deconv", "fc", "sparse_fc")  # the paper's LFW attackers (V-C)
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 attacker epoch (a few minutes on 2 cores)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="real LFW folder; default: scikit-image's LFW crops at 64x64 RGB")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="real LFW folder; default: scikit-image's LFW crops at 64x64 RGB",
+    )
     p.add_argument("--partitions", default="pool1,pool2,pool3")
     p.add_argument("--epochs", type=int, default=10, help="attacker epochs (ignored with --quick: 1)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -73,9 +77,16 @@ class LocalInTheLoop(nn.Module):
         return self.attacker(h)
 
 
-def naive_attack(attack: AttackSpec, local: nn.Module, net: nn.Module, spec: ModelSpec,
-                 value_range: tuple[float, float], x_train: torch.Tensor, x_eval: torch.Tensor,
-                 y_eval: torch.Tensor) -> float:
+def naive_attack(
+    attack: AttackSpec,
+    local: nn.Module,
+    net: nn.Module,
+    spec: ModelSpec,
+    value_range: tuple[float, float],
+    x_train: torch.Tensor,
+    x_eval: torch.Tensor,
+    y_eval: torch.Tensor,
+) -> float:
     """``pipeline.run_attack``'s steps (seeded attacker, ``train_attacker`` with its validation
     split and best-epoch selection, ``evaluate_attack``) on images instead of activations,
     the attacker wrapped in :class:`LocalInTheLoop`. Returns the evaluation MSE (the ``mse``
@@ -88,10 +99,12 @@ def naive_attack(attack: AttackSpec, local: nn.Module, net: nn.Module, spec: Mod
     return float(result.metrics["mse"])
 
 
-def per_batch_ms(model: pipeline.Model, partition: str, x: torch.Tensor, value_range: tuple[float, float],
-                 repeats: int = 3) -> dict[str, float]:
+def per_batch_ms(
+    model: pipeline.Model, partition: str, x: torch.Tensor, value_range: tuple[float, float], repeats: int = 3
+) -> dict[str, float]:
     """Process-CPU ms of one training batch ``x``: the local forward (eval, no grad) and each
     attacker's step (forward, MSE, backward, optimizer step), fastest of ``repeats``."""
+
     def best(fn) -> float:
         return fastest_cpu(fn, repeats)[0]
 
@@ -123,7 +136,7 @@ class Clock:
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -148,15 +161,28 @@ def main(args: argparse.Namespace) -> None:
     epochs = 1 if args.quick else args.epochs
     dataset, root, options = lfw_like(args.data_root)
     attacks = [AttackSpec(attacker=a, epochs=epochs, batch_size=args.batch_size) for a in ZOO]
-    base = ModelSpec(dataset=dataset, arch="face_cnn", partition="pool1", lam=0.0, defenders=(),
-                     distance="ssim", seed=0, epochs=1, batch_size=32, data_root=root, dataset_options=options)
+    base = ModelSpec(
+        dataset=dataset,
+        arch="face_cnn",
+        partition="pool1",
+        lam=0.0,
+        defenders=(),
+        distance="ssim",
+        seed=0,
+        epochs=1,
+        batch_size=32,
+        data_root=root,
+        dataset_options=options,
+    )
     ds = pipeline.load_data(base)
     train, evaluation = attacker_data(ds, "train", 1.0, base.seed)
     shape = (ds.image_shape, ds.num_classes, ds.value_range)
     print(machine_line())
-    print(f"{dataset} {tuple(ds.image_shape)}: attacker trains on {len(train)} images, scored on "
-          f"{len(evaluation)}; zoo {', '.join(ZOO)}, {epochs} epochs, batch {args.batch_size}, "
-          f"{args.threads} threads")
+    print(
+        f"{dataset} {tuple(ds.image_shape)}: attacker trains on {len(train)} images, scored on "
+        f"{len(evaluation)}; zoo {', '.join(ZOO)}, {epochs} epochs, batch {args.batch_size}, "
+        f"{args.threads} threads"
+    )
 
     rows, profile_rows = [], []
     for partition in args.partitions.split(","):
@@ -172,33 +198,75 @@ def main(args: argparse.Namespace) -> None:
             with cached:
                 row, _ = pipeline.run_attack(attack, model.net, spec, shape, inputs, seed=spec.seed)
             with naive:
-                naive_val.append(naive_attack(attack, model.local, model.net, spec, ds.value_range,
-                                              train.x, evaluation.x, evaluation.y))
+                naive_val.append(
+                    naive_attack(
+                        attack,
+                        model.local,
+                        model.net,
+                        spec,
+                        ds.value_range,
+                        train.x,
+                        evaluation.x,
+                        evaluation.y,
+                    )
+                )
             cached_val.append(row["mse"])
         ms = per_batch_ms(model, partition, train.x[: args.batch_size], ds.value_range)
         steps = sum(v for k, v in ms.items() if k != "local forward")
         bound = (steps + len(ZOO) * ms["local forward"]) / steps
         h = inputs.h_train.shape[1:]
-        rows.append((partition, "x".join(map(str, h)), f"{cached.wall:.1f}", f"{naive.wall:.1f}",
-                     f"{naive.wall / cached.wall:.2f}x", f"{cached.cpu:.1f}", f"{naive.cpu:.1f}",
-                     f"{naive.cpu / cached.cpu:.2f}x", f"{bound:.2f}x",
-                     f"{flop_ceiling(model, partition, ds.image_shape):.2f}x"))
-        profile_rows.append((partition, *(f"{v:.0f}" for v in ms.values()),
-                             f"{len(ZOO) * ms['local forward'] / (steps + len(ZOO) * ms['local forward']):.0%}"))
-        print(f"  {partition}: cached {cached.wall:.1f} s wall / {cached.cpu:.1f} s CPU, naive {naive.wall:.1f} s "
-              f"wall / {naive.cpu:.1f} s CPU; eval MSE per attacker cached "
-              f"{', '.join(f'{v:.4f}' for v in cached_val)} | naive {', '.join(f'{v:.4f}' for v in naive_val)}",
-              flush=True)
+        rows.append(
+            (
+                partition,
+                "x".join(map(str, h)),
+                f"{cached.wall:.1f}",
+                f"{naive.wall:.1f}",
+                f"{naive.wall / cached.wall:.2f}x",
+                f"{cached.cpu:.1f}",
+                f"{naive.cpu:.1f}",
+                f"{naive.cpu / cached.cpu:.2f}x",
+                f"{bound:.2f}x",
+                f"{flop_ceiling(model, partition, ds.image_shape):.2f}x",
+            )
+        )
+        profile_rows.append(
+            (
+                partition,
+                *(f"{v:.0f}" for v in ms.values()),
+                f"{len(ZOO) * ms['local forward'] / (steps + len(ZOO) * ms['local forward']):.0%}",
+            )
+        )
+        print(
+            f"  {partition}: cached {cached.wall:.1f} s wall / {cached.cpu:.1f} s CPU, naive {naive.wall:.1f} s "
+            f"wall / {naive.cpu:.1f} s CPU; eval MSE per attacker cached "
+            f"{', '.join(f'{v:.4f}' for v in cached_val)} | naive {', '.join(f'{v:.4f}' for v in naive_val)}",
+            flush=True,
+        )
 
     print()
     print(f"Per training batch of {args.batch_size} (process CPU ms, fastest of 3):")
     print_table(("partition", *(f"{k}" for k in ms), "local share of a naive batch"), profile_rows)
     print()
-    print_table(("partition", "activation", "cached s", "naive s", "naive / cached", "cached CPU s", "naive CPU s",
-                 "naive / cached (CPU)", "per-batch bound", "FLOP ceiling"), rows)
+    print_table(
+        (
+            "partition",
+            "activation",
+            "cached s",
+            "naive s",
+            "naive / cached",
+            "cached CPU s",
+            "naive CPU s",
+            "naive / cached (CPU)",
+            "per-batch bound",
+            "FLOP ceiling",
+        ),
+        rows,
+    )
     last = rows[-1]
-    print(f"speed-up from cached activations at {last[0]}: {last[4]} wall, {last[7]} CPU (bound from per-batch "
-          f"times {last[8]}, FLOP ceiling {last[9]}; target >= 1.5x at pool3)")
+    print(
+        f"speed-up from cached activations at {last[0]}: {last[4]} wall, {last[7]} CPU (bound from per-batch "
+        f"times {last[8]}, FLOP ceiling {last[9]}; target >= 1.5x at pool3)"
+    )
     print(machine_line())
 
 

@@ -18,9 +18,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _common import fastest_cpu, machine_line, print_table
 from attack_cache import ZOO
+
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec
 from pp_cluster.nets import build_decoder
@@ -38,8 +38,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    spec = ModelSpec(dataset="lfw-subset", arch="face_cnn", partition=args.partition, lam=0.0, defenders=(),
-                     distance="ssim", seed=0, epochs=1, batch_size=32, dataset_options={"size": 64, "color": True})
+    spec = ModelSpec(
+        dataset="lfw-subset",
+        arch="face_cnn",
+        partition=args.partition,
+        lam=0.0,
+        defenders=(),
+        distance="ssim",
+        seed=0,
+        epochs=1,
+        batch_size=32,
+        dataset_options={"size": 64, "color": True},
+    )
     ds = pipeline.load_data(spec)
     model = pipeline.build_model(spec, ds)
     x, vr = ds.train.x[: args.batch_size], ds.value_range
@@ -52,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
     rows = [("local forward (no grad)", f"{local_ms:.0f}", local_faults, "", "", "", "")]
     steps = {}
     for name in ZOO:
-        for channels_last in ((False, True) if name == "deconv" else (False,)):
+        for channels_last in (False, True) if name == "deconv" else (False,):
             torch.manual_seed(0)
             attacker = build_decoder(name, model.net, args.partition, vr).train()
             hh = h
@@ -80,12 +90,24 @@ def main(args: argparse.Namespace) -> None:
             rows.append((f"{label} step", f"{s[0]:.0f}", s[1], f"{fb[0]:.0f}", fb[1], f"{f[0]:.0f}", f[1]))
             print(f"  {label}: step {s[0]:.0f} ms", flush=True)
     print()
-    print_table(("batch of 64 at " + args.partition, "CPU ms", "page faults", "fwd+bwd ms", "faults",
-                 "fwd ms", "faults"), rows)
+    print_table(
+        (
+            "batch of 64 at " + args.partition,
+            "CPU ms",
+            "page faults",
+            "fwd+bwd ms",
+            "faults",
+            "fwd ms",
+            "faults",
+        ),
+        rows,
+    )
     for labels in (ZOO, tuple("deconv (channels-last)" if a == "deconv" else a for a in ZOO)):
         total = sum(steps[k] for k in labels)
-        print(f"bound for zoo {', '.join(labels)}: (steps + {len(labels)} x local) / steps = "
-              f"{(total + len(labels) * local_ms) / total:.2f}x")
+        print(
+            f"bound for zoo {', '.join(labels)}: (steps + {len(labels)} x local) / steps = "
+            f"{(total + len(labels) * local_ms) / total:.2f}x"
+        )
 
 
 if __name__ == "__main__":

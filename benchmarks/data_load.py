@@ -51,8 +51,11 @@ def main() -> None:
     print(f"lfw {meta['source']}  options {options}  images {images}  cpus {os.cpu_count()}")
     print(f"{'load':<6}{'seconds':>10}{'target':>10}")
     print(f"{'cold':<6}{cold:>10.2f}{'<= 60':>10}")
-    print(f"{'warm':<6}{warm:>10.2f}{'<= 1':>10}   (median of {args.repeats}: "
-          + ", ".join(f"{t:.2f}" for t in warm_runs) + ")")
+    print(
+        f"{'warm':<6}{warm:>10.2f}{'<= 1':>10}   (median of {args.repeats}: "
+        + ", ".join(f"{t:.2f}" for t in warm_runs)
+        + ")"
+    )
     print(f"cold / warm = {cold / warm:.1f}x")
 
 

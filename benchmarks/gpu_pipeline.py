@@ -58,8 +58,9 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the GPU machine has the repository copied, not installed
@@ -97,10 +98,20 @@ CONCURRENCY = (1, 2, 4, 8)
 # Shares of the time left after start-up: in-process training, attackers, concurrency.
 SHARES = {"train": 0.30, "attack": 0.22, "concurrency": 0.48}
 RESERVE_S = 5.0  # kept back for the table and the JSON at the end
-DRY = dict(image_size=32, train_images=64, test_images=16, partitions="pool2", concurrency="1,2",
-           max_epochs=1)
-HEADER = ("section", "measurement", "AMP+CL", "value", "unit", "timed", "GPU util % mean/max",
-          "GPU mem MiB max", "note")
+DRY = dict(
+    image_size=32, train_images=64, test_images=16, partitions="pool2", concurrency="1,2", max_epochs=1
+)
+HEADER = (
+    "section",
+    "measurement",
+    "AMP+CL",
+    "value",
+    "unit",
+    "timed",
+    "GPU util % mean/max",
+    "GPU mem MiB max",
+    "note",
+)
 
 
 class Enough(Exception):
@@ -128,28 +139,43 @@ def synthetic_faces(size: int, n: int = 200) -> Dataset:
     x = torch.rand((n, 3, size, size), generator=gen) * 2 - 1
     y = torch.arange(n) % 2
     cut = n * 4 // 5
-    return Dataset("lfw-subset", Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), ("face", "non_face"),
-                   (3, size, size), (-1.0, 1.0), {"source": "synthetic"})
+    return Dataset(
+        "lfw-subset",
+        Split(x[:cut], y[:cut]),
+        Split(x[cut:], y[cut:]),
+        ("face", "non_face"),
+        (3, size, size),
+        (-1.0, 1.0),
+        {"source": "synthetic"},
+    )
 
 
-def paper_data(data_root: str | None, size: int, n_train: int | None, n_test: int | None) -> tuple[Dataset, str]:
+def paper_data(
+    data_root: str | None, size: int, n_train: int | None, n_test: int | None
+) -> tuple[Dataset, str]:
     """The benchmark's data set and a line that says what it is."""
     if data_root is None:
         try:
             ds = load_dataset("lfw-subset", None, size=size, color=True)
-            what = (f"lfw-subset ({len(ds.train)} train / {len(ds.test)} test embedded crops) at {size}x{size} "
-                    "RGB, replicated")
+            what = (
+                f"lfw-subset ({len(ds.train)} train / {len(ds.test)} test embedded crops) at {size}x{size} "
+                "RGB, replicated"
+            )
         except Exception as err:  # noqa: BLE001 - a one-shot GPU run must not die on the data
             ds = synthetic_faces(size)
-            what = (f"SYNTHETIC noise images at {size}x{size} RGB (lfw-subset did not load: "
-                    f"{type(err).__name__}: {err}), replicated")
+            what = (
+                f"SYNTHETIC noise images at {size}x{size} RGB (lfw-subset did not load: "
+                f"{type(err).__name__}: {err}), replicated"
+            )
     else:
         ds = load_dataset("lfw", data_root, min_faces=30, size=size)
         what = f"LFW from {data_root} ({len(ds.classes)} people, {len(ds.train)} train / {len(ds.test)} test)"
     train, test = fit_count(ds.train, n_train), fit_count(ds.test, n_test)
     if (len(train), len(test)) != (len(ds.train), len(ds.test)):
         what += f" to {len(train)} / {len(test)}"
-    ds = dataclasses.replace(ds, train=train, test=test, meta={**ds.meta, "n_train": len(train), "n_test": len(test)})
+    ds = dataclasses.replace(
+        ds, train=train, test=test, meta={**ds.meta, "n_train": len(train), "n_test": len(test)}
+    )
     return ds, what + f", {ds.num_classes} classes"
 
 
@@ -167,7 +193,9 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def steady_stop(steady: int, cap: int, started: float, last_epoch: float, slice_s: float, deadline: float) -> bool:
+def steady_stop(
+    steady: int, cap: int, started: float, last_epoch: float, slice_s: float, deadline: float
+) -> bool:
     """Whether to stop after ``steady`` steady epochs (>= 1 always runs): at ``cap``, or when
     one more epoch of ``last_epoch`` seconds would pass the slice or the deadline."""
     if steady < 1:
@@ -207,8 +235,9 @@ def _peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def time_training(spec: ModelSpec, ds: Dataset, device: torch.device, cap: int, slice_s: float,
-                  deadline: float) -> Timing:
+def time_training(
+    spec: ModelSpec, ds: Dataset, device: torch.device, cap: int, slice_s: float, deadline: float
+) -> Timing:
     """``pipeline.train_model`` for up to 1 + ``cap`` epochs; the hook times each epoch and
     ends the run (``Enough``) once the steady epochs fill the slice."""
     marks: list[float] = []
@@ -232,8 +261,19 @@ def time_training(spec: ModelSpec, ds: Dataset, device: torch.device, cap: int, 
     return Timing(list(np.diff(marks)), marks[0] - started, (marks[0], marks[-1]), _peak(device))
 
 
-def time_attacker(name: str, net: torch.nn.Module, partition: str, inputs: Any, ds: Dataset, device: torch.device,
-                  amp: bool, cap: int, slice_s: float, deadline: float, seed: int = 0) -> Timing:
+def time_attacker(
+    name: str,
+    net: torch.nn.Module,
+    partition: str,
+    inputs: Any,
+    ds: Dataset,
+    device: torch.device,
+    amp: bool,
+    cap: int,
+    slice_s: float,
+    deadline: float,
+    seed: int = 0,
+) -> Timing:
     """``privacy.attack.train_attacker`` for up to 1 + ``cap`` epochs. It calls
     ``attacker.train()`` at the start of every epoch, so a wrapper of that method on this
     attacker instance marks the epochs (after a synchronize) and can end the run; the
@@ -255,8 +295,15 @@ def time_attacker(name: str, net: torch.nn.Module, partition: str, inputs: Any, 
         return own_train(mode)
 
     attacker.train = train_hook  # an instance attribute: only this attacker's top-level calls
-    cfg = AttackConfig(epochs=cap + 1, batch_size=ATTACK_BATCH, lr=ATTACK_LR, seed=seed, device=str(device),
-                       amp=amp, channels_last=amp)
+    cfg = AttackConfig(
+        epochs=cap + 1,
+        batch_size=ATTACK_BATCH,
+        lr=ATTACK_LR,
+        seed=seed,
+        device=str(device),
+        amp=amp,
+        channels_last=amp,
+    )
     h_train, x_train = torch.from_numpy(inputs.h_train), torch.from_numpy(inputs.x_train)
     _peak_reset(device)
     try:
@@ -266,8 +313,10 @@ def time_attacker(name: str, net: torch.nn.Module, partition: str, inputs: Any, 
     except Enough:
         pass
     if len(marks) < 3:
-        raise RuntimeError(f"the attacker's epochs were not marked ({len(marks)} marks); did train_attacker "
-                           "stop calling attacker.train() per epoch?")
+        raise RuntimeError(
+            f"the attacker's epochs were not marked ({len(marks)} marks); did train_attacker "
+            "stop calling attacker.train() per epoch?"
+        )
     return Timing(list(np.diff(marks)[1:]), marks[1] - started, (marks[1], marks[-1]), _peak(device))
 
 
@@ -323,8 +372,12 @@ class GpuSampler:
             return self._read_smi()
         rows = []
         for h in self._handles:
-            rows.append((float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu),
-                         self._nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20))
+            rows.append(
+                (
+                    float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    self._nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+                )
+            )
         return rows
 
     def _loop(self) -> None:
@@ -359,7 +412,12 @@ class GpuSampler:
         for dev in sorted({s[1] for s in picked}):
             u = [s[2] for s in picked if s[1] == dev]
             m = [s[3] for s in picked if s[1] == dev]
-            raw[str(dev)] = {"util_mean": statistics.fmean(u), "util_max": max(u), "mem_max_mib": max(m), "n": len(u)}
+            raw[str(dev)] = {
+                "util_mean": statistics.fmean(u),
+                "util_max": max(u),
+                "mem_max_mib": max(m),
+                "n": len(u),
+            }
             prefix = f"gpu{dev}: " if len({s[1] for s in picked}) > 1 else ""
             utils.append(f"{prefix}{statistics.fmean(u):.0f}/{max(u):.0f}")
             mems.append(f"{prefix}{max(m):.0f}")
@@ -407,8 +465,14 @@ def _worker(rank: int, barriers: dict[int, Any], commands: Any, results: Any) ->
             try:
                 barrier.abort()
             finally:
-                results.put({"rank": rank, "procs": job["procs"], "marks": [],
-                             "error": f"{type(err).__name__}: {err}"})
+                results.put(
+                    {
+                        "rank": rank,
+                        "procs": job["procs"],
+                        "marks": [],
+                        "error": f"{type(err).__name__}: {err}",
+                    }
+                )
 
 
 class Workers:
@@ -420,8 +484,15 @@ class Workers:
         self.barriers = {k: ctx.Barrier(k) for k in levels}
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(n)]
-        self.procs = [ctx.Process(target=_worker, args=(r, self.barriers, self.commands[r], self.results),
-                                  name=f"gpu-pipeline-{r}", daemon=True) for r in range(n)]
+        self.procs = [
+            ctx.Process(
+                target=_worker,
+                args=(r, self.barriers, self.commands[r], self.results),
+                name=f"gpu-pipeline-{r}",
+                daemon=True,
+            )
+            for r in range(n)
+        ]
         self.broken = ""
         for p in self.procs:
             p.start()
@@ -449,8 +520,13 @@ class Workers:
         starts, ends = [r["marks"][0] for r in ok], [r["marks"][-1] for r in ok]
         epochs = [float(e) for r in ok for e in np.diff(r["marks"])]
         window = max(ends) - min(starts)
-        return {"epochs_per_s": len(epochs) / window, "window": (min(starts), max(ends)), "epoch_s": epochs,
-                "steady_per_proc": [len(r["marks"]) - 1 for r in ok], "to_barrier_s": min(starts) - sent}
+        return {
+            "epochs_per_s": len(epochs) / window,
+            "window": (min(starts), max(ends)),
+            "epoch_s": epochs,
+            "steady_per_proc": [len(r["marks"]) - 1 for r in ok],
+            "to_barrier_s": min(starts) - sent,
+        }
 
     def close(self, force: bool = False) -> None:
         """End the workers: ask, then (ours, by handle) terminate the ones still running."""
@@ -467,8 +543,13 @@ class Workers:
 # -- the projection ---------------------------------------------------------------------
 
 
-def project(plain_s: float, defended_s: dict[str, float], attack_s: dict[tuple[str, str], float],
-            speedup: float, scale: float = 1.0) -> dict[str, Any]:
+def project(
+    plain_s: float,
+    defended_s: dict[str, float],
+    attack_s: dict[tuple[str, str], float],
+    speedup: float,
+    scale: float = 1.0,
+) -> dict[str, Any]:
     """Seconds of the paper's full LFW experiment from steady epoch seconds.
 
     ``defended_s`` maps a partition to its defended epoch, ``attack_s`` (attacker, partition)
@@ -489,11 +570,20 @@ def project(plain_s: float, defended_s: dict[str, float], attack_s: dict[tuple[s
     runs = PAPER_RUNS
     train = PAPER_EPOCHS * scale * (len(parts) * runs * plain_s + runs * sum(per_part_def.values()))
     models_per_part = PAPER_MODELS // len(parts)  # 10: 5 plain + 5 defended
-    attack = PAPER_ATTACK_EPOCHS * scale * models_per_part * sum(
-        attack_epoch("deconv", p) + 2 * attack_epoch("fc", p) for p in parts)
+    attack = (
+        PAPER_ATTACK_EPOCHS
+        * scale
+        * models_per_part
+        * sum(attack_epoch("deconv", p) + 2 * attack_epoch("fc", p) for p in parts)
+    )
     serial = train + attack
-    return {"train_s": train, "attack_s": attack, "serial_s": serial, "speedup": speedup,
-            "packed_s": serial / speedup if speedup > 0 else math.inf}
+    return {
+        "train_s": train,
+        "attack_s": attack,
+        "serial_s": serial,
+        "speedup": speedup,
+        "packed_s": serial / speedup if speedup > 0 else math.inf,
+    }
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -501,33 +591,62 @@ def project(plain_s: float, defended_s: dict[str, float], attack_s: dict[tuple[s
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", action="store_true",
-                   help="the same code on the CPU at tiny sizes (32x32, 64 images, 1 steady epoch, 1-2 processes)")
-    p.add_argument("--budget-s", type=float, default=420.0,
-                   help="wall-clock budget of the whole run in seconds, start-up included (default 420)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table (and the raw timings) as JSON here")
-    p.add_argument("--data-root", default=None, help="real LFW folder (its own 1,896 / 474 images); "
-                   "default: the embedded lfw-subset replicated to that size")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the same code on the CPU at tiny sizes (32x32, 64 images, 1 steady epoch, 1-2 processes)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="wall-clock budget of the whole run in seconds, start-up included (default 420)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the table (and the raw timings) as JSON here"
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="real LFW folder (its own 1,896 / 474 images); "
+        "default: the embedded lfw-subset replicated to that size",
+    )
     p.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
-    p.add_argument("--partitions", default=None, help="defended / attacked partitions (default pool1,pool2,pool3)")
+    p.add_argument(
+        "--partitions", default=None, help="defended / attacked partitions (default pool1,pool2,pool3)"
+    )
     p.add_argument("--concurrency", default=None, help="training processes per level (default 1,2,4,8)")
     p.add_argument("--image-size", type=int, default=None, help=f"default {PAPER_IMAGE_SIZE} (the paper's)")
-    p.add_argument("--train-images", type=int, default=None, help=f"default {PAPER_TRAIN_IMAGES} (the paper's)")
+    p.add_argument(
+        "--train-images", type=int, default=None, help=f"default {PAPER_TRAIN_IMAGES} (the paper's)"
+    )
     p.add_argument("--test-images", type=int, default=None, help=f"default {PAPER_TEST_IMAGES} (the paper's)")
-    p.add_argument("--max-epochs", type=int, default=None,
-                   help="most steady epochs per measurement (default 20; the budget usually decides)")
-    p.add_argument("--recipe", default="paper", choices=("paper", "fast"), help="training recipe (default paper)")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch (the paper recipe's, default 32)")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="most steady epochs per measurement (default 20; the budget usually decides)",
+    )
+    p.add_argument(
+        "--recipe", default="paper", choices=("paper", "fast"), help="training recipe (default paper)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="training batch (the paper recipe's, default 32)"
+    )
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults: the paper's sizes, or the dry run's tiny ones."""
     dry = DRY if args.dry_run else {}
-    full = dict(image_size=PAPER_IMAGE_SIZE, partitions=",".join(PAPER_PARTITIONS),
-                concurrency=",".join(map(str, CONCURRENCY)), max_epochs=20,
-                train_images=None if args.data_root else PAPER_TRAIN_IMAGES,
-                test_images=None if args.data_root else PAPER_TEST_IMAGES)
+    full = dict(
+        image_size=PAPER_IMAGE_SIZE,
+        partitions=",".join(PAPER_PARTITIONS),
+        concurrency=",".join(map(str, CONCURRENCY)),
+        max_epochs=20,
+        train_images=None if args.data_root else PAPER_TRAIN_IMAGES,
+        test_images=None if args.data_root else PAPER_TEST_IMAGES,
+    )
     for key, value in full.items():
         if getattr(args, key) is None:
             setattr(args, key, dry.get(key, value))
@@ -548,11 +667,13 @@ def device_line(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         props = torch.cuda.get_device_properties(device)
-        return name, (f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, CUDA "
-                      f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
-                      f"{torch.backends.cudnn.benchmark}, matmul TF32 "
-                      f"{getattr(torch.backends.cuda.matmul, 'allow_tf32', '?')} "
-                      "(torch defaults: the pipeline sets none)")
+        return name, (
+            f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, CUDA "
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
+            f"{torch.backends.cudnn.benchmark}, matmul TF32 "
+            f"{getattr(torch.backends.cuda.matmul, 'allow_tf32', '?')} "
+            "(torch defaults: the pipeline sets none)"
+        )
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -561,8 +682,10 @@ def device_line(device: torch.device) -> tuple[str, str]:
                 break
     except OSError:
         pass
-    return f"cpu ({cpu})", (f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-                            f"bf16 matrix units {precision.cpu_has_bf16_matmul()}")
+    return f"cpu ({cpu})", (
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"bf16 matrix units {precision.cpu_has_bf16_matmul()}"
+    )
 
 
 def fmt(v: Any) -> str:
@@ -583,8 +706,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = T_START + args.budget_s
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device here (torch.cuda.is_available() is False): run with --dry-run, or --device cpu",
-              file=sys.stderr)
+        print(
+            "no CUDA device here (torch.cuda.is_available() is False): run with --dry-run, or --device cpu",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run or device.type == "cpu":
         torch.set_num_threads(1)  # the CPU run is a check of the code, and the cores are shared
@@ -598,11 +723,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampler.start()
     print(f"device: {card}  ({details})")
     print(f"torch: {torch.__version__}  python {platform.python_version()}  numpy {np.__version__}")
-    print(f"data: {data_what}; image {tuple(ds.image_shape)}, batch {args.batch_size}, recipe {args.recipe!r}")
-    print(f"GPU utilisation: {sampler.source}" + ("" if sampler.source != "unavailable" else
-          " (no CUDA device measured)" if device.type != "cuda" else " (no nvidia-smi, no pynvml)"))
-    print(f"budget: {args.budget_s:.0f} s from start-up; start-up took {time.time() - T_START:.1f} s"
-          + ("; DRY RUN: CPU, tiny sizes, values check the code only" if args.dry_run else ""), flush=True)
+    print(
+        f"data: {data_what}; image {tuple(ds.image_shape)}, batch {args.batch_size}, recipe {args.recipe!r}"
+    )
+    print(
+        f"GPU utilisation: {sampler.source}"
+        + (
+            ""
+            if sampler.source != "unavailable"
+            else " (no CUDA device measured)"
+            if device.type != "cuda"
+            else " (no nvidia-smi, no pynvml)"
+        )
+    )
+    print(
+        f"budget: {args.budget_s:.0f} s from start-up; start-up took {time.time() - T_START:.1f} s"
+        + ("; DRY RUN: CPU, tiny sizes, values check the code only" if args.dry_run else ""),
+        flush=True,
+    )
 
     rows: list[dict[str, Any]] = []
     raw: dict[str, Any] = {"train": {}, "attack": {}, "concurrency": {}}
@@ -614,12 +752,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         t += SHARES[phase] * max(left, 0.0)
         phase_end[phase] = t
 
-    def row(section: str, what: str, amp: str, value: Any, unit: str, timed: str, window: tuple | None = None,
-            note: str = "") -> dict[str, Any]:
-        util, mem, samples = sampler.window(*window) if window else (
-            ("unavailable", "unavailable", {}) if sampler.source == "unavailable" else ("—", "—", {}))
-        r = {"section": section, "measurement": what, "AMP+CL": amp, "value": value, "unit": unit, "timed": timed,
-             "GPU util % mean/max": util, "GPU mem MiB max": mem, "note": note, "gpu_samples": samples}
+    def row(
+        section: str,
+        what: str,
+        amp: str,
+        value: Any,
+        unit: str,
+        timed: str,
+        window: tuple | None = None,
+        note: str = "",
+    ) -> dict[str, Any]:
+        util, mem, samples = (
+            sampler.window(*window)
+            if window
+            else (("unavailable", "unavailable", {}) if sampler.source == "unavailable" else ("—", "—", {}))
+        )
+        r = {
+            "section": section,
+            "measurement": what,
+            "AMP+CL": amp,
+            "value": value,
+            "unit": unit,
+            "timed": timed,
+            "GPU util % mean/max": util,
+            "GPU mem MiB max": mem,
+            "note": note,
+            "gpu_samples": samples,
+        }
         rows.append(r)
         log(" | ".join(fmt(r[h]) for h in HEADER))
         return r
@@ -628,11 +787,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return max(0.0, (phase_end[phase] - time.time()) / max(1, items_left))
 
     # 1. training, in this process --------------------------------------------------------
-    base = dict(dataset=ds.name, arch="face_cnn", distance="ssim", seed=0, epochs=1, batch_size=args.batch_size,
-                recipe=args.recipe)
+    base = dict(
+        dataset=ds.name,
+        arch="face_cnn",
+        distance="ssim",
+        seed=0,
+        epochs=1,
+        batch_size=args.batch_size,
+        recipe=args.recipe,
+    )
     configs = [("plain λ=0", None, ModelSpec(partition=None, lam=0.0, defenders=(), defense="none", **base))]
-    configs += [(f"defended λ={PAPER_LAM} deconv @{p}", p,
-                 ModelSpec(partition=p, lam=PAPER_LAM, defenders=("deconv",), **base)) for p in args.partitions]
+    configs += [
+        (
+            f"defended λ={PAPER_LAM} deconv @{p}",
+            p,
+            ModelSpec(partition=p, lam=PAPER_LAM, defenders=("deconv",), **base),
+        )
+        for p in args.partitions
+    ]
     train_times: dict[tuple[str | None, bool], float] = {}
     jobs = [(label, part, spec, amp) for label, part, spec in configs for amp in (False, True)]
     for i, (label, part, spec, amp) in enumerate(jobs):
@@ -642,17 +814,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             row("train", f"face_cnn {label}", amp_s, None, "s/epoch", "0", note="skipped: budget spent")
             continue
         try:
-            tm = time_training(spec, ds, device, args.max_epochs, slice_for("train", len(jobs) - i), deadline - RESERVE_S)
+            tm = time_training(
+                spec, ds, device, args.max_epochs, slice_for("train", len(jobs) - i), deadline - RESERVE_S
+            )
         except Exception as err:  # noqa: BLE001 - one failed measurement must not lose the others
             failures += 1
-            row("train", f"face_cnn {label}", amp_s, None, "s/epoch", "0", note=f"error: {type(err).__name__}: {err}")
+            row(
+                "train",
+                f"face_cnn {label}",
+                amp_s,
+                None,
+                "s/epoch",
+                "0",
+                note=f"error: {type(err).__name__}: {err}",
+            )
             continue
         train_times[(part, amp)] = tm.median
         raw["train"][f"{label} amp={amp_s}"] = dataclasses.asdict(tm)
         note = f"median; min {min(tm.epochs):.4g}, max {max(tm.epochs):.4g}; set-up + warm-up {tm.warmup_s:.3g} s"
         if tm.peak_mib is not None:
             note += f"; torch peak {tm.peak_mib:.0f} MiB"
-        row("train", f"face_cnn {label}", amp_s, tm.median, "s/epoch", f"{len(tm.epochs)} ep", tm.window, note)
+        row(
+            "train", f"face_cnn {label}", amp_s, tm.median, "s/epoch", f"{len(tm.epochs)} ep", tm.window, note
+        )
 
     # 2. attackers, in this process -------------------------------------------------------
     attack_times: dict[tuple[str, str, bool], float] = {}
@@ -671,8 +855,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model = build_model(configs[0][2].at(p), ds)
                 inputs_at[p] = (model, attack_inputs(model.local, ds, "train", 1.0, 0, device=str(device)))
             model, inputs = inputs_at[p]
-            tm = time_attacker(a, model.net, p, inputs, ds, device, amp, args.max_epochs,
-                               slice_for("attack", len(ajobs) - i), deadline - RESERVE_S)
+            tm = time_attacker(
+                a,
+                model.net,
+                p,
+                inputs,
+                ds,
+                device,
+                amp,
+                args.max_epochs,
+                slice_for("attack", len(ajobs) - i),
+                deadline - RESERVE_S,
+            )
         except Exception as err:  # noqa: BLE001
             failures += 1
             row("attack", what, amp_s, None, "s/epoch", "0", note=f"error: {type(err).__name__}: {err}")
@@ -692,7 +886,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. concurrency: spawned training processes on the one device -------------------------
     conc_part = "pool2" if "pool2" in args.partitions else args.partitions[0]
     conc_label, _, conc_spec = next(c for c in configs if c[1] == conc_part)
-    measured = {amp: train_times[(conc_part, amp)] for amp in (False, True) if (conc_part, amp) in train_times}
+    measured = {
+        amp: train_times[(conc_part, amp)] for amp in (False, True) if (conc_part, amp) in train_times
+    }
     conc_amp = min(measured, key=measured.get) if measured else device.type == "cuda"
     conc_spec = dataclasses.replace(conc_spec, train_overrides={"amp": conc_amp, "channels_last": conc_amp})
     single = measured.get(conc_amp, 1.0)
@@ -713,11 +909,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workers is None:
             workers = Workers(max(levels), levels)
         epochs = concurrency_epochs(slice_s, overhead, k, single, args.max_epochs)
-        job = {"spec": conc_spec, "device": str(device), "data_root": args.data_root, "size": args.image_size,
-               "n_train": args.train_images, "n_test": args.test_images, "epochs": epochs,
-               "threads": 1 if device.type == "cpu" else max(1, cores // k),
-               "deadline": min(deadline - RESERVE_S, time.time() + slice_s),
-               "barrier_timeout": max(60.0, 3 * overhead)}
+        job = {
+            "spec": conc_spec,
+            "device": str(device),
+            "data_root": args.data_root,
+            "size": args.image_size,
+            "n_train": args.train_images,
+            "n_test": args.test_images,
+            "epochs": epochs,
+            "threads": 1 if device.type == "cpu" else max(1, cores // k),
+            "deadline": min(deadline - RESERVE_S, time.time() + slice_s),
+            "barrier_timeout": max(60.0, 3 * overhead),
+        }
         res = workers.run_level(k, job, timeout_s=max(90.0, deadline + 30 - time.time()))
         if "error" in res:
             failures += 1
@@ -727,12 +930,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         models_h = 3600 * res["epochs_per_s"] / (PAPER_EPOCHS * scale)
         raw["concurrency"][str(k)] = res
         first = min(throughput)
-        note = (f"{res['epochs_per_s'] / scale:.3g} paper-size epochs/s in all; per process median "
-                f"{statistics.median(res['epoch_s']):.4g} s/epoch; x{res['epochs_per_s'] / throughput[first]:.2f} "
-                f"the {first}-process throughput; command to barrier {res['to_barrier_s']:.3g} s"
-                + (" (incl. process start-up)" if len(throughput) == 1 else ""))
-        row("concurrency", what, amp_s, models_h, f"models/h ({PAPER_EPOCHS} ep)",
-            f"{k}x{min(res['steady_per_proc'])} ep", res["window"], note)
+        note = (
+            f"{res['epochs_per_s'] / scale:.3g} paper-size epochs/s in all; per process median "
+            f"{statistics.median(res['epoch_s']):.4g} s/epoch; x{res['epochs_per_s'] / throughput[first]:.2f} "
+            f"the {first}-process throughput; command to barrier {res['to_barrier_s']:.3g} s"
+            + (" (incl. process start-up)" if len(throughput) == 1 else "")
+        )
+        row(
+            "concurrency",
+            what,
+            amp_s,
+            models_h,
+            f"models/h ({PAPER_EPOCHS} ep)",
+            f"{k}x{min(res['steady_per_proc'])} ep",
+            res["window"],
+            note,
+        )
     if workers is not None:
         workers.close()
 
@@ -750,43 +963,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     have_attacks = any(a == "deconv" for a, _ in attacks) and any(a == "fc" for a, _ in attacks)
     base_k = 1 if 1 in throughput else (min(throughput) if throughput else None)
     best_k = max(throughput, key=throughput.get) if throughput else None
-    what = (f"paper LFW: {PAPER_MODELS} models x {PAPER_EPOCHS} ep + {PAPER_ATTACKERS} attackers x "
-            f"{PAPER_ATTACK_EPOCHS} ep")
+    what = (
+        f"paper LFW: {PAPER_MODELS} models x {PAPER_EPOCHS} ep + {PAPER_ATTACKERS} attackers x "
+        f"{PAPER_ATTACK_EPOCHS} ep"
+    )
     scaled = f"; epochs scaled x{scale:.3g} to {PAPER_TRAIN_IMAGES} images" if abs(scale - 1) > 1e-9 else ""
     if plain is not None and defended and have_attacks:
         serial = project(plain, defended, attacks, 1.0, scale)
         raw["projection"] = {"serial": serial}
-        row("projection", what + ", 1 process", "best", serial["serial_s"] / 3600, "h", "",
-            note=(f"train {serial['train_s'] / 3600:.3g} h + attack {serial['attack_s'] / 3600:.3g} h; "
-                  f"sparse_fc timed as fc; unmeasured partitions take the measured mean{scaled}"))
+        row(
+            "projection",
+            what + ", 1 process",
+            "best",
+            serial["serial_s"] / 3600,
+            "h",
+            "",
+            note=(
+                f"train {serial['train_s'] / 3600:.3g} h + attack {serial['attack_s'] / 3600:.3g} h; "
+                f"sparse_fc timed as fc; unmeasured partitions take the measured mean{scaled}"
+            ),
+        )
         if best_k is not None and base_k is not None:
             speedup = throughput[best_k] / throughput[base_k]
             packed = project(plain, defended, attacks, speedup, scale)
             raw["projection"]["packed"] = packed
-            row("projection", what + f", best packing: {best_k} process{'es' if best_k > 1 else ''}", "best", packed["packed_s"] / 3600, "h",
-                "", note=(f"serial / x{speedup:.2f} (the {best_k}-process over the {base_k}-process training "
-                          f"throughput), applied to training and attacks alike{scaled}"))
+            row(
+                "projection",
+                what + f", best packing: {best_k} process{'es' if best_k > 1 else ''}",
+                "best",
+                packed["packed_s"] / 3600,
+                "h",
+                "",
+                note=(
+                    f"serial / x{speedup:.2f} (the {best_k}-process over the {base_k}-process training "
+                    f"throughput), applied to training and attacks alike{scaled}"
+                ),
+            )
         else:
-            row("projection", what + ", best packing", "best", None, "h", "", note="no concurrency level measured")
+            row(
+                "projection",
+                what + ", best packing",
+                "best",
+                None,
+                "h",
+                "",
+                note="no concurrency level measured",
+            )
     else:
         row("projection", what, "best", None, "h", "", note="missing plain, defended, deconv or fc timings")
 
     sampler.stop()
     wall = time.time() - T_START
     print()
-    print(f"## gpu_pipeline.py — {card}, torch {torch.__version__}" + (" (DRY RUN on CPU)" if args.dry_run else ""))
+    print(
+        f"## gpu_pipeline.py — {card}, torch {torch.__version__}"
+        + (" (DRY RUN on CPU)" if args.dry_run else "")
+    )
     print()
-    print(f"{data_what}. Steady = after one warm-up epoch; value = median over the timed epochs. "
-          f"GPU utilisation from {sampler.source}. Wall {wall:.0f} s of a {args.budget_s:.0f} s budget.")
+    print(
+        f"{data_what}. Steady = after one warm-up epoch; value = median over the timed epochs. "
+        f"GPU utilisation from {sampler.source}. Wall {wall:.0f} s of a {args.budget_s:.0f} s budget."
+    )
     print()
     print_table(rows)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"device": card, "device_details": details, "torch": torch.__version__, "dry_run": args.dry_run,
-               "data": data_what, "image_shape": list(ds.image_shape), "n_train": len(ds.train),
-               "n_test": len(ds.test), "budget_s": args.budget_s, "wall_s": wall,
-               "utilisation_source": sampler.source, "columns": list(HEADER), "rows": rows, "raw": raw}
-        args.out.write_text(json.dumps(doc, indent=1, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+        doc = {
+            "device": card,
+            "device_details": details,
+            "torch": torch.__version__,
+            "dry_run": args.dry_run,
+            "data": data_what,
+            "image_shape": list(ds.image_shape),
+            "n_train": len(ds.train),
+            "n_test": len(ds.test),
+            "budget_s": args.budget_s,
+            "wall_s": wall,
+            "utilisation_source": sampler.source,
+            "columns": list(HEADER),
+            "rows": rows,
+            "raw": raw,
+        }
+        args.out.write_text(
+            json.dumps(doc, indent=1, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+        )
         print(f"\nJSON: {args.out}")
     return 1 if failures else 0
 

@@ -37,7 +37,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     enter_repo_root()
-    import numpy as np
     import pandas as pd
 
     from analysis.tables import worst_case
@@ -48,10 +47,16 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"--data-root {args.data_root} is not a folder (real LFW, lfw-deepfunneled)")
     lams = tuple(float(v) for v in args.lams.split(","))
     spec = LFW_GRID_CPU.with_(
-        name="lfw_calibrate", data_root=str(args.data_root), partitions=(args.partition,), lams=lams,
-        seeds=tuple(int(s) for s in args.seeds.split(",")), attributes=False,
-        dataset_options={"min_faces": 30, "size": 64}, attackers=tuple(args.attackers.split(",")),
-        results=args.results, **({"epochs": args.epochs} if args.epochs else {}),
+        name="lfw_calibrate",
+        data_root=str(args.data_root),
+        partitions=(args.partition,),
+        lams=lams,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        attributes=False,
+        dataset_options={"min_faces": 30, "size": 64},
+        attackers=tuple(args.attackers.split(",")),
+        results=args.results,
+        **({"epochs": args.epochs} if args.epochs else {}),
         **({"attack_epochs": args.attack_epochs} if args.attack_epochs else {}),
     )
     print(machine_line(), flush=True)
@@ -66,27 +71,63 @@ def main(args: argparse.Namespace) -> None:
     base = attacks[attacks["attacker"] == "mean_image"].groupby("model_id")["ssim"].mean().rename("baseline")
     m = models.assign(sweep=models["sweep"].astype(str))[["sweep", "model_id", "lam", "seed", "test_acc"]]
     m = m.merge(worst, on=["sweep", "model_id"], how="left").join(base, on="model_id")
-    per_lam = m.groupby("lam").agg(acc=("test_acc", "mean"), ssim=("ssim", "mean"), lo=("ssim_ci_lo", "mean"),
-                                   hi=("ssim_ci_hi", "mean"), attacker=("ssim_attacker", lambda s: ",".join(sorted(set(s)))),
-                                   baseline=("baseline", "mean"), n=("seed", "count")).reset_index()
+    per_lam = (
+        m.groupby("lam")
+        .agg(
+            acc=("test_acc", "mean"),
+            ssim=("ssim", "mean"),
+            lo=("ssim_ci_lo", "mean"),
+            hi=("ssim_ci_hi", "mean"),
+            attacker=("ssim_attacker", lambda s: ",".join(sorted(set(s)))),
+            baseline=("baseline", "mean"),
+            n=("seed", "count"),
+        )
+        .reset_index()
+    )
     ref = per_lam.loc[per_lam["lam"] == 0].iloc[0] if (per_lam["lam"] == 0).any() else None
     rows = []
     for r in per_lam.itertuples():
         cost = None if ref is None else ref.acc - r.acc
         drop = None if ref is None else ref.ssim - r.ssim
-        rows.append([f"{r.lam:g}", r.n, f"{r.acc:.3f}", "-" if cost is None else f"{cost:+.3f}",
-                     f"{r.ssim:.3f} [{r.lo:.3f}, {r.hi:.3f}]", "-" if drop is None else f"{drop:+.3f}",
-                     r.attacker, f"{r.baseline:.3f}"])
-    print(f"\nreal LFW, {spec.recipe} recipe, {spec.epochs} epochs, partition {args.partition}, seeds {spec.seeds}, "
-          f"attackers {', '.join(spec.attackers)}; {outcome.n_trials} models in {time.time() - t0:.0f} s")
-    print("worst-case SSIM: the strongest non-baseline attacker; interval: 95 % bootstrap over the "
-          f"{int(attacks['n_eval'].max())} test images (per model, then averaged over seeds)")
-    print_table(["λ", "seeds", "test acc", "acc cost", "worst SSIM [95 % CI]", "SSIM drop", "strongest",
-                 "mean-image SSIM"], rows)
+        rows.append(
+            [
+                f"{r.lam:g}",
+                r.n,
+                f"{r.acc:.3f}",
+                "-" if cost is None else f"{cost:+.3f}",
+                f"{r.ssim:.3f} [{r.lo:.3f}, {r.hi:.3f}]",
+                "-" if drop is None else f"{drop:+.3f}",
+                r.attacker,
+                f"{r.baseline:.3f}",
+            ]
+        )
+    print(
+        f"\nreal LFW, {spec.recipe} recipe, {spec.epochs} epochs, partition {args.partition}, seeds {spec.seeds}, "
+        f"attackers {', '.join(spec.attackers)}; {outcome.n_trials} models in {time.time() - t0:.0f} s"
+    )
+    print(
+        "worst-case SSIM: the strongest non-baseline attacker; interval: 95 % bootstrap over the "
+        f"{int(attacks['n_eval'].max())} test images (per model, then averaged over seeds)"
+    )
+    print_table(
+        [
+            "λ",
+            "seeds",
+            "test acc",
+            "acc cost",
+            "worst SSIM [95 % CI]",
+            "SSIM drop",
+            "strongest",
+            "mean-image SSIM",
+        ],
+        rows,
+    )
     if ref is not None:
         ok = per_lam[(per_lam["lam"] > 0) & (ref.acc - per_lam["acc"] <= args.max_cost)]
         star = float(ok["lam"].max()) if not ok.empty else None
-        print(f"\nλ* (largest λ with accuracy cost ≤ {args.max_cost:.0%}): {star if star is not None else 'none'}")
+        print(
+            f"\nλ* (largest λ with accuracy cost ≤ {args.max_cost:.0%}): {star if star is not None else 'none'}"
+        )
 
 
 if __name__ == "__main__":

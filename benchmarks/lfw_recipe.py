@@ -48,8 +48,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", default="32,64,128,256", help="face CNN conv widths (4)")
     p.add_argument("--fc", type=int, default=512, help="face CNN hidden FC width")
     p.add_argument("--dropout", type=float, default=0.5, help="face CNN dropout after each hidden FC")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                   help="bf16 autocast + channels-last: the device default, forced on, or off (fp32 NCHW)")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast + channels-last: the device default, forced on, or off (fp32 NCHW)",
+    )
     p.add_argument("--lr", type=float, default=None, help="override the recipe's lr")
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -68,11 +72,23 @@ def main(args: argparse.Namespace) -> None:
     for name in args.recipes.split(","):
         finals, firsts, secs = [], {t: [] for t in THRESHOLDS}, []
         for seed in seeds:
-            spec = ModelSpec(dataset="lfw", arch="face_cnn", partition="pool2", lam=0.0, defenders=(),
-                             distance="ssim", seed=seed, epochs=args.epochs, batch_size=32,
-                             data_root=str(args.data_root), defense="none", recipe=name,
-                             dataset_options={"min_faces": 30, "size": 64},
-                             arch_options={"widths": widths, "fc": args.fc, "dropout": args.dropout}, train_overrides=overrides)
+            spec = ModelSpec(
+                dataset="lfw",
+                arch="face_cnn",
+                partition="pool2",
+                lam=0.0,
+                defenders=(),
+                distance="ssim",
+                seed=seed,
+                epochs=args.epochs,
+                batch_size=32,
+                data_root=str(args.data_root),
+                defense="none",
+                recipe=name,
+                dataset_options={"min_faces": 30, "size": 64},
+                arch_options={"widths": widths, "fc": args.fc, "dropout": args.dropout},
+                train_overrides=overrides,
+            )
             ds = ds or pipeline.load_data(spec)
             t0 = time.perf_counter()
             _, result = pipeline.train_model(spec, ds, "cpu")
@@ -82,15 +98,38 @@ def main(args: argparse.Namespace) -> None:
             for t in THRESHOLDS:
                 hit = next((r["epoch"] for r in result.epochs if r["test_acc"] >= t), None)
                 firsts[t].append(hit)
-            print(f"recipe {name} seed {seed}: {time.perf_counter() - t0:.0f} s, test acc by epoch "
-                  + " ".join(f"{a:.2f}" for a in accs), flush=True)
-        summary.append([name, args.widths, args.fc, args.dropout, f"{np.mean(secs):.1f}",
-                        *[",".join("-" if f is None else str(f) for f in firsts[t]) for t in THRESHOLDS],
-                        mean_ci(finals)])
-    print(f"\nreal LFW: {len(ds.train)} train / {len(ds.test)} test images, {ds.num_classes} people; "
-          f"{args.epochs} epochs; amp {args.amp}; seeds {seeds}")
-    print_table(["recipe", "widths", "fc", "dropout", "s/epoch", *[f"first epoch ≥ {t}" for t in THRESHOLDS],
-                 "final test acc (95 % CI)"], summary)
+            print(
+                f"recipe {name} seed {seed}: {time.perf_counter() - t0:.0f} s, test acc by epoch "
+                + " ".join(f"{a:.2f}" for a in accs),
+                flush=True,
+            )
+        summary.append(
+            [
+                name,
+                args.widths,
+                args.fc,
+                args.dropout,
+                f"{np.mean(secs):.1f}",
+                *[",".join("-" if f is None else str(f) for f in firsts[t]) for t in THRESHOLDS],
+                mean_ci(finals),
+            ]
+        )
+    print(
+        f"\nreal LFW: {len(ds.train)} train / {len(ds.test)} test images, {ds.num_classes} people; "
+        f"{args.epochs} epochs; amp {args.amp}; seeds {seeds}"
+    )
+    print_table(
+        [
+            "recipe",
+            "widths",
+            "fc",
+            "dropout",
+            "s/epoch",
+            *[f"first epoch ≥ {t}" for t in THRESHOLDS],
+            "final test acc (95 % CI)",
+        ],
+        summary,
+    )
 
 
 if __name__ == "__main__":

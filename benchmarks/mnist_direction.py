@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,12 @@ from pp_cluster.data import load_dataset
 from pp_cluster.data.attacker import attacker_data
 from pp_cluster.nets import build_decoder, build_net, split
 from pp_cluster.privacy import (
-    AttackConfig, compute_activations, evaluate_attack, recipe, train_attacker, train_defended,
+    AttackConfig,
+    compute_activations,
+    evaluate_attack,
+    recipe,
+    train_attacker,
+    train_defended,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--defender", default="mnist_a1")
     p.add_argument("--attackers", default="mnist_a1,mnist_a3", help="comma-separated decoder names")
     p.add_argument("--attack-epochs", type=int, default=5)
-    p.add_argument("--update", choices=("alternating", "simultaneous"), default="alternating",
-                   help="Algorithm 1's order (the paper's) or the one-pass simultaneous update")
+    p.add_argument(
+        "--update",
+        choices=("alternating", "simultaneous"),
+        default="alternating",
+        help="Algorithm 1's order (the paper's) or the one-pass simultaneous update",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -55,8 +63,10 @@ def main(args: argparse.Namespace) -> None:
     attack_train, attack_eval = attacker_data(ds, "train", 1.0, args.seed)
     lams = [float(v) for v in args.lams.split(",")]
     attackers = args.attackers.split(",")
-    print(f"MNIST {len(ds.train)} train / {len(ds.test)} test, split at {PARTITION}, defender {args.defender}, "
-          f"{args.epochs} epochs, {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)")
+    print(
+        f"MNIST {len(ds.train)} train / {len(ds.test)} test, split at {PARTITION}, defender {args.defender}, "
+        f"{args.epochs} epochs, {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)"
+    )
 
     rows = []
     for lam in lams:
@@ -74,22 +84,49 @@ def main(args: argparse.Namespace) -> None:
         for name in attackers:
             torch.manual_seed(args.seed)
             attacker = build_decoder(name, net, PARTITION, ds.value_range)
-            attacker, history = train_attacker(attacker, h_train, attack_train.x, ds.value_range,
-                                               AttackConfig(epochs=args.attack_epochs, seed=args.seed))
-            metrics = evaluate_attack(attacker, h_eval, attack_eval.x, ds.value_range, classifier=net,
-                                      y_eval=attack_eval.y, n_keep=0, with_dpd=False).metrics
-            rows.append({"lam": lam, "test_acc": result.test_acc, "attacker": name, "mse": metrics["mse"],
-                         "ssim": metrics["ssim"], "reprint_acc": metrics["reprint_acc"],
-                         "train_s": result.seconds, "attack_s": history["seconds"]})
+            attacker, history = train_attacker(
+                attacker,
+                h_train,
+                attack_train.x,
+                ds.value_range,
+                AttackConfig(epochs=args.attack_epochs, seed=args.seed),
+            )
+            metrics = evaluate_attack(
+                attacker,
+                h_eval,
+                attack_eval.x,
+                ds.value_range,
+                classifier=net,
+                y_eval=attack_eval.y,
+                n_keep=0,
+                with_dpd=False,
+            ).metrics
+            rows.append(
+                {
+                    "lam": lam,
+                    "test_acc": result.test_acc,
+                    "attacker": name,
+                    "mse": metrics["mse"],
+                    "ssim": metrics["ssim"],
+                    "reprint_acc": metrics["reprint_acc"],
+                    "train_s": result.seconds,
+                    "attack_s": history["seconds"],
+                }
+            )
             r = rows[-1]
-            print(f"λ={lam:g} {name}: acc {r['test_acc']:.4f} mse {r['mse']:.4f} ssim {r['ssim']:.3f} "
-                  f"reprint {r['reprint_acc']:.3f} train {r['train_s']:.0f}s attack {r['attack_s']:.0f}s", flush=True)
+            print(
+                f"λ={lam:g} {name}: acc {r['test_acc']:.4f} mse {r['mse']:.4f} ssim {r['ssim']:.3f} "
+                f"reprint {r['reprint_acc']:.3f} train {r['train_s']:.0f}s attack {r['attack_s']:.0f}s",
+                flush=True,
+            )
 
     print("\n| λ | test acc | attacker | attacker MSE | SSIM | reprint acc | train s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['lam']:g} | {r['test_acc']:.4f} | {r['attacker']} | {r['mse']:.4f} | {r['ssim']:.3f} "
-              f"| {r['reprint_acc']:.3f} | {r['train_s']:.0f} |")
+        print(
+            f"| {r['lam']:g} | {r['test_acc']:.4f} | {r['attacker']} | {r['mse']:.4f} | {r['ssim']:.3f} "
+            f"| {r['reprint_acc']:.3f} | {r['train_s']:.0f} |"
+        )
 
     base = {r["attacker"]: r for r in rows if r["lam"] == 0}
     verdicts = []
@@ -104,11 +141,15 @@ def main(args: argparse.Namespace) -> None:
         print("\nno λ > 0 next to a λ = 0 baseline: nothing to compare")
         return
     for lam, ok, lower, drop in verdicts:
-        print(f"λ={lam:g}: every attacker's SSIM {'lower' if lower else 'NOT lower'} than at λ=0; "
-              f"test accuracy {-drop * 100:+.2f} points -> {'holds' if ok else 'does not hold'}")
+        print(
+            f"λ={lam:g}: every attacker's SSIM {'lower' if lower else 'NOT lower'} than at λ=0; "
+            f"test accuracy {-drop * 100:+.2f} points -> {'holds' if ok else 'does not hold'}"
+        )
     holding = [f"{lam:g}" for lam, ok, _, _ in verdicts if ok]
-    print("paper's direction (SSIM lower at λ>0, test acc within 1 point): "
-          + (f"HOLDS at λ = {', '.join(holding)}" if holding else "DOES NOT HOLD at any λ tried"))
+    print(
+        "paper's direction (SSIM lower at λ>0, test acc within 1 point): "
+        + (f"HOLDS at λ = {', '.join(holding)}" if holding else "DOES NOT HOLD at any λ tried")
+    )
 
 
 if __name__ == "__main__":

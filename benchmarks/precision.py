@@ -59,8 +59,17 @@ def train_step_ms(ds, partition: str, defended: bool, fast: bool, steps: int) ->
     net = build_net("face_cnn", ds.image_shape, ds.num_classes)
     local, remote = split(net, partition)
     defenders = [build_decoder("deconv", net, partition, ds.value_range)] if defended else []
-    cfg = recipe(ds.name, "fast", lam=1.0 if defended else 0.0, epochs=steps + 1, batch_size=32, seed=0,
-                 amp=fast, channels_last=fast, augment="none")
+    cfg = recipe(
+        ds.name,
+        "fast",
+        lam=1.0 if defended else 0.0,
+        epochs=steps + 1,
+        batch_size=32,
+        seed=0,
+        amp=fast,
+        channels_last=fast,
+        augment="none",
+    )
     one_batch = Split(ds.train.x[:32], ds.train.y[:32])  # an epoch = one step: rows time single steps
     tiny_test = Split(ds.test.x[:2], ds.test.y[:2])
     result = train_defended(net, local, remote, defenders, one_batch, tiny_test, ds.value_range, cfg)
@@ -85,10 +94,12 @@ def attack_step_ms(ds, partition: str, attacker: str, fast: bool, steps: int) ->
 
 def step_ratios(ds, partition: str, steps: int) -> None:
     rows = []
-    cases = [("plain step", lambda f: train_step_ms(ds, partition, False, f, steps)),
-             ("defended step (1 deconv)", lambda f: train_step_ms(ds, partition, True, f, steps)),
-             ("attacker step: deconv", lambda f: attack_step_ms(ds, partition, "deconv", f, steps)),
-             ("attacker step: fc", lambda f: attack_step_ms(ds, partition, "fc", f, steps))]
+    cases = [
+        ("plain step", lambda f: train_step_ms(ds, partition, False, f, steps)),
+        ("defended step (1 deconv)", lambda f: train_step_ms(ds, partition, True, f, steps)),
+        ("attacker step: deconv", lambda f: attack_step_ms(ds, partition, "deconv", f, steps)),
+        ("attacker step: fc", lambda f: attack_step_ms(ds, partition, "fc", f, steps)),
+    ]
     for name, fn in cases:
         ms = {mode: [] for mode in MODES}
         for _ in range(2):  # interleaved rounds
@@ -97,8 +108,10 @@ def step_ratios(ds, partition: str, steps: int) -> None:
         fp32, bf16 = min(ms["fp32 NCHW"]), min(ms["bf16 + channels-last"])
         rows.append([name, f"{fp32:.0f}", f"{bf16:.0f}", f"{fp32 / bf16:.2f}x"])
         print(f"  {name}: fp32 {fp32:.0f} ms, bf16 {bf16:.0f} ms", flush=True)
-    print(f"\nface CNN at {partition}, batch 32 (attackers 64), {torch.get_num_threads()} threads, fastest of "
-          f"{steps} steps × 2 rounds; CPU bf16 matrix units: {precision.cpu_has_bf16_matmul()}")
+    print(
+        f"\nface CNN at {partition}, batch 32 (attackers 64), {torch.get_num_threads()} threads, fastest of "
+        f"{steps} steps × 2 rounds; CPU bf16 matrix units: {precision.cpu_has_bf16_matmul()}"
+    )
     print_table(["step", "fp32 NCHW ms", "bf16 + channels-last ms", "fp32 / bf16"], rows)
 
 
@@ -108,8 +121,11 @@ def accuracy_both_ways(root: Path, partition: str, seeds: list[int]) -> None:
     ds = None
     for seed in seeds:
         for mode, fast in MODES.items():
-            spec = prof.with_(data_root=str(root), dataset_options={"min_faces": 30, "size": 64},
-                              train_overrides={"amp": fast, "channels_last": fast}).model_spec(None, 0.0, seed)
+            spec = prof.with_(
+                data_root=str(root),
+                dataset_options={"min_faces": 30, "size": 64},
+                train_overrides={"amp": fast, "channels_last": fast},
+            ).model_spec(None, 0.0, seed)
             ds = ds or pipeline.load_data(spec)
             t0 = time.perf_counter()
             model, result = pipeline.train_model(spec, ds, "cpu")
@@ -123,15 +139,26 @@ def accuracy_both_ways(root: Path, partition: str, seeds: list[int]) -> None:
                 dec, _ = train_attacker(dec, h_train, ds.train.x, ds.value_range, cfg)
                 res = evaluate_attack(dec, h_test, ds.test.x, ds.value_range, with_dpd=False, amp=fast)
                 out[mode][name].append(res.metrics["ssim"])
-            print(f"  seed {seed} {mode}: acc {result.test_acc:.3f}, SSIM deconv {out[mode]['deconv'][-1]:.3f} "
-                  f"resdec {out[mode]['resdec'][-1]:.3f} [{time.perf_counter() - t0:.0f} s]", flush=True)
+            print(
+                f"  seed {seed} {mode}: acc {result.test_acc:.3f}, SSIM deconv {out[mode]['deconv'][-1]:.3f} "
+                f"resdec {out[mode]['resdec'][-1]:.3f} [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
     rows = []
     for metric in ("acc", "deconv", "resdec"):
         a, b = out["fp32 NCHW"][metric], out["bf16 + channels-last"][metric]
-        rows.append([{"acc": "test accuracy"}.get(metric, f"{metric} attacker SSIM at {partition}"), fmt(a), fmt(b),
-                     fmt(np.subtract(b, a))])
-    print(f"\nreal LFW, CPU profile's undefended model ({prof.recipe} recipe, {prof.epochs} epochs), seeds {seeds}; "
-          "mean ± 95 % t-interval over seeds")
+        rows.append(
+            [
+                {"acc": "test accuracy"}.get(metric, f"{metric} attacker SSIM at {partition}"),
+                fmt(a),
+                fmt(b),
+                fmt(np.subtract(b, a)),
+            ]
+        )
+    print(
+        f"\nreal LFW, CPU profile's undefended model ({prof.recipe} recipe, {prof.epochs} epochs), seeds {seeds}; "
+        "mean ± 95 % t-interval over seeds"
+    )
     print_table(["metric", "fp32 NCHW", "bf16 + channels-last", "paired bf16 − fp32"], rows)
 
 

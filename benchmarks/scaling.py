@@ -29,8 +29,8 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from _common import enter_repo_root, machine_line, print_table
+
 from pp_cluster.config import Resources, SweepSpec
 
 MB = 1024 * 1024
@@ -47,9 +47,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def big_spec(results: str) -> SweepSpec:
     return SweepSpec(
-        name="mem1000", dataset="lfw-subset", arch="face_cnn", partitions=("pool1", "pool2"),
-        lams=tuple([0.0] + [10.0 ** e for e in np.linspace(-3, 1, 9)]), seeds=tuple(range(50)),
-        epochs=1, results=results,
+        name="mem1000",
+        dataset="lfw-subset",
+        arch="face_cnn",
+        partitions=("pool1", "pool2"),
+        lams=tuple([0.0] + [10.0**e for e in np.linspace(-3, 1, 9)]),
+        seeds=tuple(range(50)),
+        epochs=1,
+        results=results,
     )
 
 
@@ -74,10 +79,20 @@ def expansion_memory(results: str) -> tuple[int, float, float, float]:
 
 def tiny_sweep(results: str, n: int, tag: str) -> SweepSpec:
     return SweepSpec(
-        name=f"scale{n}-{tag}", dataset="lfw-subset", dataset_options={"size": 16}, arch="face_cnn",
-        arch_options={"widths": (4, 8, 8, 8), "fc": 16}, partitions=("pool1",), lams=(0.0,),
-        attackers=("deconv", "fc"), seeds=tuple(range(n)), epochs=1, batch_size=32, attack_epochs=1,
-        results=results, resources=Resources(pool_size=2, attacker_cpus=0.5, cpus_per_worker=1.0),
+        name=f"scale{n}-{tag}",
+        dataset="lfw-subset",
+        dataset_options={"size": 16},
+        arch="face_cnn",
+        arch_options={"widths": (4, 8, 8, 8), "fc": 16},
+        partitions=("pool1",),
+        lams=(0.0,),
+        attackers=("deconv", "fc"),
+        seeds=tuple(range(n)),
+        epochs=1,
+        batch_size=32,
+        attack_epochs=1,
+        results=results,
+        resources=Resources(pool_size=2, attacker_cpus=0.5, cpus_per_worker=1.0),
     )
 
 
@@ -87,20 +102,31 @@ def main(args: argparse.Namespace) -> None:
     sizes = [1, 2, 4, 8] if args.quick else [int(v) for v in args.trials.split(",")]
     repeats = 1 if args.quick else args.repeats
     if len(sizes) < 3 or min(sizes) < 1 or repeats < 1:
-        raise ValueError(f"need >= 3 positive sweep sizes and --repeats >= 1 to fit a quadratic, got {sizes}, {repeats}")
+        raise ValueError(
+            f"need >= 3 positive sweep sizes and --repeats >= 1 to fit a quadratic, got {sizes}, {repeats}"
+        )
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="pp_scaling_") as tmp:
         n_cfg, traced, rss_growth, rss = expansion_memory(tmp)
-        print(f"1,000-trial spec: {n_cfg} Tune configs; tracemalloc peak {traced:.1f} MB, "
-              f"peak RSS +{rss_growth:.1f} MB (process peak RSS {rss:.0f} MB, imports included)", flush=True)
+        print(
+            f"1,000-trial spec: {n_cfg} Tune configs; tracemalloc peak {traced:.1f} MB, "
+            f"peak RSS +{rss_growth:.1f} MB (process peak RSS {rss:.0f} MB, imports included)",
+            flush=True,
+        )
 
         import ray
 
         from pp_cluster.farm.sweep import run_sweep, train_runtime_env
 
         # The farm's own Ray Train settings, as when run_sweep starts the cluster itself.
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env=train_runtime_env())
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env=train_runtime_env(),
+        )
         walls: dict[int, list[float]] = {n: [] for n in sizes}
         try:
             for r in range(repeats):
@@ -124,9 +150,11 @@ def main(args: argparse.Namespace) -> None:
     print_table(("trials", "wall s (median)", "s / trial", "linear fit s"), rows)
     print(f"linear fit: {b0:.1f} s + {b1:.2f} s/trial; quadratic fit: {c0:.1f} + {c1:.2f} n + {c2:.3f} n^2")
     share = c2 * n[-1] ** 2 / wall[-1]
-    print(f"super-linear term at n={sizes[-1]}: {c2 * n[-1] ** 2:+.1f} s = {share:+.0%} of wall "
-          f"(target: ~0, i.e. linear); 1,000-trial spec: {traced:.1f} MB traced, +{rss_growth:.1f} MB RSS "
-          f"(target < 500 MB)")
+    print(
+        f"super-linear term at n={sizes[-1]}: {c2 * n[-1] ** 2:+.1f} s = {share:+.0%} of wall "
+        f"(target: ~0, i.e. linear); 1,000-trial spec: {traced:.1f} MB traced, +{rss_growth:.1f} MB RSS "
+        f"(target < 500 MB)"
+    )
 
 
 if __name__ == "__main__":

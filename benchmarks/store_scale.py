@@ -34,7 +34,7 @@ from pp_cluster.results.store import ResultStore, provenance  # noqa: E402
 
 SWEEP = "scale"
 ATTACKERS = ("deconv", "fc", "sparse_fc", "resdec", "mean_image")
-NOW = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 
 def _model(i: int) -> dict:
@@ -42,12 +42,33 @@ def _model(i: int) -> dict:
     undefended model and 3 partitions × 3 λ defended ones."""
     group, j = divmod(i, 10)
     lam = 0.0 if j == 0 else (0.1, 0.3, 1.0)[(j - 1) // 3]
-    return {"model_id": f"m{i:06d}", "trial_id": f"t{i}", "seed": group % 5, "dataset": "lfw", "arch": "face_cnn",
-            "partition": None if lam == 0 else ("pool1", "pool2", "pool3")[(j - 1) % 3], "recipe": "fast", "lam": lam,
-            "defenders": "" if lam == 0 else "deconv", "distance": "ssim", "defense": "none" if lam == 0 else "partition",
-            "epochs": 30, "lr": 2e-3 * (1 + group // 5), "batch_size": 32, "test_acc": 0.85 + 0.001 * (i % 50), "n_test": 474,
-            "train_acc": 0.95, "final_task_loss": 0.3, "final_distance": 0.4, "status": "ok", "train_seconds": 700.0,
-            "started_at": NOW, "finished_at": NOW, "config_json": "{}", **provenance()}
+    return {
+        "model_id": f"m{i:06d}",
+        "trial_id": f"t{i}",
+        "seed": group % 5,
+        "dataset": "lfw",
+        "arch": "face_cnn",
+        "partition": None if lam == 0 else ("pool1", "pool2", "pool3")[(j - 1) % 3],
+        "recipe": "fast",
+        "lam": lam,
+        "defenders": "" if lam == 0 else "deconv",
+        "distance": "ssim",
+        "defense": "none" if lam == 0 else "partition",
+        "epochs": 30,
+        "lr": 2e-3 * (1 + group // 5),
+        "batch_size": 32,
+        "test_acc": 0.85 + 0.001 * (i % 50),
+        "n_test": 474,
+        "train_acc": 0.95,
+        "final_task_loss": 0.3,
+        "final_distance": 0.4,
+        "status": "ok",
+        "train_seconds": 700.0,
+        "started_at": NOW,
+        "finished_at": NOW,
+        "config_json": "{}",
+        **provenance(),
+    }
 
 
 def _attacks(i: int, rng: np.random.Generator) -> list[tuple[str, dict]]:
@@ -56,11 +77,28 @@ def _attacks(i: int, rng: np.random.Generator) -> list[tuple[str, dict]]:
     for a, attacker in enumerate(ATTACKERS):
         partition = m["partition"] or ("pool1", "pool2", "pool3")[a % 3]
         ssim = rng.uniform(0.3, 0.9, 64)
-        row = {"model_id": m["model_id"], "attack_id": f"a{i:06d}x{a}", "attacker": attacker, "partition": partition,
-               "attacker_data": "train", "attacker_fraction": 1.0, "mse": 0.02, "ssim": float(ssim.mean()),
-               "psnr": 18.0, "ssim_images": ssim.tolist(), "mse_images": [0.02] * 64, "dpd": None,
-               "dpd_reason": "no LPIPS weights offline", "reprint_acc": 0.5, "n_eval": 64, "best_epoch": 9,
-               "train_seconds": 200.0, "status": "ok", "host": "h", "finished_at": NOW}
+        row = {
+            "model_id": m["model_id"],
+            "attack_id": f"a{i:06d}x{a}",
+            "attacker": attacker,
+            "partition": partition,
+            "attacker_data": "train",
+            "attacker_fraction": 1.0,
+            "mse": 0.02,
+            "ssim": float(ssim.mean()),
+            "psnr": 18.0,
+            "ssim_images": ssim.tolist(),
+            "mse_images": [0.02] * 64,
+            "dpd": None,
+            "dpd_reason": "no LPIPS weights offline",
+            "reprint_acc": 0.5,
+            "n_eval": 64,
+            "best_epoch": 9,
+            "train_seconds": 200.0,
+            "status": "ok",
+            "host": "h",
+            "finished_at": NOW,
+        }
         out.append((row["attack_id"], row))
     return out
 
@@ -72,8 +110,21 @@ def _write_range(args: tuple[str, int, int]) -> None:
     for i in range(lo, hi):
         m = _model(i)
         store.write("models", SWEEP, m["model_id"], [m])
-        store.write("epochs", SWEEP, m["model_id"], [{"model_id": m["model_id"], "epoch": 30, "task_loss": 0.3,
-                                                       "train_acc": 0.95, "test_acc": m["test_acc"], "seconds": 20.0}])
+        store.write(
+            "epochs",
+            SWEEP,
+            m["model_id"],
+            [
+                {
+                    "model_id": m["model_id"],
+                    "epoch": 30,
+                    "task_loss": 0.3,
+                    "train_acc": 0.95,
+                    "test_acc": m["test_acc"],
+                    "seconds": 20.0,
+                }
+            ],
+        )
         for key, row in _attacks(i, rng):
             store.write("attacks", SWEEP, key, [row])
 
@@ -116,9 +167,13 @@ def measure(root: str, n: int, env: dict, label: str) -> list[dict]:
     for phase in ("before", "after"):
         if phase == "after":
             t_compact = _timed([sys.executable, "-m", "pp_cluster.cli", "compact", root], env)
-        row = {"store": label, "models": n, "phase": f"{phase} compaction",
-               "status_s": _timed([sys.executable, "-m", "pp_cluster.cli", "status", root], env),
-               "report_s": _timed([sys.executable, "-m", "analysis.report", root, "--markdown", page], env)}
+        row = {
+            "store": label,
+            "models": n,
+            "phase": f"{phase} compaction",
+            "status_s": _timed([sys.executable, "-m", "pp_cluster.cli", "status", root], env),
+            "report_s": _timed([sys.executable, "-m", "analysis.report", root, "--markdown", page], env),
+        }
         seconds, calls = trial_reads(root, n // 2)
         row.update(trial_reads_ms=1000 * seconds, **{f"trial_{k}": v for k, v in calls.items()})
         if phase == "after":
@@ -142,34 +197,60 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/results"
-        print(f"writing {args.models} models, {5 * args.models} attacks: {build(root, args.models, args.workers):.0f} s",
-              flush=True)
+        print(
+            f"writing {args.models} models, {5 * args.models} attacks: {build(root, args.models, args.workers):.0f} s",
+            flush=True,
+        )
         rows += measure(root, args.models, env, "local disk")
     if args.s3:
-        from moto.server import ThreadedMotoServer
         import boto3
+        from moto.server import ThreadedMotoServer
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
-        s3_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                  "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true",
-                  "NO_PROXY": "127.0.0.1,localhost"}
+        s3_env = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
         os.environ.update(s3_env)
         env.update(s3_env)
         boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="scale")
         root = "s3://scale/results"
-        print(f"writing {args.s3_models} models to S3: {build(root, args.s3_models, args.workers):.0f} s", flush=True)
+        print(
+            f"writing {args.s3_models} models to S3: {build(root, args.s3_models, args.workers):.0f} s",
+            flush=True,
+        )
         rows += measure(root, args.s3_models, env, "S3 (moto, local)")
         server.stop()
-    cols = ["store", "models", "phase", "status_s", "report_s", "trial_reads_ms", "trial_list", "trial_info",
-            "trial_open", "compact_s"]
+    cols = [
+        "store",
+        "models",
+        "phase",
+        "status_s",
+        "report_s",
+        "trial_reads_ms",
+        "trial_list",
+        "trial_info",
+        "trial_open",
+        "compact_s",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |")
+        print(
+            "| "
+            + " | ".join(f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+            + " |"
+        )
     local = [r for r in rows if r["store"] == "local disk"]
-    print(f"\nratio status before/after compaction: {local[0]['status_s'] / local[1]['status_s']:.2f}; "
-          f"report: {local[0]['report_s'] / local[1]['report_s']:.2f}")
+    print(
+        f"\nratio status before/after compaction: {local[0]['status_s'] / local[1]['status_s']:.2f}; "
+        f"report: {local[0]['report_s'] / local[1]['report_s']:.2f}"
+    )
 
 
 if __name__ == "__main__":

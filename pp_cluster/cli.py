@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from pp_cluster.config import SpecError, SweepSpec
 from pp_cluster.results.fs import redact
@@ -37,84 +37,160 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     from pp_cluster.privacy.recipes import RECIPE_NAMES
 
     g = p.add_argument_group("what to run")
-    g.add_argument("--profile", choices=("paper", "quick", "cpu"), default=None,
-                   help="paper: the paper's data and budget (default); quick: minutes on the embedded data set "
-                        "(unless --data-root is given); cpu: the real-data job in a 2-core budget (lfw_grid; "
-                        "needs --data-root)")
+    g.add_argument(
+        "--profile",
+        choices=("paper", "quick", "cpu"),
+        default=None,
+        help="paper: the paper's data and budget (default); quick: minutes on the embedded data set "
+        "(unless --data-root is given); cpu: the real-data job in a 2-core budget (lfw_grid; "
+        "needs --data-root)",
+    )
     g.add_argument("--quick", action="store_true", help="the same as --profile quick")
-    g.add_argument("--recipe", choices=RECIPE_NAMES,
-                   help="training recipe: the paper's, or our fast one (AdamW, one-cycle, label smoothing, "
-                        "crop+flip; see privacy/recipes.py)")
+    g.add_argument(
+        "--recipe",
+        choices=RECIPE_NAMES,
+        help="training recipe: the paper's, or our fast one (AdamW, one-cycle, label smoothing, "
+        "crop+flip; see privacy/recipes.py)",
+    )
     g.add_argument("--name", help="sweep name (the `sweep` column and the Tune experiment name)")
-    g.add_argument("--data-root", help="folder of the real data set in its standard layout "
-                   "(e.g. ../shared/data/lfw/lfw-deepfunneled); without it --quick uses the embedded data")
+    g.add_argument(
+        "--data-root",
+        help="folder of the real data set in its standard layout "
+        "(e.g. ../shared/data/lfw/lfw-deepfunneled); without it --quick uses the embedded data",
+    )
     g.add_argument("--partitions", type=_names, help="comma-separated split points, e.g. pool1,pool2,pool3")
     g.add_argument("--lams", type=_floats, help="comma-separated defender weights λ, e.g. 0,0.1")
     g.add_argument("--seeds", type=_ints, help="comma-separated seeds (the paper averaged 5)")
     g.add_argument("--epochs", type=int, help="training epochs per model")
     g.add_argument("--batch-size", type=int, help="training batch size")
     g.add_argument("--lr", type=float, help="model learning rate (overrides the paper's recipe)")
-    g.add_argument("--defenders", type=_suites, dest="defender_suites",
-                   help="defender suites to sweep (decoder zoo names): 'deconv', or 'mnist_a1;mnist_d1,mnist_d2' "
-                        "(';' separates suites, ',' the defenders of one suite)")
+    g.add_argument(
+        "--defenders",
+        type=_suites,
+        dest="defender_suites",
+        help="defender suites to sweep (decoder zoo names): 'deconv', or 'mnist_a1;mnist_d1,mnist_d2' "
+        "(';' separates suites, ',' the defenders of one suite)",
+    )
     g.add_argument("--attackers", type=_names, help="attacker zoo (decoder names), e.g. deconv,fc,sparse_fc")
-    g.add_argument("--attacker-data", choices=("train", "disjoint"),
-                   help="attacker's images: the model's training set (paper) or other people (disjoint)")
+    g.add_argument(
+        "--attacker-data",
+        choices=("train", "disjoint"),
+        help="attacker's images: the model's training set (paper) or other people (disjoint)",
+    )
     g.add_argument("--attacker-fraction", type=float, help="fraction of the attacker's data set used (0, 1]")
     g.add_argument("--attack-epochs", type=int, help="epochs per attacker")
     g.add_argument("--search", choices=("grid", "optuna"), help="grid over partitions × λ × seeds, or Optuna")
     g.add_argument("--lam-range", type=_floats, help="optuna: λ range 'low,high' (searched on a log scale)")
     g.add_argument("--num-samples", type=int, help="optuna: trial budget")
-    g.add_argument("--save-reconstructions", action="store_true",
-                   help="also write a few reconstructed images per attack (they are people's faces: opt-in)")
-    g.add_argument("--plugins", type=_names,
-                   help="comma-separated modules to import first, here and in every Ray worker, e.g. "
-                        "mypkg.mymodels: where your own networks, decoders, data sets, defenses and distances "
-                        "register (README, Extending)")
+    g.add_argument(
+        "--save-reconstructions",
+        action="store_true",
+        help="also write a few reconstructed images per attack (they are people's faces: opt-in)",
+    )
+    g.add_argument(
+        "--plugins",
+        type=_names,
+        help="comma-separated modules to import first, here and in every Ray worker, e.g. "
+        "mypkg.mymodels: where your own networks, decoders, data sets, defenses and distances "
+        "register (README, Extending)",
+    )
     g = p.add_argument_group("defenses and extra evaluations")
     # No argparse choices: a --plugins module may register more defenses (checked by validation).
-    g.add_argument("--defense",
-                   help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
-                        "correlation weight (nopeek), Gaussian noise σ on the activation (noise), or one that a "
-                        "--plugins module registers")
-    g.add_argument("--update", choices=UPDATES,
-                   help="Algorithm 1's order (alternating, the paper's) or simultaneous: one defender "
-                        "forward + backward per batch, the λ-gradient from the pre-update defender (faster)")
-    g.add_argument("--finetune-epochs", type=int,
-                   help="after training, fine-tune the remote partition with the local one locked (Sec. IV-G) "
-                        "and record the accuracy before and after")
-    g.add_argument("--attributes", action="store_true",
-                   help="Table III: count detected faces and correctly classified genders in every attack's "
-                        "reconstructions (lfw with its gender lists; loads the disjoint people for the classifier)")
-    g.add_argument("--dp-epsilons", type=_floats,
-                   help="Appendix D: evaluate each undefended model on ε-DP pixelated test images, e.g. 0.1,1,10,inf")
+    g.add_argument(
+        "--defense",
+        help="what λ > 0 trains: the paper's defender suites (partition, default), NoPeek's distance "
+        "correlation weight (nopeek), Gaussian noise σ on the activation (noise), or one that a "
+        "--plugins module registers",
+    )
+    g.add_argument(
+        "--update",
+        choices=UPDATES,
+        help="Algorithm 1's order (alternating, the paper's) or simultaneous: one defender "
+        "forward + backward per batch, the λ-gradient from the pre-update defender (faster)",
+    )
+    g.add_argument(
+        "--finetune-epochs",
+        type=int,
+        help="after training, fine-tune the remote partition with the local one locked (Sec. IV-G) "
+        "and record the accuracy before and after",
+    )
+    g.add_argument(
+        "--attributes",
+        action="store_true",
+        help="Table III: count detected faces and correctly classified genders in every attack's "
+        "reconstructions (lfw with its gender lists; loads the disjoint people for the classifier)",
+    )
+    g.add_argument(
+        "--dp-epsilons",
+        type=_floats,
+        help="Appendix D: evaluate each undefended model on ε-DP pixelated test images, e.g. 0.1,1,10,inf",
+    )
     g.add_argument("--dp-cell", type=int, help="DP pixelation grid b (default 2)")
-    g.add_argument("--dp-m", type=int, dest="dp_neighbourhood", help="DP pixelation neighbourhood m (default 1)")
+    g.add_argument(
+        "--dp-m", type=int, dest="dp_neighbourhood", help="DP pixelation neighbourhood m (default 1)"
+    )
     g = p.add_argument_group("where and how")
     g.add_argument("--results", help="results root: a local path, NFS path or s3://bucket/prefix")
     g.add_argument("--storage-path", help="Ray Tune/Train storage (default: <results>/_ray)")
-    g.add_argument("--resume", action="store_true",
-                   help="start the sweep, or continue it if it was interrupted (finished work is not redone)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="start the sweep, or continue it if it was interrupted (finished work is not redone)",
+    )
     g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     g.add_argument("--num-workers", type=int, help="Ray Train workers per model (DDP when > 1)")
     g.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="train on GPUs")
     g.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
-    g.add_argument("--gpus-per-trial", type=float, help="GPU share per one-worker trial, e.g. 0.25 packs 4 per GPU")
+    g.add_argument(
+        "--gpus-per-trial", type=float, help="GPU share per one-worker trial, e.g. 0.25 packs 4 per GPU"
+    )
     g.add_argument("--pool-size", type=int, help="attacker actors in the sweep's pool")
     g.add_argument("--attacker-cpus", type=float, help="CPUs per attacker actor")
     g.add_argument("--attacker-gpus", type=float, help="GPU share per attacker actor")
     g.add_argument("--max-concurrent", type=int, help="most trials running at once")
-    g.add_argument("--checkpoint-interval", type=float, dest="checkpoint_interval_s",
-                   help="seconds between mid-training checkpoints (default 60; 0 = every epoch)")
+    g.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        dest="checkpoint_interval_s",
+        help="seconds between mid-training checkpoints (default 60; 0 = every epoch)",
+    )
 
 
-_SPEC_FLAGS = ("name", "data_root", "partitions", "lams", "seeds", "epochs", "batch_size", "defender_suites",
-               "attackers", "attacker_data", "attacker_fraction", "attack_epochs", "search", "num_samples",
-               "results", "storage_path", "defense", "finetune_epochs", "dp_epsilons", "dp_cell",
-               "dp_neighbourhood", "recipe", "plugins")
-_RESOURCE_FLAGS = ("num_workers", "use_gpu", "gpus_per_trial", "pool_size", "attacker_cpus", "attacker_gpus",
-                   "checkpoint_interval_s")
+_SPEC_FLAGS = (
+    "name",
+    "data_root",
+    "partitions",
+    "lams",
+    "seeds",
+    "epochs",
+    "batch_size",
+    "defender_suites",
+    "attackers",
+    "attacker_data",
+    "attacker_fraction",
+    "attack_epochs",
+    "search",
+    "num_samples",
+    "results",
+    "storage_path",
+    "defense",
+    "finetune_epochs",
+    "dp_epsilons",
+    "dp_cell",
+    "dp_neighbourhood",
+    "recipe",
+    "plugins",
+)
+_RESOURCE_FLAGS = (
+    "num_workers",
+    "use_gpu",
+    "gpus_per_trial",
+    "pool_size",
+    "attacker_cpus",
+    "attacker_gpus",
+    "checkpoint_interval_s",
+)
 
 
 def profile_name(args: argparse.Namespace) -> str:
@@ -131,13 +207,20 @@ def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
     if name not in profiles:
         raise SpecError(f"--profile {name}: {driver} has the profiles {', '.join(profiles)}")
     if (driver, name) in NEEDS_DATA_ROOT and not args.data_root:
-        raise SpecError(f"--profile {name} trains on real data: pass --data-root (for lfw_grid the "
-                        "lfw-deepfunneled folder, e.g. ../shared/data/lfw/lfw-deepfunneled)")
+        raise SpecError(
+            f"--profile {name} trains on real data: pass --data-root (for lfw_grid the "
+            "lfw-deepfunneled folder, e.g. ../shared/data/lfw/lfw-deepfunneled)"
+        )
     paper, quick, spec = profiles["paper"], profiles["quick"], profiles[name]
     if name == "quick" and args.data_root and quick.dataset != paper.dataset:
         # --quick with real data: the quick budget on the paper's data set.
-        spec = replace(quick, dataset=paper.dataset, dataset_options=paper.dataset_options,
-                       arch_options=quick.arch_options, name=quick.name + "_real")
+        spec = replace(
+            quick,
+            dataset=paper.dataset,
+            dataset_options=paper.dataset_options,
+            arch_options=quick.arch_options,
+            name=quick.name + "_real",
+        )
     changes = {k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k, None) is not None}
     if args.save_reconstructions:
         changes["save_reconstructions"] = True
@@ -186,8 +269,12 @@ def _run(args: argparse.Namespace, driver: str) -> int:
         spec = spec_from_args(args, driver).validate()
         outcome = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus)
     except Interrupted as e:
-        print(f"[pp-farm] {e}" + "".join(f"\n  {u}" for u in e.unfinished)
-              + f"\n[pp-farm] finished rows are kept; continue with:\n  {resume_command()}", file=sys.stderr)
+        print(
+            f"[pp-farm] {e}"
+            + "".join(f"\n  {u}" for u in e.unfinished)
+            + f"\n[pp-farm] finished rows are kept; continue with:\n  {resume_command()}",
+            file=sys.stderr,
+        )
         return e.exit_code
     except KeyboardInterrupt:  # before the sweep began: nothing was written
         print("[pp-farm] interrupted before the sweep started", file=sys.stderr)
@@ -213,8 +300,11 @@ def _status(args: argparse.Namespace) -> int:
         print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
         return 2
     for path, why in res.unreadable.items():
-        print(f"pp-farm: warning: left out unreadable file {redact(path)} ({why}); "
-              "a --resume of its sweep moves it to _quarantine/ and computes its rows again", file=sys.stderr)
+        print(
+            f"pp-farm: warning: left out unreadable file {redact(path)} ({why}); "
+            "a --resume of its sweep moves it to _quarantine/ and computes its rows again",
+            file=sys.stderr,
+        )
     models, attacks = res.models, res.attacks
     if models.empty:
         print(f"no models under {args.results}")
@@ -222,14 +312,20 @@ def _status(args: argparse.Namespace) -> int:
     for sweep, m in models.groupby("sweep", observed=True):
         a = attacks[attacks["sweep"] == sweep]
         ok = a[succeeded(a)]
-        print(f"sweep {sweep}: {len(m)} models ({succeeded(m).sum()} ok, "
-              f"{(m['status'] == 'diverged').sum()} diverged), {len(a)} attacks ({len(ok)} ok)")
+        print(
+            f"sweep {sweep}: {len(m)} models ({succeeded(m).sum()} ok, "
+            f"{(m['status'] == 'diverged').sum()} diverged), {len(a)} attacks ({len(ok)} ok)"
+        )
         if not ok.empty:
             # One line per (model, partition attacked): an undefended model shows at every partition.
             worst = worst_values(ok)[["model_id", "partition", "ssim", "ssim_attacker"]]
             table = m[["model_id", "lam", "seed", "test_acc"]].merge(worst, on="model_id")
             table = table.rename(columns={"ssim": "worst_ssim", "ssim_attacker": "by"})
-            print(table.drop(columns="model_id").sort_values(["partition", "lam", "seed"]).to_string(index=False))
+            print(
+                table.drop(columns="model_id")
+                .sort_values(["partition", "lam", "seed"])
+                .to_string(index=False)
+            )
     return 0
 
 
@@ -273,14 +369,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="pp-farm", description="privacy-partitioning sweep and attack farm")
     sub = p.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("sweep", help="run a sweep profile (the same as python sweeps/<profile>.py)",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "sweep",
+        help="run a sweep profile (the same as python sweeps/<profile>.py)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sp.add_argument("driver", choices=sorted(PROFILES), help="which sweep (sweeps/<driver>.py)")
     add_sweep_args(sp)
     st = sub.add_parser("status", help="summarise the models and attacks under a results root")
     st.add_argument("results", help="results root (local path or s3://...)")
-    co = sub.add_parser("compact", help="merge a results root's one-row files into a few large ones "
-                        "(same rows for every reader; run while no sweep is running there)")
+    co = sub.add_parser(
+        "compact",
+        help="merge a results root's one-row files into a few large ones "
+        "(same rows for every reader; run while no sweep is running there)",
+    )
     co.add_argument("results", help="results root (local path or s3://...)")
     co.add_argument("--sweep", help="only this sweep (default: every sweep)")
     da = sub.add_parser("data", help="data sets")

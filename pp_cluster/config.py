@@ -10,9 +10,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SEARCH_MODES = ("grid", "optuna")
 ATTACKER_DATA = ("train", "disjoint")
@@ -67,12 +68,12 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         kw = dict(d)
         kw["defenders"] = tuple(kw.get("defenders", ()))
         return cls(**kw)
 
-    def at(self, partition: str) -> "ModelSpec":
+    def at(self, partition: str) -> ModelSpec:
         """This model seen at ``partition``: where an attacker splits it (the id is unchanged)."""
         return replace(self, partition=partition)
 
@@ -237,8 +238,12 @@ class SweepSpec:
             for lam in self.lams:
                 for k in range(len(self.defender_suites) if lam > 0 else 1):
                     for seed in self.seeds:
-                        point = {"partition": p if lam > 0 else None, "lam": float(lam), "seed": int(seed),
-                                 "suite": k}
+                        point = {
+                            "partition": p if lam > 0 else None,
+                            "lam": float(lam),
+                            "seed": int(seed),
+                            "suite": k,
+                        }
                         model = self.model_spec(**point)
                         key = model.model_id(self.name)
                         if key not in seen:
@@ -248,14 +253,14 @@ class SweepSpec:
         order = sorted(range(len(points)), key=lambda i: -defenders[i])  # stable
         return [points[i] for i in order]
 
-    def with_(self, **changes: Any) -> "SweepSpec":
+    def with_(self, **changes: Any) -> SweepSpec:
         return replace(self, **changes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
 
     # -- validation ----------------------------------------------------------
-    def validate(self) -> "SweepSpec":
+    def validate(self) -> SweepSpec:
         """Check every field that can be checked without data; raise SpecError naming it.
         The plugin modules are imported first: what they register is then valid."""
         self._check_plugins()
@@ -285,16 +290,25 @@ class SweepSpec:
         from pp_cluster.results.store import NAME_PATTERN
 
         if not NAME_PATTERN.fullmatch(self.name or ""):
-            _bad("name", f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})")
+            _bad(
+                "name",
+                f"{self.name!r}: a sweep name is letters, digits, '.', '_' and '-' ({NAME_PATTERN.pattern})",
+            )
         if self.dataset not in DATASETS:
             _bad("dataset", f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.recipe not in RECIPES.get(self.dataset, {}):
-            _bad("recipe", f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
-                 f"{', '.join(RECIPES.get(self.dataset, {})) or 'none (add them to privacy.recipes.RECIPES)'}")
+            _bad(
+                "recipe",
+                f"{self.recipe!r}: data set {self.dataset!r} has the recipe(s) "
+                f"{', '.join(RECIPES.get(self.dataset, {})) or 'none (add them to privacy.recipes.RECIPES)'}",
+            )
         owned = sorted(set(self.train_overrides) & set(SPEC_OWNED))
         if owned:
-            _bad("train_overrides", f"{', '.join(owned)} belong to the sweep itself (set them as sweep fields or "
-                 "flags: --epochs, --lams, --seeds, --batch-size, ...), not as training overrides")
+            _bad(
+                "train_overrides",
+                f"{', '.join(owned)} belong to the sweep itself (set them as sweep fields or "
+                "flags: --epochs, --lams, --seeds, --batch-size, ...), not as training overrides",
+            )
         try:  # a misspelt or out-of-range override must fail here, not inside every trial
             recipe(self.dataset, self.recipe, **dict(self.train_overrides))
         except (ValueError, TypeError) as err:
@@ -328,9 +342,16 @@ class SweepSpec:
             _bad("seeds", f"seeds repeat: {self.seeds}")
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                _bad("seeds", f"a seed is an integer >= 0 (torch's generators refuse negative ones), got {seed!r}")
-        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
-                            ("attack_epochs", self.attack_epochs), ("attack_batch_size", self.attack_batch_size)):
+                _bad(
+                    "seeds",
+                    f"a seed is an integer >= 0 (torch's generators refuse negative ones), got {seed!r}",
+                )
+        for name, value in (
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("attack_epochs", self.attack_epochs),
+            ("attack_batch_size", self.attack_batch_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 _bad(name, f"must be an integer >= 1, got {value!r}")
 
@@ -340,17 +361,29 @@ class SweepSpec:
 
         if self.defense not in DEFENSES:
             _bad("defense", f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
-        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
-                or self.finetune_epochs < 0:
-            _bad("finetune_epochs", f"must be an integer >= 0 (0 = no fine-tuning), got {self.finetune_epochs!r}")
+        if (
+            isinstance(self.finetune_epochs, bool)
+            or not isinstance(self.finetune_epochs, int)
+            or self.finetune_epochs < 0
+        ):
+            _bad(
+                "finetune_epochs",
+                f"must be an integer >= 0 (0 = no fine-tuning), got {self.finetune_epochs!r}",
+            )
         if self.attributes and not (self.dataset == "lfw" and self.dataset_options.get("disjoint")):
-            _bad("attributes", "gender inference (Table III) needs dataset 'lfw' with dataset option disjoint=True "
-                 "(the gender classifier trains on people outside the model's identities)")
+            _bad(
+                "attributes",
+                "gender inference (Table III) needs dataset 'lfw' with dataset option disjoint=True "
+                "(the gender classifier trains on people outside the model's identities)",
+            )
         for eps in self.dp_epsilons:
             if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
                 _bad("dp_epsilons", f"ε must be a number > 0 (inf: pixelation without noise), got {eps!r}")
         if self.dp_epsilons and (self.search != "grid" or 0.0 not in self.lams):
-            _bad("dp_epsilons", "DP pixelation is evaluated on the undefended model: a grid sweep with λ = 0 in lams")
+            _bad(
+                "dp_epsilons",
+                "DP pixelation is evaluated on the undefended model: a grid sweep with λ = 0 in lams",
+            )
         for name in ("dp_cell", "dp_neighbourhood"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -369,8 +402,11 @@ class SweepSpec:
                 if n not in DECODERS:
                     _bad(role, f"unknown decoder {n!r}; the zoo has {', '.join(DECODERS)}")
                 if role == "defender_suites" and n in BASELINES:
-                    _bad(role, f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
-                         "nothing a defender could learn from")
+                    _bad(
+                        role,
+                        f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
+                        "nothing a defender could learn from",
+                    )
                 if n in MNIST_ONLY and self.arch != "mnist_mlp":
                     _bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")
         if not self.attackers:
@@ -389,12 +425,19 @@ class SweepSpec:
         if not 0 < r.gpus_per_trial:
             _bad("resources.gpus_per_trial", f"must be > 0, got {r.gpus_per_trial}")
         if r.gpus_per_trial > 1 and not float(r.gpus_per_trial).is_integer():
-            _bad("resources.gpus_per_trial", f"Ray gives a fraction of one GPU or whole GPUs, not {r.gpus_per_trial}")
+            _bad(
+                "resources.gpus_per_trial",
+                f"Ray gives a fraction of one GPU or whole GPUs, not {r.gpus_per_trial}",
+            )
         if r.num_workers > 1 and r.gpus_per_trial < 1 and r.use_gpu:
-            _bad("resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs")
+            _bad(
+                "resources.gpus_per_trial", "fractional GPUs are for one-worker trials; DDP needs whole GPUs"
+            )
         if not (isinstance(r.checkpoint_interval_s, (int, float)) and r.checkpoint_interval_s >= 0):
-            _bad("resources.checkpoint_interval_s",
-                 f"must be seconds >= 0 (0 = every epoch), got {r.checkpoint_interval_s!r}")
+            _bad(
+                "resources.checkpoint_interval_s",
+                f"must be seconds >= 0 (0 = every epoch), got {r.checkpoint_interval_s!r}",
+            )
         if r.pool_size < 1:
             _bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
         if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:
@@ -408,7 +451,9 @@ class SweepSpec:
         # Split points are a property of the architecture: the stand-in input shape it was
         # registered with and weights on the meta device (no memory) suffice.
         with torch.device("meta"):
-            net = build_net(self.arch, NET_REGISTRY[self.arch].input_shape, num_classes=2, **dict(self.arch_options))
+            net = build_net(
+                self.arch, NET_REGISTRY[self.arch].input_shape, num_classes=2, **dict(self.arch_options)
+            )
         valid = net.partitions
         for p in self.partitions:
             if p not in valid:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +19,15 @@ from torch import nn
 from pp_cluster.config import AttackSpec, ModelSpec
 from pp_cluster.data import Dataset, load_dataset
 from pp_cluster.data.attacker import attacker_data
-from pp_cluster.nets import build_decoder, build_net, split
 from pp_cluster.data.base import Split
-from pp_cluster.privacy.attack import (AttackConfig, AttackResult, compute_activations, evaluate_attack,
-                                       train_attacker)
+from pp_cluster.nets import build_decoder, build_net, split
+from pp_cluster.privacy.attack import (
+    AttackConfig,
+    AttackResult,
+    compute_activations,
+    evaluate_attack,
+    train_attacker,
+)
 from pp_cluster.privacy.defense import TrainResult, train_defended
 from pp_cluster.privacy.recipes import recipe
 
@@ -69,8 +75,15 @@ SPEC_OWNED = ("lam", "distance", "epochs", "batch_size", "seed", "device", "defe
 
 def train_config(spec: ModelSpec, ds: Dataset, device: str):
     # λ = 0 ("none") trains as the partition defense without defenders: plain training.
-    owned = dict(lam=spec.lam, distance=spec.distance, epochs=spec.epochs, batch_size=spec.batch_size,
-                 seed=spec.seed, device=device, defense="partition" if spec.defense == "none" else spec.defense)
+    owned = dict(
+        lam=spec.lam,
+        distance=spec.distance,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        device=device,
+        defense="partition" if spec.defense == "none" else spec.defense,
+    )
     return recipe(ds.name, spec.recipe, **{**spec.train_overrides, **owned})
 
 
@@ -88,8 +101,18 @@ def train_model(
     model = build_model(spec, ds)
     cfg = train_config(spec, ds, device)
     result = train_defended(
-        model.net, model.local, model.remote, model.defenders, ds.train, ds.test, ds.value_range, cfg,
-        on_epoch=on_epoch, resume=resume, wrap=wrap, shard=shard,
+        model.net,
+        model.local,
+        model.remote,
+        model.defenders,
+        ds.train,
+        ds.test,
+        ds.value_range,
+        cfg,
+        on_epoch=on_epoch,
+        resume=resume,
+        wrap=wrap,
+        shard=shard,
     )
     return model, result
 
@@ -113,7 +136,9 @@ def describe(module: nn.Module) -> str:
         if next(m.children(), None) is not None:
             continue
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
-            parts.append(f"{type(m).__name__}({m.in_channels}→{m.out_channels},k{m.kernel_size[0]},s{m.stride[0]})")
+            parts.append(
+                f"{type(m).__name__}({m.in_channels}→{m.out_channels},k{m.kernel_size[0]},s{m.stride[0]})"
+            )
         elif isinstance(m, nn.Linear):
             parts.append(f"Linear({m.in_features}→{m.out_features})")
         elif isinstance(m, nn.Dropout):
@@ -136,7 +161,9 @@ class AttackInputs:
     gender_eval: np.ndarray | None = None  # 1 male, 0 female, -1 unknown (lfw with gender lists)
 
 
-def attack_inputs(local: nn.Module, ds: Dataset, data: str, fraction: float, seed: int, device: str = "cpu") -> AttackInputs:
+def attack_inputs(
+    local: nn.Module, ds: Dataset, data: str, fraction: float, seed: int, device: str = "cpu"
+) -> AttackInputs:
     train, evaluation = attacker_data(ds, data, fraction, seed)
     torch.manual_seed(seed)  # the noise defense draws its noise here: reproducible activations
     gender = evaluation.attrs.get("gender")
@@ -181,14 +208,23 @@ def run_attack(
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     attacker = build_decoder(attack.attacker, net, spec.partition, value_range)
-    cfg = AttackConfig(epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=seed, device=device)
+    cfg = AttackConfig(
+        epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=seed, device=device
+    )
     h_train, x_train, h_eval, x_eval, y_eval = map(
-        _tensor, (inputs.h_train, inputs.x_train, inputs.h_eval, inputs.x_eval, inputs.y_eval))
+        _tensor, (inputs.h_train, inputs.x_train, inputs.h_eval, inputs.x_eval, inputs.y_eval)
+    )
     attacker, history = train_attacker(attacker, h_train, x_train, value_range, cfg)
     n_eval = len(x_eval)
     result = evaluate_attack(
-        attacker, h_eval, x_eval, value_range, classifier=net, y_eval=y_eval,
-        n_keep=n_eval if judge is not None else n_keep, amp=history["amp"],
+        attacker,
+        h_eval,
+        x_eval,
+        value_range,
+        classifier=net,
+        y_eval=y_eval,
+        n_keep=n_eval if judge is not None else n_keep,
+        amp=history["amp"],
     )
     row = dict(result.metrics)
     if judge is not None:

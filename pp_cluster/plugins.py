@@ -81,11 +81,15 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def register(self, name: str, entry: T) -> T:
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            raise ValueError(f"a {self.kind} name is letters, digits, '.', '_' and '-' "
-                             f"({NAME_PATTERN.pattern}), got {name!r}")
+            raise ValueError(
+                f"a {self.kind} name is letters, digits, '.', '_' and '-' "
+                f"({NAME_PATTERN.pattern}), got {name!r}"
+            )
         if name in self._entries and self._entries[name] != entry:
-            raise ValueError(f"{self.kind} {name!r} is already registered; choose another name "
-                             "(or unregister the old one first)")
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered; choose another name "
+                "(or unregister the old one first)"
+            )
         self._entries[name] = entry
         return entry
 
@@ -93,9 +97,11 @@ class Registry(Mapping[str, T], Generic[T]):
         """Remove ``name`` (a test's or a notebook's clean-up); KeyError if it is not there."""
         del self._entries[name]
 
-    def names(self, where: Callable[[T], bool] | None = None,
-              key: Callable[[str], Any] | None = None) -> Names:
+    def names(
+        self, where: Callable[[T], bool] | None = None, key: Callable[[str], Any] | None = None
+    ) -> Names:
         """The live view of the names whose entry passes ``where``, sorted by ``key`` if given."""
+
         def compute() -> list[str]:
             names = [n for n, e in self._entries.items() if where is None or where(e)]
             return names if key is None else sorted(names, key=key)
@@ -128,10 +134,13 @@ def import_plugins(modules: Iterable[str]) -> list[ModuleType]:
         except Exception as err:
             hint = ""
             if isinstance(err, ModuleNotFoundError) and err.name and (name + ".").startswith(err.name + "."):
-                hint = (" (not found: put the folder that holds it on PYTHONPATH, e.g. PYTHONPATH=. , "
-                        "or pip install it)")
-            raise PluginError(f"plugin module {name!r} could not be imported: "
-                              f"{type(err).__name__}: {err}{hint}") from err
+                hint = (
+                    " (not found: put the folder that holds it on PYTHONPATH, e.g. PYTHONPATH=. , "
+                    "or pip install it)"
+                )
+            raise PluginError(
+                f"plugin module {name!r} could not be imported: {type(err).__name__}: {err}{hint}"
+            ) from err
     return out
 
 
@@ -150,8 +159,10 @@ def runtime_env(modules: Sequence[str]) -> dict[str, Any]:
     if not modules:
         return {}
     ship = sorted({path for m in modules if (path := _source(m)) is not None})
-    env: dict[str, Any] = {"env_vars": {PLUGINS_ENV: ",".join(modules)},
-                           "worker_process_setup_hook": f"{__name__}.setup_worker"}
+    env: dict[str, Any] = {
+        "env_vars": {PLUGINS_ENV: ",".join(modules)},
+        "worker_process_setup_hook": f"{__name__}.setup_worker",
+    }
     if ship:
         env["py_modules"] = ship
     return env
@@ -172,8 +183,10 @@ def _source(name: str) -> str | None:
         return None
     locations = list(getattr(top, "__path__", None) or [top.__file__])
     if len(locations) != 1 or locations[0] is None:
-        raise PluginError(f"plugin module {name!r}: cannot ship package {top.__name__!r} spread over "
-                          f"{len(locations)} folders; install it on every node instead")
+        raise PluginError(
+            f"plugin module {name!r}: cannot ship package {top.__name__!r} spread over "
+            f"{len(locations)} folders; install it on every node instead"
+        )
     path = Path(locations[0]).resolve()
     if any(path.is_relative_to(root) for root in _installed_roots()):
         return None

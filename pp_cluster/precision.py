@@ -58,8 +58,13 @@ def resolve(device: str | torch.device, amp: bool | None, channels_last: bool | 
 DENSE_SHARE_LIMIT = 0.5
 
 
-def resolve_for(module: "torch.nn.Module", input_shape: tuple[int, ...], device: str | torch.device,
-                amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
+def resolve_for(
+    module: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    device: str | torch.device,
+    amp: bool | None,
+    channels_last: bool | None,
+) -> tuple[bool, bool]:
     """:func:`resolve` for one module: on a CPU an unset ``amp`` stays off for a module whose
     FLOPs are mostly matrix products (``DENSE_SHARE_LIMIT``); set values are kept."""
     use_amp, use_cl = resolve(device, amp, channels_last)

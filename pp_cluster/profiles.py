@@ -17,17 +17,33 @@ MNIST_DEFENDERS = tuple(f"mnist_d{i}" for i in range(1, 5))
 MNIST_SINGLE = ("mnist_a1",)
 
 LFW_GRID = SweepSpec(
-    name="lfw_grid", dataset="lfw", dataset_options={"min_faces": 30, "size": 64}, arch="face_cnn",
-    partitions=("pool1", "pool2", "pool3"), lams=(0.0, 0.1), defender_suites=(("deconv",),),
-    attackers=("deconv", "fc", "sparse_fc"), seeds=(0,), epochs=250, batch_size=32, attack_epochs=50,
+    name="lfw_grid",
+    dataset="lfw",
+    dataset_options={"min_faces": 30, "size": 64},
+    arch="face_cnn",
+    partitions=("pool1", "pool2", "pool3"),
+    lams=(0.0, 0.1),
+    defender_suites=(("deconv",),),
+    attackers=("deconv", "fc", "sparse_fc"),
+    seeds=(0,),
+    epochs=250,
+    batch_size=32,
+    attack_epochs=50,
 )
 # The fast recipe for 30 epochs, λ = 3, two seeds: measured to lower the mean worst-case SSIM at
 # every partition on the embedded crops (README); at 8 epochs no λ up to 10 did (the resdec
 # attacker, which the deconv defender never trained against, was as strong or stronger).
 LFW_GRID_QUICK = LFW_GRID.with_(
-    name="lfw_grid_quick", dataset="lfw-subset", dataset_options={"size": 32}, recipe="fast",
-    arch_options={"widths": (16, 32, 64, 128), "fc": 128}, lams=(0.0, 3.0), seeds=(0, 1), epochs=30,
-    attack_epochs=10, attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
+    name="lfw_grid_quick",
+    dataset="lfw-subset",
+    dataset_options={"size": 32},
+    recipe="fast",
+    arch_options={"widths": (16, 32, 64, 128), "fc": 128},
+    lams=(0.0, 3.0),
+    seeds=(0, 1),
+    epochs=30,
+    attack_epochs=10,
+    attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
 
@@ -42,35 +58,71 @@ LFW_GRID_QUICK = LFW_GRID.with_(
 # test accuracy after 30 fast-recipe epochs. Two one-thread trials train side by side on the
 # two cores (0.75 CPU each) beside two one-thread attacker actors (0.25 each).
 LFW_GRID_CPU = LFW_GRID.with_(
-    name="lfw_grid_cpu", recipe="fast", dataset_options={"min_faces": 30, "size": 64, "disjoint": True},
-    arch_options={"dropout": 0.25}, lams=(0.0, 0.1), seeds=(0, 1, 2), epochs=30, attack_epochs=10,
-    attributes=True, attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
+    name="lfw_grid_cpu",
+    recipe="fast",
+    dataset_options={"min_faces": 30, "size": 64, "disjoint": True},
+    arch_options={"dropout": 0.25},
+    lams=(0.0, 0.1),
+    seeds=(0, 1, 2),
+    epochs=30,
+    attack_epochs=10,
+    attributes=True,
+    attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
 
 MNIST_TABLE1 = SweepSpec(
-    name="mnist_table1", dataset="mnist", arch="mnist_mlp", partitions=("fc2",),
-    lams=(0.0, 100.0, 200.0, 300.0, 400.0, 500.0), defender_suites=(MNIST_SINGLE,),
-    attackers=MNIST_ATTACKERS, seeds=(0,), epochs=500, batch_size=32, attack_epochs=50,
+    name="mnist_table1",
+    dataset="mnist",
+    arch="mnist_mlp",
+    partitions=("fc2",),
+    lams=(0.0, 100.0, 200.0, 300.0, 400.0, 500.0),
+    defender_suites=(MNIST_SINGLE,),
+    attackers=MNIST_ATTACKERS,
+    seeds=(0,),
+    epochs=500,
+    batch_size=32,
+    attack_epochs=50,
 )
 MNIST_TABLE1_QUICK = MNIST_TABLE1.with_(
-    name="mnist_table1_quick", dataset="digits", lams=(0.0, 1.0, 10.0), epochs=5, attack_epochs=10,
+    name="mnist_table1_quick",
+    dataset="digits",
+    lams=(0.0, 1.0, 10.0),
+    epochs=5,
+    attack_epochs=10,
 )
 
 MNIST_TABLE2 = MNIST_TABLE1.with_(
-    name="mnist_table2", lams=(0.0, 200.0), defender_suites=(MNIST_SINGLE, MNIST_DEFENDERS),
+    name="mnist_table2",
+    lams=(0.0, 200.0),
+    defender_suites=(MNIST_SINGLE, MNIST_DEFENDERS),
 )
 MNIST_TABLE2_QUICK = MNIST_TABLE2.with_(
-    name="mnist_table2_quick", dataset="digits", lams=(0.0, 10.0), epochs=5, attack_epochs=10,
+    name="mnist_table2_quick",
+    dataset="digits",
+    lams=(0.0, 10.0),
+    epochs=5,
+    attack_epochs=10,
 )
 
 CIFAR_VGG = SweepSpec(
-    name="cifar_vgg", dataset="cifar10", arch="vgg19_bn", partitions=("pool1", "pool2", "pool3"),
-    lams=(0.0, 0.1), defender_suites=(("deconv",),), attackers=("deconv", "fc", "sparse_fc"),
-    seeds=(0,), epochs=150, batch_size=128, attack_epochs=30,
+    name="cifar_vgg",
+    dataset="cifar10",
+    arch="vgg19_bn",
+    partitions=("pool1", "pool2", "pool3"),
+    lams=(0.0, 0.1),
+    defender_suites=(("deconv",),),
+    attackers=("deconv", "fc", "sparse_fc"),
+    seeds=(0,),
+    epochs=150,
+    batch_size=128,
+    attack_epochs=30,
 )
 CIFAR_VGG_QUICK = CIFAR_VGG.with_(
-    name="cifar_vgg_quick", arch_options={"width_mult": 0.125}, epochs=2, attack_epochs=3,
+    name="cifar_vgg_quick",
+    arch_options={"width_mult": 0.125},
+    epochs=2,
+    attack_epochs=3,
     dataset_options={"limit_train": 2000},
 )
 

@@ -29,12 +29,14 @@ class DataSource(NamedTuple):
 DATASET_REGISTRY: Registry[DataSource] = Registry("data set")
 
 
-def register_dataset(name: str, load: Loader | None = None, *, options: Mapping[str, Any] | None = None,
-                     embedded: bool = False):
+def register_dataset(
+    name: str, load: Loader | None = None, *, options: Mapping[str, Any] | None = None, embedded: bool = False
+):
     """Register data set ``name``: ``load(root, options) -> Dataset`` reads ``root`` (its
     standard layout; None when ``embedded``) with ``options`` = the defaults of ``options``
     updated by the caller's. Without ``load``, a decorator. A sweep also needs a training
     recipe for it (``privacy.recipes.RECIPES``)."""
+
     def add(fn: Loader) -> Loader:
         DATASET_REGISTRY.register(name, DataSource(fn, dict(options or {}), embedded))
         return fn
@@ -61,8 +63,10 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> D
     source = DATASET_REGISTRY[name]
     unknown = sorted(set(options) - set(source.options))
     if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
-                         + ", ".join(f"{k} (default {v!r})" for k, v in source.options.items()))
+        raise ValueError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
+            + ", ".join(f"{k} (default {v!r})" for k, v in source.options.items())
+        )
     if source.embedded and root is not None:
         raise ValueError(f"{name} is embedded and reads no files; got root={str(root)!r} (pass root=None)")
     return source.load(None if root is None else Path(root), {**source.options, **options})

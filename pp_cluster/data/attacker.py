@@ -16,15 +16,19 @@ from pp_cluster.data.common import take
 MODES = ("train", "disjoint")
 
 
-def attacker_data(ds: Dataset, mode: str = "train", fraction: float = 1.0, seed: int = 0) -> tuple[Split, Split]:
+def attacker_data(
+    ds: Dataset, mode: str = "train", fraction: float = 1.0, seed: int = 0
+) -> tuple[Split, Split]:
     """(attacker training images, evaluation images); a fraction < 1 is a seeded random subset."""
     if mode not in MODES:
         raise ValueError(f"attacker data mode {mode!r}; choose from {', '.join(MODES)}")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"attacker data fraction must be in (0, 1], got {fraction!r}")
     if mode == "disjoint" and ds.disjoint is None:
-        raise ValueError(f"attacker data mode 'disjoint' needs {ds.name} loaded with a disjoint split "
-                         "(lfw: dataset option disjoint=True)")
+        raise ValueError(
+            f"attacker data mode 'disjoint' needs {ds.name} loaded with a disjoint split "
+            "(lfw: dataset option disjoint=True)"
+        )
     pool = ds.train if mode == "train" else ds.disjoint
     if fraction < 1:
         n = max(1, round(fraction * len(pool)))

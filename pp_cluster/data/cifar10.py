@@ -17,15 +17,23 @@ import torch
 
 from pp_cluster.data.base import Dataset, Split, require_folder
 from pp_cluster.data.common import (
-    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
+    build_dataset,
+    check_bool,
+    check_fraction,
+    check_int,
+    decode_images,
+    stratified_split,
+    take,
 )
 
 VALUE_RANGE = (-1.0, 1.0)
 SIZE = 32
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-LAYOUTS = (f"<root>/{BATCH_FOLDER}/{{data_batch_1..5, test_batch, batches.meta}} (root may be {BATCH_FOLDER} "
-           "itself) or <root>/{train,test}/<class>/*.png")
+LAYOUTS = (
+    f"<root>/{BATCH_FOLDER}/{{data_batch_1..5, test_batch, batches.meta}} (root may be {BATCH_FOLDER} "
+    "itself) or <root>/{train,test}/<class>/*.png"
+)
 # limit_train: keep at most this many training images (a stratified subsample, seed
 # split_seed), for budgets that cannot afford the full split; None keeps them all.
 OPTIONS: dict[str, Any] = {"split_test": None, "split_seed": 0, "test_fraction": 0.2, "limit_train": None}
@@ -43,7 +51,9 @@ def _read_batches(folder: Path) -> tuple[dict[str, Split], list[str], dict[str, 
     present = [b for b in TRAIN_BATCHES if (folder / b).is_file()]
     if present and len(present) != len(TRAIN_BATCHES):
         missing = sorted(set(TRAIN_BATCHES) - set(present))
-        raise FileNotFoundError(f"{folder}: training batches {', '.join(missing)} are missing (expected {LAYOUTS})")
+        raise FileNotFoundError(
+            f"{folder}: training batches {', '.join(missing)} are missing (expected {LAYOUTS})"
+        )
     for name in ("test_batch", "batches.meta"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing (expected {LAYOUTS})")
@@ -81,12 +91,20 @@ def _read_pngs(root: Path) -> tuple[dict[str, Split], list[str], dict[str, Any]]
 
 def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
-        raise ValueError(f"cifar10 needs root: {LAYOUTS}; `pp-farm data fetch cifar10 --root DIR` downloads it")
+        raise ValueError(
+            f"cifar10 needs root: {LAYOUTS}; `pp-farm data fetch cifar10 --root DIR` downloads it"
+        )
     require_folder(root, "CIFAR-10", LAYOUTS)
-    split_test = None if opts["split_test"] is None else check_bool("cifar10 option split_test", opts["split_test"])
+    split_test = (
+        None if opts["split_test"] is None else check_bool("cifar10 option split_test", opts["split_test"])
+    )
     seed = check_int("cifar10 option split_seed", opts["split_seed"], 0)
     test_fraction = check_fraction("cifar10 option test_fraction", opts["test_fraction"])
-    limit = None if opts["limit_train"] is None else check_int("cifar10 option limit_train", opts["limit_train"], 10)
+    limit = (
+        None
+        if opts["limit_train"] is None
+        else check_int("cifar10 option limit_train", opts["limit_train"], 10)
+    )
     folder = root / BATCH_FOLDER if (root / BATCH_FOLDER).is_dir() else root
     if (folder / "test_batch").is_file() or (folder / TRAIN_BATCHES[0]).is_file():
         splits, classes, meta = _read_batches(folder)
@@ -103,18 +121,31 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
         raise ValueError(f"cifar10 option split_test=False, but {folder} has no training split")
     if split_test:
         full = splits["test"]
-        train_idx, test_idx = stratified_split(full.y.numpy(), test_fraction, seed, f"cifar10 test split of {folder}")
+        train_idx, test_idx = stratified_split(
+            full.y.numpy(), test_fraction, seed, f"cifar10 test split of {folder}"
+        )
         train, test = take(full, train_idx), take(full, test_idx)
-        meta["split"] = (f"the test split only, split {1 - test_fraction:.0%}/{test_fraction:.0%} "
-                         f"stratified (seed {seed}) into train/test")
+        meta["split"] = (
+            f"the test split only, split {1 - test_fraction:.0%}/{test_fraction:.0%} "
+            f"stratified (seed {seed}) into train/test"
+        )
     else:
         train, test = splits["train"], splits["test"]
         meta["split"] = "the data set's own train/test splits"
     if limit is not None and limit < len(train):
-        keep, _ = stratified_split(train.y.numpy(), 1 - limit / len(train), seed, "cifar10 option limit_train")
+        keep, _ = stratified_split(
+            train.y.numpy(), 1 - limit / len(train), seed, "cifar10 option limit_train"
+        )
         train = take(train, keep)
         meta["split"] += f"; training images limited to {len(train)} (stratified, seed {seed})"
-    meta.update(source=str(folder), n_bad=len(meta.get("bad", [])),
-                options={"split_test": split_test, "split_seed": seed, "test_fraction": test_fraction,
-                         "limit_train": limit})
+    meta.update(
+        source=str(folder),
+        n_bad=len(meta.get("bad", [])),
+        options={
+            "split_test": split_test,
+            "split_seed": seed,
+            "test_fraction": test_fraction,
+            "limit_train": limit,
+        },
+    )
     return build_dataset("cifar10", train, test, classes, VALUE_RANGE, meta)

@@ -15,10 +15,11 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,17 +113,23 @@ def decode_images(kind: str, root: Path, files: Sequence[str], size: int, color:
     bad = tuple(files[i] for i, a in enumerate(decoded) if a is None)
     if len(bad) > MAX_BAD_FRACTION * len(files):
         shown = ", ".join(str(root / b) for b in bad[:5])
-        raise ValueError(f"{len(bad)} of {len(files)} images under {root} could not be decoded "
-                         f"(more than {MAX_BAD_FRACTION:.0%}; not skipping that many): {shown}")
+        raise ValueError(
+            f"{len(bad)} of {len(files)} images under {root} could not be decoded "
+            f"(more than {MAX_BAD_FRACTION:.0%}; not skipping that many): {shown}"
+        )
     channels = 3 if color else 1
-    images = (np.stack([decoded[i] for i in kept]) if len(kept)
-              else np.zeros((0, channels, size, size), np.uint8))
+    images = (
+        np.stack([decoded[i] for i in kept]) if len(kept) else np.zeros((0, channels, size, size), np.uint8)
+    )
 
     try:
         _write_atomic(path, images=images, kept=kept, bad=np.array(bad, dtype=np.str_))
     except OSError as e:  # a full or read-only cache must not fail the trial, only slow the next one
-        warnings.warn(f"could not write the image cache {path} ({e}); set PP_CLUSTER_CACHE to a writable folder",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"could not write the image cache {path} ({e}); set PP_CLUSTER_CACHE to a writable folder",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return Decoded(images, kept, bad, key, False)
 
 
@@ -174,30 +181,56 @@ def take(split: Split, idx: np.ndarray | torch.Tensor) -> Split:
     return Split(pick(split.x), pick(split.y), {k: pick(v) for k, v in split.attrs.items()})
 
 
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train/test indices with every class in both (sklearn's stratified split);
     says which option to change when the classes are too small for that."""
     y = np.asarray(y)
     classes, counts = np.unique(y, return_counts=True)
     n, n_test, smallest = len(y), math.ceil(test_fraction * len(y)), int(counts.min()) if len(counts) else 0
     if smallest < 2 or n_test < len(classes) or n - n_test < len(classes):
-        raise ValueError(f"{what}: cannot split {n} images of {len(classes)} classes (smallest has "
-                         f"{smallest}) with test_fraction={test_fraction} so that every class "
-                         "is in both splits; every class needs >= 2 images and each split >= 1 per class")
+        raise ValueError(
+            f"{what}: cannot split {n} images of {len(classes)} classes (smallest has "
+            f"{smallest}) with test_fraction={test_fraction} so that every class "
+            "is in both splits; every class needs >= 2 images and each split >= 1 per class"
+        )
     train, test = train_test_split(np.arange(n), test_size=test_fraction, stratify=y, random_state=seed)
     return np.sort(train), np.sort(test)
 
 
-def build_dataset(name: str, train: Split, test: Split, classes: Sequence[str], value_range: tuple[float, float],
-                  meta: dict[str, Any], disjoint: Split | None = None) -> Dataset:
+def build_dataset(
+    name: str,
+    train: Split,
+    test: Split,
+    classes: Sequence[str],
+    value_range: tuple[float, float],
+    meta: dict[str, Any],
+    disjoint: Split | None = None,
+) -> Dataset:
     """The one place that converts images (uint8, or float in [0, 1]) to ``value_range``
     (after splitting, so the uint8 copy is the one indexed) and fills the counts."""
     train, test = (Split(to_value_range(s.x, value_range), s.y, s.attrs) for s in (train, test))
     if disjoint is not None:
         disjoint = Split(to_value_range(disjoint.x, value_range), disjoint.y, disjoint.attrs)
-    meta = {"cache_key": None, "n_bad": 0, "bad": [], "n_skipped": 0, **meta,
-            "n_train": len(train), "n_test": len(test), "n_classes": len(classes),
-            "n_disjoint": None if disjoint is None else len(disjoint)}
-    return Dataset(name=name, train=train, test=test, classes=tuple(classes),
-                   image_shape=tuple(int(s) for s in train.x.shape[1:]),
-                   value_range=value_range, meta=meta, disjoint=disjoint)
+    meta = {
+        "cache_key": None,
+        "n_bad": 0,
+        "bad": [],
+        "n_skipped": 0,
+        **meta,
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_classes": len(classes),
+        "n_disjoint": None if disjoint is None else len(disjoint),
+    }
+    return Dataset(
+        name=name,
+        train=train,
+        test=test,
+        classes=tuple(classes),
+        image_shape=tuple(int(s) for s in train.x.shape[1:]),
+        value_range=value_range,
+        meta=meta,
+        disjoint=disjoint,
+    )

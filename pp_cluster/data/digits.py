@@ -27,6 +27,8 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     y = bunch.target.astype("int64")
     full = Split(x, torch.from_numpy(y))
     train, test = stratified_split(y, test_fraction, seed, "digits")
-    meta = {"source": "sklearn.datasets.load_digits() (1797 images, 8x8, values 0..16)",
-            "options": {"size": size, "split_seed": seed, "test_fraction": test_fraction}}
+    meta = {
+        "source": "sklearn.datasets.load_digits() (1797 images, 8x8, values 0..16)",
+        "options": {"size": size, "split_seed": seed, "test_fraction": test_fraction},
+    }
     return build_dataset("digits", take(full, train), take(full, test), CLASSES, VALUE_RANGE, meta)

@@ -9,9 +9,9 @@ layout and path to place the files by hand instead of a long retry loop.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,21 @@ def _cifar10(root: Path) -> None:
 
 
 SOURCES = {
-    "lfw": _Source("ndownloader.figshare.com", "lfw_home/lfw_funneled",
-                   "<Person_Name>/<Person_Name>_NNNN.jpg (gender lists, if any, in a sibling gender/ folder)", _lfw),
-    "mnist": _Source("ossci-datasets.s3.amazonaws.com", "MNIST/raw",
-                     "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]", _mnist),
-    "cifar10": _Source("www.cs.toronto.edu", "cifar-10-batches-py",
-                       "{data_batch_1..5, test_batch, batches.meta}", _cifar10),
+    "lfw": _Source(
+        "ndownloader.figshare.com",
+        "lfw_home/lfw_funneled",
+        "<Person_Name>/<Person_Name>_NNNN.jpg (gender lists, if any, in a sibling gender/ folder)",
+        _lfw,
+    ),
+    "mnist": _Source(
+        "ossci-datasets.s3.amazonaws.com",
+        "MNIST/raw",
+        "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+        _mnist,
+    ),
+    "cifar10": _Source(
+        "www.cs.toronto.edu", "cifar-10-batches-py", "{data_batch_1..5, test_batch, batches.meta}", _cifar10
+    ),
 }
 
 
@@ -56,8 +65,10 @@ def fetch_dataset(name: str, root: str | Path, timeout: float = 3.0) -> Path:
     """Download ``name`` under ``root`` unless already there; return the folder to pass as
     ``load_dataset(name, root=...)``."""
     if name not in SOURCES:
-        raise ValueError(f"cannot fetch {name!r}: downloadable data sets are {', '.join(SOURCES)} "
-                         "(lfw-subset and digits are embedded and need no download)")
+        raise ValueError(
+            f"cannot fetch {name!r}: downloadable data sets are {', '.join(SOURCES)} "
+            "(lfw-subset and digits are embedded and need no download)"
+        )
     src = SOURCES[name]
     root = Path(root)
     target = root / src.folder
@@ -66,8 +77,10 @@ def fetch_dataset(name: str, root: str | Path, timeout: float = 3.0) -> Path:
     try:
         socket.create_connection((src.host, 443), timeout=timeout).close()
     except OSError as e:
-        raise ConnectionError(f"cannot reach {src.host} to download {name} ({e}). Offline? Place the files "
-                              f"by hand as {target}/{src.layout} and load with root={str(target)!r}") from e
+        raise ConnectionError(
+            f"cannot reach {src.host} to download {name} ({e}). Offline? Place the files "
+            f"by hand as {target}/{src.layout} and load with root={str(target)!r}"
+        ) from e
     root.mkdir(parents=True, exist_ok=True)
     src.download(root)
     return target

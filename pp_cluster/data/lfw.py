@@ -19,7 +19,13 @@ import torch
 
 from pp_cluster.data.base import Dataset, Split, require_folder
 from pp_cluster.data.common import (
-    build_dataset, check_bool, check_fraction, check_int, decode_images, stratified_split, take,
+    build_dataset,
+    check_bool,
+    check_fraction,
+    check_int,
+    decode_images,
+    stratified_split,
+    take,
 )
 
 VARIANTS = ("lfw-deepfunneled", "lfw_funneled", "lfw")
@@ -28,8 +34,14 @@ GENDER_FILES = {"male_names.txt": 1, "female_names.txt": 0}
 _FILE = re.compile(r"(.+)_\d{4}\.jpg")
 VALUE_RANGE = (-1.0, 1.0)  # the paper's face decoders end in tanh
 OPTIONS: dict[str, Any] = {
-    "min_faces": 30, "size": 64, "color": True, "split_seed": 0, "test_fraction": 0.2,
-    "disjoint": False, "disjoint_max": 3000, "gender_root": None,
+    "min_faces": 30,
+    "size": 64,
+    "color": True,
+    "split_seed": 0,
+    "test_fraction": 0.2,
+    "disjoint": False,
+    "disjoint_max": 3000,
+    "gender_root": None,
 }
 
 
@@ -39,8 +51,10 @@ def find_folder(root: Path) -> Path:
     require_folder(root, "LFW", LAYOUT)
     inside = [root / v for v in VARIANTS if (root / v).is_dir()]
     if len(inside) > 1:
-        raise ValueError(f"{root} holds several LFW variants ({', '.join(p.name for p in inside)}); "
-                         "pass the one you mean as root")
+        raise ValueError(
+            f"{root} holds several LFW variants ({', '.join(p.name for p in inside)}); "
+            "pass the one you mean as root"
+        )
     return inside[0] if inside else root
 
 
@@ -76,8 +90,10 @@ def read_gender_lists(gender_root: Path) -> dict[str, int]:
     for fname, label in GENDER_FILES.items():
         path = gender_root / fname
         if not path.is_file():
-            raise FileNotFoundError(f"gender list {path} is missing (expected {', '.join(GENDER_FILES)} "
-                                    f"in {gender_root}, one Person_Name_NNNN.jpg a line)")
+            raise FileNotFoundError(
+                f"gender list {path} is missing (expected {', '.join(GENDER_FILES)} "
+                f"in {gender_root}, one Person_Name_NNNN.jpg a line)"
+            )
         for name in {line.strip() for line in path.read_text().splitlines() if line.strip()}:
             table[name] = -1 if name in table else label
     return table
@@ -93,9 +109,15 @@ def _gender_counts(names: list[str], table: dict[str, int]) -> dict[str, int]:
     listed = np.fromiter((n in table for n in names), dtype=bool, count=len(names))
     in_both = listed & (labels == -1)
     people_both = {n.rsplit("_", 1)[0] for n, both in zip(names, in_both) if both}
-    return {"n_images": len(names), "labelled": int(listed.sum()), "in_both": int(in_both.sum()),
-            "in_neither": int((~listed).sum()), "male": int((labels == 1).sum()),
-            "female": int((labels == 0).sum()), "people_in_both": len(people_both)}
+    return {
+        "n_images": len(names),
+        "labelled": int(listed.sum()),
+        "in_both": int(in_both.sum()),
+        "in_neither": int((~listed).sum()),
+        "male": int((labels == 1).sum()),
+        "female": int((labels == 0).sum()),
+        "people_in_both": len(people_both),
+    }
 
 
 def _options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -115,19 +137,28 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
 
 def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
-        raise ValueError(f"lfw needs root: the folder in the layout {LAYOUT} (or its parent); "
-                         "`pp-farm data fetch lfw --root DIR` downloads it")
+        raise ValueError(
+            f"lfw needs root: the folder in the layout {LAYOUT} (or its parent); "
+            "`pp-farm data fetch lfw --root DIR` downloads it"
+        )
     o = _options(opts)
     folder = find_folder(Path(root))
     people, skipped = scan(folder)
     classes = [p for p, files in people.items() if len(files) >= o["min_faces"]]
     if len(classes) < 2:
         most = max(len(f) for f in people.values())
-        raise ValueError(f"lfw option min_faces={o['min_faces']} leaves {len(classes)} people under {folder} "
-                         f"(need >= 2; the most images of one person is {most})")
+        raise ValueError(
+            f"lfw option min_faces={o['min_faces']} leaves {len(classes)} people under {folder} "
+            f"(need >= 2; the most images of one person is {most})"
+        )
 
-    gender_root = (Path(o["gender_root"]) if o["gender_root"] is not None
-                   else folder.parent / "gender" if (folder.parent / "gender").is_dir() else None)
+    gender_root = (
+        Path(o["gender_root"])
+        if o["gender_root"] is not None
+        else folder.parent / "gender"
+        if (folder.parent / "gender").is_dir()
+        else None
+    )
     gender = None
     if gender_root is not None:
         if not gender_root.is_dir():
@@ -137,8 +168,9 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     # Split before decoding: a bad test_fraction fails in milliseconds, and the split does
     # not depend on which files turn out corrupt (those just drop out of their side).
     counts = [len(people[p]) for p in classes]
-    train_idx, test_idx = stratified_split(np.repeat(np.arange(len(classes)), counts), o["test_fraction"],
-                                           o["split_seed"], f"lfw under {folder}")
+    train_idx, test_idx = stratified_split(
+        np.repeat(np.arange(len(classes)), counts), o["test_fraction"], o["split_seed"], f"lfw under {folder}"
+    )
 
     # The disjoint people are chosen (and their absence reported) before anything is decoded:
     # a seeded subsample of at most disjoint_max of their images bounds memory.
@@ -146,11 +178,15 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if o["disjoint"]:
         others = [p for p, files in people.items() if len(files) < o["min_faces"]]
         if not others:
-            raise ValueError(f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
-                             f"{o['min_faces']} images, so no one is left for the disjoint split")
+            raise ValueError(
+                f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
+                f"{o['min_faces']} images, so no one is left for the disjoint split"
+            )
         files = [(p, f) for p in others for f in people[p]]
         if o["disjoint_max"] is not None and len(files) > o["disjoint_max"]:
-            pick = np.sort(np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False))
+            pick = np.sort(
+                np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False)
+            )
             files = [files[i] for i in pick]
         for p, f in files:
             sub.setdefault(p, []).append(f)
@@ -169,17 +205,31 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     position[dec.kept] = np.arange(len(dec.kept))
     train_idx, test_idx = (i[i >= 0] for i in (position[train_idx], position[test_idx]))
     meta: dict[str, Any] = {
-        "source": str(folder), "variant": folder.name, "options": o, "cache_key": dec.cache_key,
-        "cache_hit": dec.cache_hit, "n_people_total": len(people),
-        "n_images_total": sum(len(f) for f in people.values()), "n_skipped": skipped,
-        "bad": list(dec.bad), "gender_root": None if gender_root is None else str(gender_root),
-        "gender": None if gender is None else _gender_counts([f for fs in people.values() for f in fs], gender),
+        "source": str(folder),
+        "variant": folder.name,
+        "options": o,
+        "cache_key": dec.cache_key,
+        "cache_hit": dec.cache_hit,
+        "n_people_total": len(people),
+        "n_images_total": sum(len(f) for f in people.values()),
+        "n_skipped": skipped,
+        "bad": list(dec.bad),
+        "gender_root": None if gender_root is None else str(gender_root),
+        "gender": None
+        if gender is None
+        else _gender_counts([f for fs in people.values() for f in fs], gender),
     }
 
     disjoint = None
     if sub:
         disjoint, ddec = load_split(sub, [-1] * len(sub), "lfw-disjoint")
-        meta.update(disjoint_cache_key=ddec.cache_key, disjoint_cache_hit=ddec.cache_hit,
-                    disjoint_people=list(sub), bad=meta["bad"] + list(ddec.bad))
+        meta.update(
+            disjoint_cache_key=ddec.cache_key,
+            disjoint_cache_hit=ddec.cache_hit,
+            disjoint_people=list(sub),
+            bad=meta["bad"] + list(ddec.bad),
+        )
     meta["n_bad"] = len(meta["bad"])
-    return build_dataset("lfw", take(full, train_idx), take(full, test_idx), classes, VALUE_RANGE, meta, disjoint)
+    return build_dataset(
+        "lfw", take(full, train_idx), take(full, test_idx), classes, VALUE_RANGE, meta, disjoint
+    )

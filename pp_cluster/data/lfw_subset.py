@@ -16,7 +16,13 @@ from skimage.util import img_as_float32
 
 from pp_cluster.data.base import Dataset, Split
 from pp_cluster.data.common import (
-    build_dataset, check_bool, check_fraction, check_int, resize, stratified_split, take,
+    build_dataset,
+    check_bool,
+    check_fraction,
+    check_int,
+    resize,
+    stratified_split,
+    take,
 )
 
 CLASSES = ("face", "non_face")
@@ -37,6 +43,8 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     y = np.r_[np.zeros(n_faces), np.ones(len(images) - n_faces)].astype(np.int64)
     full = Split(x, torch.from_numpy(y))
     train, test = stratified_split(y, test_fraction, seed, "lfw-subset")
-    meta = {"source": "skimage.data.lfw_subset() (100 faces, then 100 non-faces, 25x25 grey)",
-            "options": {"size": size, "color": color, "split_seed": seed, "test_fraction": test_fraction}}
+    meta = {
+        "source": "skimage.data.lfw_subset() (100 faces, then 100 non-faces, 25x25 grey)",
+        "options": {"size": size, "color": color, "split_seed": seed, "test_fraction": test_fraction},
+    }
     return build_dataset("lfw-subset", take(full, train), take(full, test), CLASSES, VALUE_RANGE, meta)

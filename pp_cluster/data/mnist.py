@@ -19,8 +19,10 @@ from pp_cluster.data.common import build_dataset, check_int
 
 CLASSES = tuple(str(d) for d in range(10))
 VALUE_RANGE = (0.0, 1.0)
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 LAYOUT = "<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
 OPTIONS: dict[str, Any] = {"limit_train": None, "limit_test": None}
 _UBYTE = 0x08  # the idx type code of unsigned bytes, the only type MNIST uses
@@ -35,7 +37,7 @@ def _find(root: Path, stem: str) -> Path:
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx array: 2 zero bytes, a type byte, the number of dimensions, big-endian int32 sizes."""
-    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+    with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UBYTE:
         raise ValueError(f"{path} is not an unsigned-byte idx file (header {data[:4].hex()!r})")
@@ -43,7 +45,9 @@ def read_idx(path: Path) -> np.ndarray:
     shape = tuple(np.frombuffer(data, ">i4", count=ndim, offset=4).tolist())
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes, file has {len(data) - offset}")
+        raise ValueError(
+            f"{path}: header says {shape} = {int(np.prod(shape))} bytes, file has {len(data) - offset}"
+        )
     return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
@@ -58,22 +62,34 @@ def _subset(y: np.ndarray, limit: int | None) -> np.ndarray:
 
 def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
-        raise ValueError(f"mnist needs root: the folder with the idx files ({LAYOUT}); "
-                         "`pp-farm data fetch mnist --root DIR` downloads them")
+        raise ValueError(
+            f"mnist needs root: the folder with the idx files ({LAYOUT}); "
+            "`pp-farm data fetch mnist --root DIR` downloads them"
+        )
     require_folder(root, "MNIST", LAYOUT)
-    limits = {split: None if opts[f"limit_{split}"] is None
-              else check_int(f"mnist option limit_{split}", opts[f"limit_{split}"], len(CLASSES)) for split in FILES}
+    limits = {
+        split: None
+        if opts[f"limit_{split}"] is None
+        else check_int(f"mnist option limit_{split}", opts[f"limit_{split}"], len(CLASSES))
+        for split in FILES
+    }
     paths = {split: (_find(root, img), _find(root, lab)) for split, (img, lab) in FILES.items()}
     splits, sources = {}, {}
     for split, (img_path, lab_path) in paths.items():
         x, y = read_idx(img_path), read_idx(lab_path)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{img_path} {x.shape} and {lab_path} {y.shape} are not N×28×28 images with N labels")
+            raise ValueError(
+                f"{img_path} {x.shape} and {lab_path} {y.shape} are not N×28×28 images with N labels"
+            )
         if y.max(initial=0) >= len(CLASSES):
             raise ValueError(f"{lab_path}: label {int(y.max())} is not a digit")
         idx = _subset(y, limits[split])
         splits[split] = Split(torch.from_numpy(x[idx, None]), torch.from_numpy(y[idx].astype(np.int64)))
         sources[split] = [str(img_path), str(lab_path)]
-    meta = {"source": str(root), "files": sources, "options": {f"limit_{k}": v for k, v in limits.items()},
-            "subset": "stratified sample (seed 0) when limit_train/limit_test is set"}
+    meta = {
+        "source": str(root),
+        "files": sources,
+        "options": {f"limit_{k}": v for k, v in limits.items()},
+        "subset": "stratified sample (seed 0) when limit_train/limit_test is set",
+    }
     return build_dataset("mnist", splits["train"], splits["test"], CLASSES, VALUE_RANGE, meta)

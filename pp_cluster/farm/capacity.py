@@ -7,6 +7,7 @@ import torch
 
 from pp_cluster.config import SpecError, SweepSpec
 
+
 def trial_resources(r, use_gpu: bool) -> dict[str, float]:
     """What a Tune trial holds. A one-worker model trains inside the trial (Ray Train's local
     mode, ``train.py``), so the trial holds that worker's CPU and GPU share. With DDP the
@@ -36,7 +37,10 @@ def check_capacity(sweep: SweepSpec, use_gpu: bool, autoscaling: bool) -> int:
     total = ray.cluster_resources()
     need = {"CPU": (r.num_workers * r.cpus_per_worker, r.pool_size * r.attacker_cpus)}
     if use_gpu:
-        need["GPU"] = (r.gpus_per_trial if r.num_workers == 1 else float(r.num_workers), r.pool_size * r.attacker_gpus)
+        need["GPU"] = (
+            r.gpus_per_trial if r.num_workers == 1 else float(r.num_workers),
+            r.pool_size * r.attacker_gpus,
+        )
     fits = []
     for kind, (per_trial, pool) in need.items():
         free = total.get(kind, 0.0) - pool
@@ -64,5 +68,7 @@ def check_local_gpus(sweep: SweepSpec, address: str | None, num_gpus: int | None
     have = num_gpus if num_gpus is not None else torch.cuda.device_count()
     need = r.gpus_per_trial if r.num_workers == 1 else r.num_workers
     if have < need:
-        raise SpecError(f"SweepSpec.resources: a model needs {need:g} GPU (--gpus-per-trial / --num-workers) but "
-                        f"this machine has {have}; lower --gpus-per-trial, or train on CPUs (--no-gpu)")
+        raise SpecError(
+            f"SweepSpec.resources: a model needs {need:g} GPU (--gpus-per-trial / --num-workers) but "
+            f"this machine has {have}; lower --gpus-per-trial, or train on CPUs (--no-gpu)"
+        )

@@ -61,8 +61,10 @@ def stale(holder: dict, now: float | None = None) -> str | None:
 
 def describe(holder: dict, now: float | None = None) -> str:
     now = time.time() if now is None else now
-    return (f"host {holder.get('host')!r} pid {holder.get('pid')} since {holder.get('started_at')} "
-            f"(heartbeat {now - float(holder.get('heartbeat', 0)):.0f} s ago)")
+    return (
+        f"host {holder.get('host')!r} pid {holder.get('pid')} since {holder.get('started_at')} "
+        f"(heartbeat {now - float(holder.get('heartbeat', 0)):.0f} s ago)"
+    )
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Lease:
     lost: str | None = None  # set when another driver took the lease over from under us
 
     @classmethod
-    def acquire(cls, sweep_dir: str, sweep: str, ttl_s: float = TTL_S) -> "Lease":
+    def acquire(cls, sweep_dir: str, sweep: str, ttl_s: float = TTL_S) -> Lease:
         """Take the sweep's lease or raise LeaseHeld naming its live holder."""
         lease = cls(f"{sweep_dir.rstrip('/')}/{LEASE}", ttl_s)
         raw = read_bytes(lease.uri)
@@ -89,24 +91,35 @@ class Lease:
                 holder = {}  # a torn or foreign file: no live holder can be named
             why = stale(holder) if holder else "it is unreadable"
             if why is None:
-                raise LeaseHeld(f"sweep {sweep!r} is being run by another driver: {describe(holder)}; its lease "
-                                f"is {redact(lease.uri)} (taken over automatically once that driver is gone, "
-                                f"or {ttl_s:g} s after its last heartbeat)")
+                raise LeaseHeld(
+                    f"sweep {sweep!r} is being run by another driver: {describe(holder)}; its lease "
+                    f"is {redact(lease.uri)} (taken over automatically once that driver is gone, "
+                    f"or {ttl_s:g} s after its last heartbeat)"
+                )
             print(f"[pp-farm] taking over the lease of sweep {sweep!r}: {why}", file=sys.stderr)
             lease._write()
         elif not lease._create():
             return cls.acquire(sweep_dir, sweep, ttl_s)  # someone created it just now: look again
         if lease._holder_token() != lease.token:
             holder = json.loads(read_bytes(lease.uri) or b"{}")
-            raise LeaseHeld(f"sweep {sweep!r}: another driver took its lease at the same moment: "
-                            f"{describe(holder)}")
+            raise LeaseHeld(
+                f"sweep {sweep!r}: another driver took its lease at the same moment: {describe(holder)}"
+            )
         lease._thread = threading.Thread(target=lease._beat, name="pp-farm-lease", daemon=True)
         lease._thread.start()
         return lease
 
     def _body(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "started_at": self.started_at, "heartbeat": time.time(), "ttl_s": self.ttl_s}).encode()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "started_at": self.started_at,
+                "heartbeat": time.time(),
+                "ttl_s": self.ttl_s,
+            }
+        ).encode()
 
     def _write(self) -> None:
         write_bytes(self.uri, self._body())
@@ -139,8 +152,11 @@ class Lease:
                 token = self._holder_token()
                 if token != self.token:
                     self.lost = "another driver took the lease over"
-                    print(f"[pp-farm] warning: {self.lost} ({redact(self.uri)}); two drivers may now run this "
-                          "sweep", file=sys.stderr)
+                    print(
+                        f"[pp-farm] warning: {self.lost} ({redact(self.uri)}); two drivers may now run this "
+                        "sweep",
+                        file=sys.stderr,
+                    )
                     return
                 self._write()
             except OSError as e:  # a storage hiccup: try again at the next beat
@@ -157,7 +173,7 @@ class Lease:
         except OSError:
             pass  # a lease left behind goes stale; the next driver takes it over
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -53,8 +53,12 @@ def identity_defaults() -> dict[str, Any]:
         if f.default is not dataclasses.MISSING:
             out[f.name] = json.loads(json.dumps(f.default, default=list))
         elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = json.loads(json.dumps(f.default_factory(), default=lambda o: dataclasses.asdict(o)
-                                                if dataclasses.is_dataclass(o) else list(o)))
+            out[f.name] = json.loads(
+                json.dumps(
+                    f.default_factory(),
+                    default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else list(o),
+                )
+            )
     return out
 
 
@@ -84,14 +88,19 @@ def read(results_uri: str, sweep: str) -> dict[str, Any] | None:
             raise ValueError("not a manifest object")
         return m
     except ValueError as e:
-        raise SpecError(f"the manifest of sweep {sweep!r} under {redact(results_uri)} is unreadable ({e}); "
-                        f"move {MANIFEST} aside to adopt the current spec on --resume") from None
+        raise SpecError(
+            f"the manifest of sweep {sweep!r} under {redact(results_uri)} is unreadable ({e}); "
+            f"move {MANIFEST} aside to adopt the current spec on --resume"
+        ) from None
 
 
 def write(results_uri: str, sweep: SweepSpec) -> None:
     body = {
-        "sweep": sweep.name, "spec_hash": spec_hash(sweep), "spec": identity(sweep),
-        "results": redact(sweep.results_uri()), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "sweep": sweep.name,
+        "spec_hash": spec_hash(sweep),
+        "spec": identity(sweep),
+        "results": redact(sweep.results_uri()),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "package_version": pp_cluster.__version__,
     }
     write_bytes(f"{sweep_dir(results_uri, sweep.name)}/{MANIFEST}", json.dumps(body, indent=1).encode())
@@ -107,13 +116,18 @@ def check(sweep: SweepSpec, *, resume: bool, has_results: bool, has_tune_state: 
     exists = old is not None or has_results or has_tune_state
     where = redact(root)
     if exists and not resume:
-        raise SpecError(f"sweep {sweep.name!r} already exists in {where}; pass --resume to continue it, or "
-                        "--name to start another sweep")
+        raise SpecError(
+            f"sweep {sweep.name!r} already exists in {where}; pass --resume to continue it, or "
+            "--name to start another sweep"
+        )
     if old is not None:
         diff = differences(old["spec"], identity(sweep))
         if diff:
-            raise SpecError(f"--resume of sweep {sweep.name!r} with a different spec (results of two specs would "
-                            f"mix); differing fields (recorded -> now):\n  " + "\n  ".join(diff)
-                            + "\nrun it with the recorded values, or start another sweep with --name")
+            raise SpecError(
+                f"--resume of sweep {sweep.name!r} with a different spec (results of two specs would "
+                f"mix); differing fields (recorded -> now):\n  "
+                + "\n  ".join(diff)
+                + "\nrun it with the recorded values, or start another sweep with --name"
+            )
         return "resume"
     return "adopt" if exists else "new"

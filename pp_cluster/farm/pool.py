@@ -61,11 +61,19 @@ class AttackerWorker:
         net.to(device).eval()
         n_keep = job["n_keep"]
         row, result = pipeline.run_attack(
-            attack, net, spec, (tuple(image_shape), num_classes, tuple(value_range)), inputs,
-            seed=spec.seed, device=device, n_keep=n_keep, judge=judge,
+            attack,
+            net,
+            spec,
+            (tuple(image_shape), num_classes, tuple(value_range)),
+            inputs,
+            seed=spec.seed,
+            device=device,
+            n_keep=n_keep,
+            judge=judge,
         )
-        row = attack_row(row, sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"],
-                         prov=provenance())
+        row = attack_row(
+            row, sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"], prov=provenance()
+        )
         self.store.write("attacks", job["sweep"], job["attack_id"], [row])
         if n_keep:
             self.store.write_reconstructions(
@@ -124,9 +132,14 @@ class AttackPool:
             self.stats_["done"] += 1
             return row
         self.stats_["failed"] += 1
-        return {"status": "failed", "error": error, "attacker": job["attack"]["attacker"],
-                "partition": job["model"]["partition"],
-                "attack_id": job["attack_id"], "model_id": job["model_id"]}
+        return {
+            "status": "failed",
+            "error": error,
+            "attacker": job["attack"]["attacker"],
+            "partition": job["model"]["partition"],
+            "attack_id": job["attack_id"],
+            "model_id": job["model_id"],
+        }
 
     async def ready(self) -> int:
         """Wait until every attacker actor is placed; how many there are. The sweep calls it
@@ -153,5 +166,6 @@ def start_pool(sweep: str, size: int, results_uri: str, cpus: float, gpus: float
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return AttackPool.options(name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True,
-                              scheduling_strategy=here).remote(size, results_uri, cpus, gpus)
+    return AttackPool.options(
+        name=pool_name(sweep), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here
+    ).remote(size, results_uri, cpus, gpus)

@@ -13,6 +13,7 @@ import ray.tune as tune
 from pp_cluster.config import SweepSpec
 from pp_cluster.farm.pool import get_pool
 
+
 class Interrupted(Exception):
     """The sweep was stopped by a signal; ``unfinished`` names what a ``--resume`` will do."""
 
@@ -111,8 +112,12 @@ class Progress(tune.Callback):
             return
         self._last = now
         total = f"/{self.n_trials}" if self.n_trials else ""
-        print(f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running, "
-              f"{self.failed} failed | {self._attacks()}", file=sys.stderr, flush=True)
+        print(
+            f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running, "
+            f"{self.failed} failed | {self._attacks()}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _attacks(self) -> str:
         """The pool's counters, without ever blocking Tune's loop: ask, and read the answer
@@ -132,4 +137,5 @@ class Progress(tune.Callback):
         if s is None:
             return "attacks: pool starting"
         return f"attacks {s['done']} done, {s['running']} running, {s['failed']} failed" + (
-            f", {s['replaced']} actors replaced" if s["replaced"] else "")
+            f", {s['replaced']} actors replaced" if s["replaced"] else ""
+        )

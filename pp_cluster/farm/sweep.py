@@ -22,7 +22,13 @@ import ray.tune as tune
 from pp_cluster import pipeline
 from pp_cluster.config import SpecError, SweepSpec
 from pp_cluster.farm import manifest
-from pp_cluster.farm.capacity import alive_nodes, check_capacity, check_local_gpus, cluster_has_gpu, trial_resources
+from pp_cluster.farm.capacity import (
+    alive_nodes,
+    check_capacity,
+    check_local_gpus,
+    cluster_has_gpu,
+    trial_resources,
+)
 from pp_cluster.farm.lease import Lease
 from pp_cluster.farm.pool import start_pool
 from pp_cluster.farm.progress import Interrupted, Progress, Signals
@@ -37,35 +43,22 @@ from pp_cluster.results.store import ResultStore
 # Ray Train settings for many short runs: poll the workers often (a run's end is noticed
 # in 0.5 s, not 2 s) and give worker start-up time on a busy node before calling it failed.
 # Ray Train's Prometheus metrics have no reader without the dashboard: off.
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
-             "RAY_TRAIN_METRICS_ENABLED": "0"}
+TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
 
 
-def train_runtime_env(plugins: tuple[str, ...] = (), env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+def train_runtime_env(
+    plugins: tuple[str, ...] = (), env_vars: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The job runtime environment the farm's Ray sessions want: ``TRAIN_ENV`` and
     ``env_vars``, and what makes every worker import the sweep's ``plugins`` (imported here
     already; ``plugins.runtime_env``: a setup hook, and the plugins' code as ``py_modules``).
     A script or test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
     env = plugin_runtime_env(plugins)
     return {**env, "env_vars": {**TRAIN_ENV, **(env_vars or {}), **env.get("env_vars", {})}}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -79,12 +72,6 @@ class SweepOutcome:
     seconds: float
 
 
-
-
-
-
-
-
 def _attribute_judge(sweep: SweepSpec, ds):
     """Table III's detector and gender classifier, fitted once per sweep on original images
     (before Ray starts: missing gender lists are a bad input, not a failed trial)."""
@@ -96,14 +83,24 @@ def _attribute_judge(sweep: SweepSpec, ds):
     except ValueError as e:
         raise SpecError(f"SweepSpec.attributes: {e}") from None
     cal = judge.detector.calibration
-    print(f"[pp-farm] attribute judge: face detector finds {cal['detection_rate']:.3f} of "
-          f"{cal['n_originals']} original test faces ({cal['false_rate']:.3f} of non-faces); gender classifier "
-          f"trained on {len(ds.disjoint)} images of other people [{time.time() - t0:.0f} s]", file=sys.stderr)
+    print(
+        f"[pp-farm] attribute judge: face detector finds {cal['detection_rate']:.3f} of "
+        f"{cal['n_originals']} original test faces ({cal['false_rate']:.3f} of non-faces); gender classifier "
+        f"trained on {len(ds.disjoint)} images of other people [{time.time() - t0:.0f} s]",
+        file=sys.stderr,
+    )
     return judge
 
 
-def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = None, num_cpus: int | None = None,
-              num_gpus: int | None = None, verbose: bool = True) -> SweepOutcome:
+def run_sweep(
+    sweep: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    verbose: bool = True,
+) -> SweepOutcome:
     """Validate, claim the results root, load the data, start (or join) Ray, run the Tuner,
     mark the Pareto set.
 
@@ -139,10 +136,15 @@ def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = N
         ds, judge = _prepare(sweep, store, resume)
         if not ray.is_initialized():
             # address None: a new local cluster, never one that happens to run on this machine.
-            ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
-                     num_gpus=num_gpus if address is None else None,
-                     runtime_env=train_runtime_env(sweep.plugins, secret_env),
-                     include_dashboard=False, log_to_driver=verbose, configure_logging=False)
+            ray.init(
+                address=address or "local",
+                num_cpus=num_cpus if address is None else None,
+                num_gpus=num_gpus if address is None else None,
+                runtime_env=train_runtime_env(sweep.plugins, secret_env),
+                include_dashboard=False,
+                log_to_driver=verbose,
+                configure_logging=False,
+            )
             started_ray = True
         signals.install()  # ray.init installed its own SIGTERM handler
         pool_holder: list = []
@@ -167,9 +169,12 @@ def run_sweep(sweep: SweepSpec, *, resume: bool = False, address: str | None = N
         raise Interrupted(signals.received, unfinished(store, sweep))
     seconds = time.time() - t0
     root = redact(sweep.results_uri())
-    print(f"[pp-farm] sweep {sweep.name!r}: {n_trials} trials ({n_err} errored) in {seconds:.0f} s\n"
-          f"[pp-farm] tables: {root}/models  {root}/attacks  {root}/epochs\n"
-          f"[pp-farm] read:   import pandas as pd; pd.read_parquet('{root}/attacks')", file=sys.stderr)
+    print(
+        f"[pp-farm] sweep {sweep.name!r}: {n_trials} trials ({n_err} errored) in {seconds:.0f} s\n"
+        f"[pp-farm] tables: {root}/models  {root}/attacks  {root}/epochs\n"
+        f"[pp-farm] read:   import pandas as pd; pd.read_parquet('{root}/attacks')",
+        file=sys.stderr,
+    )
     return SweepOutcome(root, n_trials, n_err, seconds)
 
 
@@ -178,33 +183,51 @@ def _prepare(sweep: SweepSpec, store: ResultStore, resume: bool):
     (bad paths fail here; the data set is then shared with every trial through the object
     store, one copy per node) and the attribute judge; then record the sweep, quarantine
     unreadable files of a resumed one, and give its tables their schema files."""
-    mode = manifest.check(sweep, resume=resume, has_results=bool(store.done_keys("models", sweep.name)),
-                          has_tune_state=_has_tune_state(sweep))
+    mode = manifest.check(
+        sweep,
+        resume=resume,
+        has_results=bool(store.done_keys("models", sweep.name)),
+        has_tune_state=_has_tune_state(sweep),
+    )
     ds = pipeline.load_data(sweep.model_spec(sweep.partitions[0], 0.0, sweep.seeds[0]))
     if sweep.attacker_data == "disjoint" and ds.disjoint is None:
-        raise SpecError("SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
-                        "(for lfw set dataset option disjoint=True)")
+        raise SpecError(
+            "SweepSpec.attacker_data: 'disjoint' needs a data set with a disjoint split "
+            "(for lfw set dataset option disjoint=True)"
+        )
     judge = _attribute_judge(sweep, ds) if sweep.attributes else None
     # Everything is checked: the sweep exists from here on.
     if mode != "resume":
         manifest.write(sweep.results_uri(), sweep)
     if mode != "new":
         for path in store.quarantine(sweep.name):
-            print(f"[pp-farm] moved unreadable file to {redact(path)}; its rows are computed again", file=sys.stderr)
-        print(f"[pp-farm] resuming sweep {sweep.name!r}: finished rows are kept, unfinished models continue "
-              "from their saved state", file=sys.stderr)
-    store.ensure_tables(sweep.name, ("models", "attacks", "epochs")
-                        + (("reconstructions",) if sweep.save_reconstructions else ()))
+            print(
+                f"[pp-farm] moved unreadable file to {redact(path)}; its rows are computed again",
+                file=sys.stderr,
+            )
+        print(
+            f"[pp-farm] resuming sweep {sweep.name!r}: finished rows are kept, unfinished models continue "
+            "from their saved state",
+            file=sys.stderr,
+        )
+    store.ensure_tables(
+        sweep.name,
+        ("models", "attacks", "epochs") + (("reconstructions",) if sweep.save_reconstructions else ()),
+    )
     return ds, judge
 
 
-def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, signals: Signals,
-          pool_holder: list) -> tuple[int, int]:
+def _tune(
+    sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, signals: Signals, pool_holder: list
+) -> tuple[int, int]:
     """Inside Ray: check the cluster, start the attacker pool, run Tune. Returns (trials, errored)."""
     if not is_shared(sweep.results) and address is not None and alive_nodes() == 1:
         # An autoscaling cluster may have one node now and ten later.
-        print(f"[pp-farm] warning: results go to {redact(sweep.results)!r} on this node only; if the cluster "
-              "autoscales, use s3:// or file:// on a shared mount", file=sys.stderr)
+        print(
+            f"[pp-farm] warning: results go to {redact(sweep.results)!r} on this node only; if the cluster "
+            "autoscales, use s3:// or file:// on a shared mount",
+            file=sys.stderr,
+        )
     if alive_nodes() > 1 and not is_shared(sweep.results):
         raise SpecError(
             f"SweepSpec.results: {sweep.results!r} is a local path on a cluster; results would be scattered "
@@ -214,8 +237,9 @@ def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, 
     r = sweep.resources
     use_gpu = cluster_has_gpu() if r.use_gpu is None else r.use_gpu
     concurrency = check_capacity(sweep, use_gpu, autoscaling=address is not None)
-    pool = start_pool(sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus,
-                      r.attacker_gpus if use_gpu else 0.0)
+    pool = start_pool(
+        sweep.name, r.pool_size, sweep.results_uri(), r.attacker_cpus, r.attacker_gpus if use_gpu else 0.0
+    )
     pool_holder.append(pool)
     if r.max_concurrent_trials is not None and address is None:
         # A concurrency the user chose may hand every CPU to trials: place the attacker
@@ -224,7 +248,9 @@ def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, 
         ray.get(pool.ready.remote())
     data_ref = ray.put(ds)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]),
+        tune.with_parameters(
+            run_trial, sweep=sweep, refs=[data_ref, None if judge is None else ray.put(judge)]
+        ),
         trial_resources(r, use_gpu),
     )
     n_trials = len(sweep.grid_points()) if sweep.search == "grid" else sweep.num_samples
@@ -236,8 +262,12 @@ def _tune(sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, 
         verbose=0,
         **storage_args(sweep.storage()),
     )
-    tuner = tune.Tuner(trainable, param_space=_param_space(sweep, use_gpu),
-                       tune_config=_tune_config(sweep, concurrency), run_config=run_config)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_param_space(sweep, use_gpu),
+        tune_config=_tune_config(sweep, concurrency),
+        run_config=run_config,
+    )
     grid = tuner.fit()
     if sweep.search == "optuna":
         mark_pareto(store, sweep.name)
@@ -250,9 +280,11 @@ def _check_job_plugins(plugins: tuple[str, ...]) -> None:
     job = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get(PLUGINS_ENV, "")
     missing = [m for m in plugins if m not in job.split(",")]
     if missing:
-        raise SpecError(f"SweepSpec.plugins: Ray was started without {', '.join(missing)}: start it with "
-                        "ray.init(runtime_env=pp_cluster.farm.sweep.train_runtime_env(plugins)) or let "
-                        "run_sweep start it")
+        raise SpecError(
+            f"SweepSpec.plugins: Ray was started without {', '.join(missing)}: start it with "
+            "ray.init(runtime_env=pp_cluster.farm.sweep.train_runtime_env(plugins)) or let "
+            "run_sweep start it"
+        )
 
 
 def _has_tune_state(sweep: SweepSpec) -> bool:
@@ -276,14 +308,16 @@ def _credentials_to_environment(sweep: SweepSpec) -> tuple[SweepSpec, dict[str, 
     return sweep.with_(results=results, storage_path=storage), env
 
 
-
-
 def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
     """Grid models whose row or attacks are missing, as ``partition λ seed (what is left)``:
     what a resume will compute. The tables decide, not Tune's bookkeeping."""
     if sweep.search != "grid":
         done = len(store.done_keys("models", sweep.name))
-        return [f"{sweep.num_samples - done} of {sweep.num_samples} Optuna trials"] if done < sweep.num_samples else []
+        return (
+            [f"{sweep.num_samples - done} of {sweep.num_samples} Optuna trials"]
+            if done < sweep.num_samples
+            else []
+        )
     models = store.done_keys("models", sweep.name)
     attacks = store.done_keys("attacks", sweep.name)
     out = []
@@ -312,15 +346,15 @@ def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:
     }
 
 
-
-
 def _tune_config(sweep: SweepSpec, concurrency: int) -> tune.TuneConfig:
     if sweep.search == "grid":
         return tune.TuneConfig(max_concurrent_trials=concurrency)
     from ray.tune.search.optuna import OptunaSearch
 
     search = OptunaSearch(metric=["test_acc", "worst_ssim"], mode=["max", "min"], seed=sweep.seeds[0])
-    return tune.TuneConfig(search_alg=search, num_samples=sweep.num_samples, max_concurrent_trials=concurrency)
+    return tune.TuneConfig(
+        search_alg=search, num_samples=sweep.num_samples, max_concurrent_trials=concurrency
+    )
 
 
 def mark_pareto(store: ResultStore, sweep: str) -> None:

@@ -30,8 +30,8 @@ import ray.train.torch
 import ray.tune as tune
 import torch
 
-from pp_cluster.config import ModelSpec, Resources
 from pp_cluster import pipeline
+from pp_cluster.config import ModelSpec, Resources
 from pp_cluster.results.fs import read_bytes, write_bytes
 
 STATE_FILE = "state.pt"
@@ -71,9 +71,11 @@ def _load(uri: str) -> dict[str, Any] | None:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for foreign objects, or a damaged file
-        raise RuntimeError(f"training state {uri} is not a pp_cluster state file ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}); move it aside to retrain "
-                           "this model") from None
+        raise RuntimeError(
+            f"training state {uri} is not a pp_cluster state file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); move it aside to retrain "
+            "this model"
+        ) from None
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -119,8 +121,9 @@ def train_worker(config: dict[str, Any]) -> None:
     # The attacks judge the model as trained; fine-tuning (rank 0, local partition locked)
     # only adds the before/after accuracies, so the trained weights are kept first.
     tuning = spec.finetune_epochs and result.status == "ok"
-    net_state = {k: v.detach().cpu().clone() if tuning else v.detach().cpu()
-                 for k, v in model.net.state_dict().items()}
+    net_state = {
+        k: v.detach().cpu().clone() if tuning else v.detach().cpu() for k, v in model.net.state_dict().items()
+    }
     tuned = {"finetune_acc_before": None, "finetune_acc_after": None}
     if tuning:
         tuned.update(pipeline.finetune(model, spec, ds, device))
@@ -138,8 +141,9 @@ def train_worker(config: dict[str, Any]) -> None:
     _save(uri, {"train_state": None, "history": history, "done": True, "final": final, "net": net_state})
 
 
-def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool,
-              storage_path: str) -> tuple[dict, list[dict], dict]:
+def fit_model(
+    spec: ModelSpec, model_id: str, data_ref: Any, resources: Resources, use_gpu: bool, storage_path: str
+) -> tuple[dict, list[dict], dict]:
     """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state).
 
     One worker: local mode, in this (the trial's) process. Several: a worker group with DDP.
@@ -153,8 +157,9 @@ def fit_model(spec: ModelSpec, model_id: str, data_ref: Any, resources: Resource
         scaling = ray.train.ScalingConfig(num_workers=0)
     else:
         per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
-        scaling = ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
-                                          resources_per_worker=per_worker)
+        scaling = ray.train.ScalingConfig(
+            num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        )
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={
@@ -201,13 +206,19 @@ def reap_orphaned_placement_groups() -> int:
     gone = (table.REMOVED,)
     nil_actor = ray.ActorID.nil().binary()
     try:
-        rows = [table.FromString(raw) for raw in state._connect_and_get_accessor().get_placement_group_table()]
+        rows = [
+            table.FromString(raw) for raw in state._connect_and_get_accessor().get_placement_group_table()
+        ]
     except Exception:  # Ray internals moved: leave cleaning to Ray
         return 0
     removed = 0
     for pg in rows:
-        if (pg.state in gone or pg.is_detached or not pg.creator_actor_dead
-                or pg.creator_actor_id in (b"", nil_actor)):
+        if (
+            pg.state in gone
+            or pg.is_detached
+            or not pg.creator_actor_dead
+            or pg.creator_actor_id in (b"", nil_actor)
+        ):
             continue
         try:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
@@ -234,5 +245,8 @@ class PlacementGroupReaper(tune.Callback):
         self._last = now
         n = reap_orphaned_placement_groups()
         if n:
-            print(f"[pp-farm] freed {n} placement group(s) of Train runs whose controller died", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[pp-farm] freed {n} placement group(s) of Train runs whose controller died",
+                file=sys.stderr,
+                flush=True,
+            )

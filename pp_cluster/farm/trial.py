@@ -34,8 +34,9 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
     """The Tune trainable: one model and its attacks. ``refs`` = [data set, attribute judge
     or None], both in the object store."""
     point = config["model"] if "model" in config else config
-    spec = sweep.model_spec(point["partition"], point["lam"], point.get("seed", sweep.seeds[0]),
-                            point.get("suite", 0))
+    spec = sweep.model_spec(
+        point["partition"], point["lam"], point.get("seed", sweep.seeds[0]), point.get("suite", 0)
+    )
     model_id = spec.model_id(sweep.name)
     store = ResultStore(sweep.results_uri())
     attacks = attack_plan(sweep, spec, model_id)
@@ -47,8 +48,9 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
         return
 
     started = rows.utcnow()
-    final, history, net_state = fit_model(spec, model_id, refs[0], sweep.resources, bool(config["use_gpu"]),
-                                          sweep.storage())
+    final, history, net_state = fit_model(
+        spec, model_id, refs[0], sweep.resources, bool(config["use_gpu"]), sweep.storage()
+    )
     if model_row is None:
         model_row = _write_model(store, sweep, spec, model_id, final, history, started)
     if final["status"] == rules.OK:
@@ -60,11 +62,20 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
 def attack_plan(sweep: SweepSpec, spec, model_id: str) -> dict[str, tuple[str, Any]]:
     """attack id -> (partition, attack spec): one attack per (partition it splits the model
     at, attacker); an undefended model is attacked at every partition of the grid."""
-    return {a.attack_id(model_id, p): (p, a) for p in sweep.attack_partitions(spec) for a in sweep.attack_specs()}
+    return {
+        a.attack_id(model_id, p): (p, a) for p in sweep.attack_partitions(spec) for a in sweep.attack_specs()
+    }
 
 
-def _attack(store: ResultStore, sweep: SweepSpec, spec, model_id: str, net_state: dict,
-            todo: dict[str, tuple[str, Any]], refs: list) -> list[dict]:
+def _attack(
+    store: ResultStore,
+    sweep: SweepSpec,
+    spec,
+    model_id: str,
+    net_state: dict,
+    todo: dict[str, tuple[str, Any]],
+    refs: list,
+) -> list[dict]:
     """Run ``todo`` on the sweep's attacker pool (DP pixelation too, for an undefended model);
     the pool's actors write the successful rows, this the failed ones. Returns every row."""
     ds = ray.get(refs[0])
@@ -81,14 +92,21 @@ def _attack(store: ResultStore, sweep: SweepSpec, spec, model_id: str, net_state
         # The activations of the attacker's images: computed ONCE per (model, partition),
         # whatever the zoo.
         local, _ = split(model.net, partition)
-        inputs_ref = ray.put(pipeline.attack_inputs(
-            local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device))
+        inputs_ref = ray.put(
+            pipeline.attack_inputs(local, ds, sweep.attacker_data, sweep.attacker_fraction, spec.seed, device)
+        )
         for attack_id, (p, attack) in todo.items():
             if p != partition:
                 continue
-            job = {"sweep": sweep.name, "model_id": model_id, "attack_id": attack_id,
-                   "model": spec.at(partition).to_dict(), "attack": attack.__dict__, "shape": shape,
-                   "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0}
+            job = {
+                "sweep": sweep.name,
+                "model_id": model_id,
+                "attack_id": attack_id,
+                "model": spec.at(partition).to_dict(),
+                "attack": attack.__dict__,
+                "shape": shape,
+                "n_keep": N_RECONSTRUCTIONS if sweep.save_reconstructions else 0,
+            }
             pending.append(pool.attack.remote(job, [inputs_ref, net_ref, refs[1]]))
     out = ray.get(pending)
     for row in out:
@@ -120,12 +138,26 @@ def _model_base(sweep: SweepSpec, spec, model_id: str, started: dt.datetime) -> 
     from pp_cluster.privacy.recipes import recipe
 
     lr = float(spec.train_overrides.get("lr", recipe(spec.dataset, spec.recipe).lr))
-    return rows.model_base(sweep.name, spec, model_id, trial_id=tune.get_context().get_trial_id(), lr=lr,
-                           started=started, prov=provenance())
+    return rows.model_base(
+        sweep.name,
+        spec,
+        model_id,
+        trial_id=tune.get_context().get_trial_id(),
+        lr=lr,
+        started=started,
+        prov=provenance(),
+    )
 
 
-def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, final: dict,
-                 history: list[dict], started: dt.datetime) -> dict:
+def _write_model(
+    store: ResultStore,
+    sweep: SweepSpec,
+    spec,
+    model_id: str,
+    final: dict,
+    history: list[dict],
+    started: dt.datetime,
+) -> dict:
     row = rows.model_row(_model_base(sweep, spec, model_id, started), final)
     store.write("models", sweep.name, model_id, [row])
     if history:
@@ -133,7 +165,9 @@ def _write_model(store: ResultStore, sweep: SweepSpec, spec, model_id: str, fina
     return row
 
 
-def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: str, net, ds, device: str) -> None:
+def _write_dp_pixelation(
+    store: ResultStore, sweep: SweepSpec, spec, model_id: str, net, ds, device: str
+) -> None:
     """Appendix D / Figure 7: release the test images through ε-DP pixelation instead of a
     partition (``privacy.baselines.pixelation_sweep``); per ε one models row (the undefended
     model's accuracy on the released images) and one attacks row for the release itself."""
@@ -146,12 +180,24 @@ def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: s
         dp_id = content_id("dp_pixelation", sweep.name, model_id, r["eps"], b, m)
         if store.exists("models", sweep.name, dp_id):
             continue
-        config = {**spec.to_dict(), "base_model_id": model_id, "epsilon": r["eps"], "dp_cell": b,
-                  "dp_neighbourhood": m}
+        config = {
+            **spec.to_dict(),
+            "base_model_id": model_id,
+            "epsilon": r["eps"],
+            "dp_cell": b,
+            "dp_neighbourhood": m,
+        }
         attack_id = content_id("attack", dp_id, "dp_pixelation")
-        model_row, attack_row = rows.dp_rows(_model_base(sweep, spec, dp_id, started), r, attack_id=attack_id,
-                                             config=config, n_eval=len(test), cell=b, neighbourhood=m,
-                                             prov=provenance())
+        model_row, attack_row = rows.dp_rows(
+            _model_base(sweep, spec, dp_id, started),
+            r,
+            attack_id=attack_id,
+            config=config,
+            n_eval=len(test),
+            cell=b,
+            neighbourhood=m,
+            prov=provenance(),
+        )
         store.write("attacks", sweep.name, attack_id, [attack_row])
         store.write("models", sweep.name, dp_id, [model_row])  # last: it marks the ε as done
 
@@ -159,7 +205,9 @@ def _write_dp_pixelation(store: ResultStore, sweep: SweepSpec, spec, model_id: s
 def trial_metrics(model_row: dict, attack_rows: list[dict], model_id: str, skipped: bool) -> dict:
     test_acc = model_row.get("test_acc")
     metrics = {
-        "model_id": model_id, "status": model_row["status"], "skipped": skipped,
+        "model_id": model_id,
+        "status": model_row["status"],
+        "skipped": skipped,
         # Tune and Optuna need numbers: a diverged model scores as useless (acc 0, leak 1).
         "test_acc": float(test_acc) if test_acc is not None else 0.0,
         # The strongest attacker (rules.worst_of) over every partition the model was attacked at.

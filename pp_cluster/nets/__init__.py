@@ -2,10 +2,24 @@
 and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray.
 A new network or decoder registers with :func:`register_net` / :func:`register_decoder`."""
 
-from pp_cluster.nets.classifiers import (ARCHS, NET_REGISTRY, PartitionedNet, activation_shape, build_net,
-                                         register_net, split)
-from pp_cluster.nets.decoders import (BASELINES, DECODER_REGISTRY, DECODERS, MNIST_ONLY, build_decoder,
-                                      clip_to_range, register_decoder)
+from pp_cluster.nets.classifiers import (
+    ARCHS,
+    NET_REGISTRY,
+    PartitionedNet,
+    activation_shape,
+    build_net,
+    register_net,
+    split,
+)
+from pp_cluster.nets.decoders import (
+    BASELINES,
+    DECODER_REGISTRY,
+    DECODERS,
+    MNIST_ONLY,
+    build_decoder,
+    clip_to_range,
+    register_decoder,
+)
 from pp_cluster.nets.measure import flops_per_sample, output_shape, param_count
 from pp_cluster.nets.noise import GaussianNoise, add_activation_noise
 

@@ -44,6 +44,7 @@ def register_net(name: str, *, input_shape: tuple[int, int, int]) -> Callable[[_
     ``arch_options``. ``input_shape`` (C, H, W) is an image shape the builder accepts: the
     split points are validated on a net built for it, on the meta device.
     """
+
     def add(builder: _B) -> _B:
         NET_REGISTRY.register(name, Arch(builder, tuple(int(d) for d in input_shape)))
         return builder
@@ -87,7 +88,9 @@ class PartitionedNet(nn.Module):
 
 def _check_partition(net: PartitionedNet, partition: str) -> int:
     if partition not in net.partitions:
-        raise ValueError(f"unknown partition {partition!r} for {net.arch}; valid: {', '.join(net.partitions)}")
+        raise ValueError(
+            f"unknown partition {partition!r} for {net.arch}; valid: {', '.join(net.partitions)}"
+        )
     return list(net.stages).index(partition)
 
 
@@ -128,8 +131,9 @@ def _require_divisible(arch: str, image_shape: tuple[int, int, int], factor: int
 
 
 @register_net("mnist_mlp", input_shape=(1, 28, 28))
-def _mnist_mlp(image_shape: tuple[int, int, int], num_classes: int, *, hidden: int = 800,
-               dropout: float = 0.1) -> _Spec:
+def _mnist_mlp(
+    image_shape: tuple[int, int, int], num_classes: int, *, hidden: int = 800, dropout: float = 0.1
+) -> _Spec:
     """Sec. V-B: three ReLU layers of ``hidden`` units with dropout, then the classifier.
     The image is flattened inside ``fc1`` so the local part takes N×C×H×W like every arch."""
     layers = []
@@ -143,8 +147,14 @@ def _mnist_mlp(image_shape: tuple[int, int, int], num_classes: int, *, hidden: i
 
 
 @register_net("face_cnn", input_shape=(3, 64, 64))
-def _face_cnn(image_shape: tuple[int, int, int], num_classes: int, *, widths: Sequence[int] = (32, 64, 128, 256), fc: int = 512,
-              dropout: float = 0.5) -> _Spec:
+def _face_cnn(
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    widths: Sequence[int] = (32, 64, 128, 256),
+    fc: int = 512,
+    dropout: float = 0.5,
+) -> _Spec:
     """App. B ``photo-to-id``: two 5×5 convs then three pairs of 3×3 convs, a 2×2 max-pool
     after each pair, then FC-dropout-FC-dropout-classifier (ReLU after each hidden FC).
 
@@ -161,8 +171,12 @@ def _face_cnn(image_shape: tuple[int, int, int], num_classes: int, *, widths: Se
     flat = widths[-1] * (image_shape[1] // 16) * (image_shape[2] // 16)
     head = nn.Sequential(
         nn.Flatten(),
-        nn.Linear(flat, fc), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(flat, fc),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(fc, fc),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(fc, num_classes),
     )
     layers.append(("classifier", head))
@@ -182,7 +196,9 @@ def _vgg19_bn(image_shape: tuple[int, int, int], num_classes: int, *, width_mult
         if v != "M":
             block.append(max(1, int(v * width_mult)))
             continue
-        layers.append((f"pool{len(layers) + 1}", _conv_stage(in_ch, block[0], (3,) * len(block), bn_first=True)))
+        layers.append(
+            (f"pool{len(layers) + 1}", _conv_stage(in_ch, block[0], (3,) * len(block), bn_first=True))
+        )
         in_ch, block = block[0], []
     flat = in_ch * (image_shape[1] // 32) * (image_shape[2] // 32)
     layers.append(("classifier", nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))))

@@ -22,7 +22,10 @@ from pp_cluster.nets.classifiers import PartitionedNet, activation_shape, split
 from pp_cluster.nets.noise import GaussianNoise
 from pp_cluster.plugins import Registry
 
-_OUTPUT_ACTIVATIONS: dict[tuple[float, float], type[nn.Module]] = {(0.0, 1.0): nn.Sigmoid, (-1.0, 1.0): nn.Tanh}
+_OUTPUT_ACTIVATIONS: dict[tuple[float, float], type[nn.Module]] = {
+    (0.0, 1.0): nn.Sigmoid,
+    (-1.0, 1.0): nn.Tanh,
+}
 
 
 def _output_activation(value_range: tuple[float, float]) -> nn.Module:
@@ -62,7 +65,9 @@ def _reverse(module: nn.Module, channels: int, image_shape: tuple[int, ...], fir
         if module.stride != (1, 1) or not all(k % 2 for k in module.kernel_size):
             raise ValueError(f"deconv can only undo stride-1 odd-kernel convolutions, got {module}")
         padding = tuple(k // 2 for k in module.kernel_size)
-        return nn.ConvTranspose2d(module.out_channels, module.in_channels, module.kernel_size, padding=padding)
+        return nn.ConvTranspose2d(
+            module.out_channels, module.in_channels, module.kernel_size, padding=padding
+        )
     if isinstance(module, nn.Linear):
         return nn.Linear(module.out_features, module.in_features)
     if isinstance(module, nn.Flatten) and first:
@@ -70,7 +75,9 @@ def _reverse(module: nn.Module, channels: int, image_shape: tuple[int, ...], fir
     raise ValueError(f"deconv cannot reverse {module} (only conv, 2×2 pool, linear, input flatten)")
 
 
-def _deconv(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module) -> nn.Sequential:
+def _deconv(
+    net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module
+) -> nn.Sequential:
     """Walk the local layers backwards: a 2×2 pool becomes a 3×3 stride-2 transposed conv
     (×2 upsampling), a k×k conv a k×k transposed conv back to its input channels, a linear
     layer a linear layer back to its input width; BatchNorm → ReLU between them (App. C)."""
@@ -103,8 +110,16 @@ def _fc_hidden(image_shape: tuple[int, ...]) -> int:
     return max(64, 64 * round(prod(image_shape) / 3 / 64))
 
 
-def _dense(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module, *,
-           hidden: int | None = None, hidden_act: type[nn.Module] = nn.ReLU, dropout: float = 0.0) -> nn.Sequential:
+def _dense(
+    net: PartitionedNet,
+    partition: str,
+    act_shape: tuple[int, ...],
+    out_act: nn.Module,
+    *,
+    hidden: int | None = None,
+    hidden_act: type[nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+) -> nn.Sequential:
     """Flatten → Linear(hidden) → act → [Dropout] → Linear(image) → output activation.
     ``hidden=None`` sizes the hidden layer by ``_fc_hidden``; ``hidden=0`` drops it."""
     hidden = _fc_hidden(net.image_shape) if hidden is None else hidden
@@ -121,14 +136,19 @@ def _dense(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_
 _CONV1D_CHANNELS, _CONV1D_KERNEL, _CONV1D_STRIDE = 4, 5, 2
 
 
-def _conv1d(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module) -> nn.Sequential:
+def _conv1d(
+    net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module
+) -> nn.Sequential:
     """App. A attacker 7: 1-D conv → ReLU → Linear(image) → output activation."""
     d, pad = prod(act_shape), _CONV1D_KERNEL // 2
     length = (d + 2 * pad - _CONV1D_KERNEL) // _CONV1D_STRIDE + 1
     return nn.Sequential(
-        nn.Flatten(), nn.Unflatten(1, (1, d)),
-        nn.Conv1d(1, _CONV1D_CHANNELS, _CONV1D_KERNEL, stride=_CONV1D_STRIDE, padding=pad), nn.ReLU(),
-        nn.Flatten(), *_image_head(_CONV1D_CHANNELS * length, net.image_shape, out_act),
+        nn.Flatten(),
+        nn.Unflatten(1, (1, d)),
+        nn.Conv1d(1, _CONV1D_CHANNELS, _CONV1D_KERNEL, stride=_CONV1D_STRIDE, padding=pad),
+        nn.ReLU(),
+        nn.Flatten(),
+        *_image_head(_CONV1D_CHANNELS * length, net.image_shape, out_act),
     )
 
 
@@ -137,8 +157,9 @@ def _conv1d(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out
 _RESDEC_MIN_WIDTH = 16
 
 
-def _resdec(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module, *,
-            width: int = 64) -> nn.Sequential:
+def _resdec(
+    net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module, *, width: int = 64
+) -> nn.Sequential:
     """Stem to a ``width``-channel grid, a residual block, then per ×2 step: nearest
     upsample → 3×3 conv (halving channels, at least 16) → residual block; 3×3 conv to the
     image. Neither a reversed encoder nor an MLP, so defenders trained against those
@@ -150,14 +171,20 @@ def _resdec(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out
         stem = [nn.Conv2d(act_shape[0], width, 1, bias=False)]
     else:
         h, w = ceil(H / 4), ceil(W / 4)
-        stem = [nn.Flatten(), nn.Linear(prod(act_shape), width * h * w, bias=False), nn.Unflatten(1, (width, h, w))]
+        stem = [
+            nn.Flatten(),
+            nn.Linear(prod(act_shape), width * h * w, bias=False),
+            nn.Unflatten(1, (width, h, w)),
+        ]
     layers = [*stem, nn.BatchNorm2d(width), nn.ReLU(), BasicBlock(width, width)]
     ch = width
     for halvings in reversed(range(ceil(log2(max(H / h, W / w, 1))))):
         out = max(_RESDEC_MIN_WIDTH, ch // 2)
         layers += [
             nn.Upsample(size=(ceil(H / 2**halvings), ceil(W / 2**halvings)), mode="nearest"),
-            nn.Conv2d(ch, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+            nn.Conv2d(ch, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(),
             BasicBlock(out, out),
         ]
         ch = out
@@ -184,7 +211,9 @@ class MeanImage(nn.Module):
         return self.mean.unsqueeze(0).expand(h.shape[0], *self.mean.shape)
 
 
-def _mean_image(net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module) -> nn.Module:
+def _mean_image(
+    net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module
+) -> nn.Module:
     return MeanImage(net.image_shape)
 
 
@@ -202,15 +231,22 @@ class Decoder(NamedTuple):
 DECODER_REGISTRY: Registry[Decoder] = Registry("decoder")
 
 
-def register_decoder(name: str, builder: Callable[..., nn.Module] | None = None, *,
-                     fixed: dict[str, object] | None = None, options: tuple[str, ...] = (),
-                     mnist_only: bool = False, baseline: bool = False):
+def register_decoder(
+    name: str,
+    builder: Callable[..., nn.Module] | None = None,
+    *,
+    fixed: dict[str, object] | None = None,
+    options: tuple[str, ...] = (),
+    mnist_only: bool = False,
+    baseline: bool = False,
+):
     """Register decoder ``name``: ``builder(net, partition, act_shape, out_act, **fixed,
     **options) -> nn.Module`` maps ``B×act_shape`` activations to ``B×net.image_shape``
     images and ends in ``out_act`` (the data's value range). ``options`` are the keywords a
     caller may pass to :func:`build_decoder`; ``baseline`` marks an attacker that reads
     nothing from H (never a defender, never the worst case). Without ``builder``, a decorator.
     """
+
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         DECODER_REGISTRY.register(name, Decoder(fn, dict(fixed or {}), tuple(options), mnist_only, baseline))
         return fn
@@ -254,8 +290,9 @@ BASELINES = DECODER_REGISTRY.names(where=lambda d: d.baseline, key=_zoo_order)
 MNIST_ONLY = DECODER_REGISTRY.names(where=lambda d: d.mnist_only, key=_zoo_order)
 
 
-def build_decoder(name: str, net: PartitionedNet, partition: str, value_range: tuple[float, float],
-                  **options: object) -> nn.Module:
+def build_decoder(
+    name: str, net: PartitionedNet, partition: str, value_range: tuple[float, float], **options: object
+) -> nn.Module:
     """A fresh decoder ``name`` from ``net``'s activation at ``partition`` to its images.
 
     ``options``: ``hidden`` for ``fc``/``sparse_fc`` (default: ``_fc_hidden``), ``width``
@@ -265,7 +302,9 @@ def build_decoder(name: str, net: PartitionedNet, partition: str, value_range: t
         raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(DECODERS)}")
     entry = DECODER_REGISTRY[name]
     if entry.mnist_only and net.arch != "mnist_mlp":
-        raise ValueError(f"decoder {name!r} is an Appendix A MNIST network, only for mnist_mlp, not {net.arch}")
+        raise ValueError(
+            f"decoder {name!r} is an Appendix A MNIST network, only for mnist_mlp, not {net.arch}"
+        )
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for decoder {name!r}; valid: {list(entry.options)}")

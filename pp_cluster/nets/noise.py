@@ -25,7 +25,11 @@ class GaussianNoise(nn.Module):
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+        if (
+            isinstance(sigma, bool)
+            or not isinstance(sigma, (int, float))
+            or not (math.isfinite(sigma) and sigma >= 0)
+        ):
             raise ValueError(f"GaussianNoise sigma must be a finite number >= 0, got {sigma!r}")
         self.sigma = float(sigma)
 
@@ -54,7 +58,9 @@ def add_activation_noise(net: PartitionedNet, partition: str, sigma: float) -> P
     given the same ``add_activation_noise`` call (σ itself is not stored).
     """
     if partition not in net.partitions:
-        raise ValueError(f"unknown partition {partition!r} for {net.arch}; valid: {', '.join(net.partitions)}")
+        raise ValueError(
+            f"unknown partition {partition!r} for {net.arch}; valid: {', '.join(net.partitions)}"
+        )
     stage = net.stages[partition]
     if any(isinstance(m, GaussianNoise) for m in stage.modules()):
         raise ValueError(f"stage {partition!r} of {net.arch} already has activation noise")

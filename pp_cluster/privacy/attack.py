@@ -43,14 +43,18 @@ class AttackConfig:
         if not self.lr > 0:
             raise ValueError(f"AttackConfig.lr must be > 0, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"AttackConfig.optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"AttackConfig.optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"AttackConfig.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.patience is not None and not (isinstance(self.patience, int) and self.patience >= 1):
             raise ValueError(f"AttackConfig.patience must be None or an integer >= 1, got {self.patience!r}")
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in (None, True, False):
-                raise ValueError(f"AttackConfig.{name} must be True, False or None, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"AttackConfig.{name} must be True, False or None, got {getattr(self, name)!r}"
+                )
 
     def fast_paths(self) -> tuple[bool, bool]:
         """(bf16 autocast, channels-last) as used (:func:`pp_cluster.precision.resolve`)."""
@@ -70,8 +74,9 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters(), torch.empty(0)).device
 
 
-def compute_activations(local: nn.Module, x: Tensor, batch_size: int = 512,
-                        device: str | torch.device = "cpu") -> Tensor:
+def compute_activations(
+    local: nn.Module, x: Tensor, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> Tensor:
     """``H = f_local(x)`` in eval mode without gradients, returned on the CPU.
 
     ``local`` is moved to ``device``; its train/eval mode is restored afterwards.
@@ -85,15 +90,18 @@ def compute_activations(local: nn.Module, x: Tensor, batch_size: int = 512,
     return torch.cat(out)
 
 
-def _reconstruct(attacker: nn.Module, h: Tensor, value_range: tuple[float, float], batch_size: int,
-                 amp: bool = False) -> Tensor:
+def _reconstruct(
+    attacker: nn.Module, h: Tensor, value_range: tuple[float, float], batch_size: int, amp: bool = False
+) -> Tensor:
     """Attacker outputs clipped to the value range (App. C), eval mode, on h's device, in fp32
     (the forward under bf16 autocast when ``amp``; the metrics always see fp32 images)."""
     device = _device_of(attacker)
     attacker.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        recs = [clip_to_range(attacker(h[i : i + batch_size].to(device)).float(), value_range).to(h.device)
-                for i in range(0, len(h), batch_size)]
+        recs = [
+            clip_to_range(attacker(h[i : i + batch_size].to(device)).float(), value_range).to(h.device)
+            for i in range(0, len(h), batch_size)
+        ]
     return torch.cat(recs)
 
 
@@ -116,8 +124,9 @@ def attacker_optimizer(cfg: AttackConfig, params) -> torch.optim.Optimizer:
     return build_optimizer(cfg.optimizer, params, cfg.lr)
 
 
-def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_range: tuple[float, float],
-                   cfg: AttackConfig) -> tuple[nn.Module, dict[str, float | int]]:
+def train_attacker(
+    attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_range: tuple[float, float], cfg: AttackConfig
+) -> tuple[nn.Module, dict[str, float | int]]:
     """Fit ``attacker`` on (activation, image) pairs and keep its lowest-validation-MSE
     weights (the paper saves each attacker "when the MSE loss achieves its minimum").
 
@@ -131,8 +140,14 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     if hasattr(attacker, "fit_closed_form"):  # a baseline (nets.decoders.MeanImage): no training
         t0 = time.perf_counter()
         attacker.to(cfg.device).fit_closed_form(h_train, x_train)
-        return attacker.eval(), {"best_val_mse": None, "best_epoch": 0, "epochs_run": 0, "val_mse": [],
-                                 "seconds": time.perf_counter() - t0, "amp": False}
+        return attacker.eval(), {
+            "best_val_mse": None,
+            "best_epoch": 0,
+            "epochs_run": 0,
+            "val_mse": [],
+            "seconds": time.perf_counter() - t0,
+            "amp": False,
+        }
     n_val = max(1, round(len(x_train) * cfg.val_fraction))
     if len(x_train) - n_val < 1:
         raise ValueError(f"{len(x_train)} pairs leave nothing to train on after holding out {n_val}")
@@ -141,8 +156,9 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout inside the attacker
     perm = torch.randperm(len(x_train), generator=gen).to(device)
-    use_amp, channels_last = precision.resolve_for(attacker, tuple(h_train.shape[1:]), device, cfg.amp,
-                                                   cfg.channels_last)
+    use_amp, channels_last = precision.resolve_for(
+        attacker, tuple(h_train.shape[1:]), device, cfg.amp, cfg.channels_last
+    )
     fmt = torch.channels_last if channels_last and h_train.ndim == 4 else torch.contiguous_format
     h_all = h_train.to(device, torch.float32).contiguous(memory_format=fmt)
     x_all = x_train.to(device, torch.float32)
@@ -181,8 +197,14 @@ def train_attacker(attacker: nn.Module, h_train: Tensor, x_train: Tensor, value_
     if best_state is not None:
         attacker.load_state_dict(best_state)
     attacker.eval()
-    return attacker, {"best_val_mse": best_mse, "best_epoch": best_epoch, "epochs_run": len(curve),
-                      "val_mse": curve, "seconds": time.perf_counter() - t0, "amp": use_amp}
+    return attacker, {
+        "best_val_mse": best_mse,
+        "best_epoch": best_epoch,
+        "epochs_run": len(curve),
+        "val_mse": curve,
+        "seconds": time.perf_counter() - t0,
+        "amp": use_amp,
+    }
 
 
 def evaluate_attack(
@@ -229,4 +251,6 @@ def evaluate_attack(
         "reprint_acc": reprint,
         "n_eval": len(x),
     }
-    return AttackResult(metrics, to_unit(recs[:n_keep], value_range), to_unit(x[:n_keep], value_range).clamp(0, 1))
+    return AttackResult(
+        metrics, to_unit(recs[:n_keep], value_range), to_unit(x[:n_keep], value_range).clamp(0, 1)
+    )

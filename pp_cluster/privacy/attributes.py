@@ -18,8 +18,9 @@ Images arrive in the data set's ``value_range`` and are turned into grey [0, 1] 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,9 @@ class DetectorParams:
 # Searched by calibrate(): the settings that move detection rate vs. false positives most
 # on 64×64 LFW (max_size and a larger min_size changed nothing or only lost faces there).
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
-    "scale_factor": (1.1, 1.2), "step_ratio": (1.0, 1.5), "min_neighbors": (1, 2, 3),
+    "scale_factor": (1.1, 1.2),
+    "step_ratio": (1.0, 1.5),
+    "min_neighbors": (1, 2, 3),
 }
 
 
@@ -101,8 +104,12 @@ class FaceDetector:
             lo = max(_WINDOW, round(params.min_size * side))
             hi = max(lo, round(params.max_size * side))
             boxes = self._cascade.detect_multi_scale(
-                im, scale_factor=params.scale_factor, step_ratio=params.step_ratio, min_size=(lo, lo),
-                max_size=(hi, hi), min_neighbor_number=params.min_neighbors,
+                im,
+                scale_factor=params.scale_factor,
+                step_ratio=params.step_ratio,
+                min_size=(lo, lo),
+                max_size=(hi, hi),
+                min_neighbor_number=params.min_neighbors,
             )
             out[i] = len(boxes) > 0
         return out
@@ -117,7 +124,7 @@ class FaceDetector:
         negatives: Tensor | None = None,
         max_false_rate: float = 0.05,
         grid: Mapping[str, Sequence[Any]] | None = None,
-    ) -> "FaceDetector":
+    ) -> FaceDetector:
         """Pick the ``grid`` point (over :class:`DetectorParams` fields, default
         :data:`DEFAULT_GRID`) that maximises detection rate minus false-positive rate on
         ``originals`` (real faces) and ``negatives`` (default :func:`non_face_crops`),
@@ -136,8 +143,11 @@ class FaceDetector:
         faces = to_grey(originals, self.value_range)
         if len(faces) == 0:
             raise ValueError("calibrate needs at least one original image")
-        clutter = (non_face_crops(max(faces.shape[1:])) if negatives is None
-                   else to_grey(negatives, self.value_range))
+        clutter = (
+            non_face_crops(max(faces.shape[1:]))
+            if negatives is None
+            else to_grey(negatives, self.value_range)
+        )
         if len(clutter) == 0:
             raise ValueError("calibrate needs at least one negative image")
         candidates = []
@@ -148,11 +158,18 @@ class FaceDetector:
         ok = [c for c in candidates if c["false_rate"] <= max_false_rate]
         if not ok:
             best = min(c["false_rate"] for c in candidates)
-            raise ValueError(f"no grid point keeps the false-positive rate <= {max_false_rate} "
-                             f"(lowest {best:.3f}); widen the grid (e.g. more min_neighbors)")
+            raise ValueError(
+                f"no grid point keeps the false-positive rate <= {max_false_rate} "
+                f"(lowest {best:.3f}); widen the grid (e.g. more min_neighbors)"
+            )
         best = max(ok, key=lambda c: (c["detection_rate"] - c["false_rate"], -c["false_rate"]))
         self.params = best["params"]
-        self.calibration = {**best, "n_originals": len(faces), "n_negatives": len(clutter), "candidates": candidates}
+        self.calibration = {
+            **best,
+            "n_originals": len(faces),
+            "n_negatives": len(clutter),
+            "candidates": candidates,
+        }
         return self
 
 
@@ -179,11 +196,17 @@ class GenderClassifier:
         h, w = grey.shape[1:]
         dh, dw = round(h * (1 - self.CROP) / 2), round(w * (1 - self.CROP) / 2)
         side = self.FEATURE_SIDE
-        return np.stack([
-            feature.hog(transform.resize(g[dh : h - dh, dw : w - dw], (side, side), order=1, anti_aliasing=True),
-                        orientations=9, pixels_per_cell=(side // 8, side // 8), cells_per_block=(2, 2))
-            for g in grey
-        ]).astype(np.float32)
+        return np.stack(
+            [
+                feature.hog(
+                    transform.resize(g[dh : h - dh, dw : w - dw], (side, side), order=1, anti_aliasing=True),
+                    orientations=9,
+                    pixels_per_cell=(side // 8, side // 8),
+                    cells_per_block=(2, 2),
+                )
+                for g in grey
+            ]
+        ).astype(np.float32)
 
     @staticmethod
     def _labels(split: Split) -> np.ndarray:
@@ -191,13 +214,15 @@ class GenderClassifier:
             raise ValueError("split has no attrs['gender'] (lfw: load with the gender lists present)")
         return split.attrs["gender"].cpu().numpy()
 
-    def fit(self, split: Split) -> "GenderClassifier":
+    def fit(self, split: Split) -> GenderClassifier:
         """Train on the images of ``split`` with a known gender (label -1 is skipped)."""
         y = self._labels(split)
         known = y >= 0
         if len(np.unique(y[known])) < 2:
-            raise ValueError(f"fit needs both genders among the labelled images, got counts "
-                             f"{dict(zip(*np.unique(y[known], return_counts=True)))}")
+            raise ValueError(
+                f"fit needs both genders among the labelled images, got counts "
+                f"{dict(zip(*np.unique(y[known], return_counts=True)))}"
+            )
         x = self.features(split.x[torch.from_numpy(known)])
         self.model = make_pipeline(
             StandardScaler(), LinearSVC(C=self.C, class_weight="balanced", random_state=self.seed)
@@ -227,11 +252,14 @@ def _scores(labels: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     known = labels >= 0
     if not known.any():
         raise ValueError("no image with a known gender to score")
-    return float((pred[known] == labels[known]).mean()), float(balanced_accuracy_score(labels[known], pred[known]))
+    return float((pred[known] == labels[known]).mean()), float(
+        balanced_accuracy_score(labels[known], pred[known])
+    )
 
 
-def attribute_metrics(reconstructions: Tensor, originals_split: Split, detector: FaceDetector,
-                      classifier: GenderClassifier) -> dict[str, float | int]:
+def attribute_metrics(
+    reconstructions: Tensor, originals_split: Split, detector: FaceDetector, classifier: GenderClassifier
+) -> dict[str, float | int]:
     """Table III's #CG / #DF / #TI for ``reconstructions`` of ``originals_split.x``, and
     the same pipeline on the originals as the ceiling.
 
@@ -243,8 +271,10 @@ def attribute_metrics(reconstructions: Tensor, originals_split: Split, detector:
     n_gender_unknown.
     """
     if reconstructions.shape != originals_split.x.shape:
-        raise ValueError(f"reconstructions {tuple(reconstructions.shape)} and originals "
-                         f"{tuple(originals_split.x.shape)} differ in shape")
+        raise ValueError(
+            f"reconstructions {tuple(reconstructions.shape)} and originals "
+            f"{tuple(originals_split.x.shape)} differ in shape"
+        )
     labels = GenderClassifier._labels(originals_split)
     found = detector.detect(reconstructions)
     pred = np.full(len(labels), -2, dtype=np.int64)  # -2: not classified (no face found)
@@ -277,11 +307,19 @@ class AttributeJudge:
     classifier: GenderClassifier
 
     @classmethod
-    def for_dataset(cls, test: Split, disjoint: Split | None, value_range: tuple[float, float],
-                    n_calibrate: int = 200, seed: int = 0) -> "AttributeJudge":
+    def for_dataset(
+        cls,
+        test: Split,
+        disjoint: Split | None,
+        value_range: tuple[float, float],
+        n_calibrate: int = 200,
+        seed: int = 0,
+    ) -> AttributeJudge:
         if disjoint is None or "gender" not in disjoint.attrs or "gender" not in test.attrs:
-            raise ValueError("attribute inference needs gender labels and a disjoint split of other people "
-                             "(lfw: dataset options disjoint=True and the gender lists beside the images)")
+            raise ValueError(
+                "attribute inference needs gender labels and a disjoint split of other people "
+                "(lfw: dataset options disjoint=True and the gender lists beside the images)"
+            )
         detector = FaceDetector(value_range).calibrate(test.x[:n_calibrate])
         return cls(detector, GenderClassifier(value_range, seed=seed).fit(disjoint))
 

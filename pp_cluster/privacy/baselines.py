@@ -11,7 +11,7 @@ SSIM and classification accuracy both fall as ε shrinks.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +57,18 @@ def dp_pixelate(
     pixels = (images - lo) * (255.0 / (hi - lo))
     cells = F.avg_pool2d(pixels, b, ceil_mode=True)  # border cells: mean over the pixels inside
     if eps != math.inf:
-        count = F.avg_pool2d(torch.ones(1, 1, h, w, dtype=images.dtype, device=images.device), b,
-                             ceil_mode=True, divisor_override=1)
+        count = F.avg_pool2d(
+            torch.ones(1, 1, h, w, dtype=images.dtype, device=images.device),
+            b,
+            ceil_mode=True,
+            divisor_override=1,
+        )
         scale = 255.0 * count.clamp(max=m) / (count * eps)
         # Laplace(scale) is the difference of two Exponential(1/scale) draws; unlike
         # torch.distributions, exponential_ takes a generator.
-        draws = torch.empty((2, *cells.shape), dtype=cells.dtype, device=cells.device).exponential_(generator=generator)
+        draws = torch.empty((2, *cells.shape), dtype=cells.dtype, device=cells.device).exponential_(
+            generator=generator
+        )
         cells = (cells + scale * (draws[0] - draws[1])).clamp(0.0, 255.0)
     blocks = cells.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)[..., :h, :w]
     return blocks * ((hi - lo) / 255.0) + lo
@@ -86,11 +92,15 @@ def pixelation_sweep(
     for eps in eps_values:
         gen = torch.Generator(device=split.x.device).manual_seed(seed)
         released = dp_pixelate(split.x, b, m, eps, value_range, gen)
-        rows.append({
-            "eps": float(eps), "b": b, "m": m,
-            "test_acc": reprint_accuracy(classifier, released, split.y),
-            "ssim": ssim(split.x, released, value_range),
-            "mse": mse(split.x, released, value_range),
-            "psnr": psnr(split.x, released, value_range),
-        })
+        rows.append(
+            {
+                "eps": float(eps),
+                "b": b,
+                "m": m,
+                "test_acc": reprint_accuracy(classifier, released, split.y),
+                "ssim": ssim(split.x, released, value_range),
+                "mse": mse(split.x, released, value_range),
+                "psnr": psnr(split.x, released, value_range),
+            }
+        )
     return rows

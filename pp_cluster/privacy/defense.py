@@ -172,8 +172,12 @@ class TrainConfig:
 
     def defender_settings(self) -> tuple[str, float, float, float]:
         """(optimizer, lr, momentum, weight_decay) of the defenders, defaults resolved."""
-        pairs = ((self.defender_optimizer, self.optimizer), (self.defender_lr, self.lr),
-                 (self.defender_momentum, self.momentum), (self.defender_weight_decay, self.weight_decay))
+        pairs = (
+            (self.defender_optimizer, self.optimizer),
+            (self.defender_lr, self.lr),
+            (self.defender_momentum, self.momentum),
+            (self.defender_weight_decay, self.weight_decay),
+        )
         return tuple(model if own is None else own for own, model in pairs)  # type: ignore[return-value]
 
 
@@ -203,8 +207,9 @@ class _Partitioned(nn.Module):
         return h, self.remote(h)
 
 
-def build_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """Adam (L2 via ``weight_decay``, as torch's Adam does it), AdamW (decoupled weight decay)
     or SGD with momentum."""
     if name not in OPTIMIZERS:
@@ -253,15 +258,23 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 or (rest == 1 and n <= 2) else 0)
 
 
-def evaluate_accuracy(net: nn.Module, split: Split, batch_size: int = _EVAL_BATCH,
-                      device: str | torch.device | None = None) -> float:
+def evaluate_accuracy(
+    net: nn.Module, split: Split, batch_size: int = _EVAL_BATCH, device: str | torch.device | None = None
+) -> float:
     """Classification accuracy of ``net`` on a split (eval mode, no grad)."""
     return reprint_accuracy(net, split.x, split.y, batch_size, device)
 
 
-def _check_inputs(local: nn.Module, defenders: Sequence[nn.Module], train: Split, test: Split,
-                  value_range: tuple[float, float], cfg: TrainConfig, resume: dict | None,
-                  shard: tuple[int, int]) -> None:
+def _check_inputs(
+    local: nn.Module,
+    defenders: Sequence[nn.Module],
+    train: Split,
+    test: Split,
+    value_range: tuple[float, float],
+    cfg: TrainConfig,
+    resume: dict | None,
+    shard: tuple[int, int],
+) -> None:
     """ValueError for inputs :func:`train_defended` cannot train on."""
     lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
@@ -272,8 +285,10 @@ def _check_inputs(local: nn.Module, defenders: Sequence[nn.Module], train: Split
     check_defense(cfg, local, defenders)
     for name, s in (("train", train), ("test", test)):
         if len(s) == 0 or len(s.y) != len(s):
-            raise ValueError(f"{name} split must be non-empty with one label per image, got "
-                             f"{len(s)} images and {len(s.y)} labels")
+            raise ValueError(
+                f"{name} split must be non-empty with one label per image, got "
+                f"{len(s)} images and {len(s.y)} labels"
+            )
     if len(train) < world:
         raise ValueError(f"train split has {len(train)} images, fewer than the {world} shards")
     if resume is not None and len(resume["defenders"]) != len(defenders):
@@ -309,21 +324,33 @@ class _Run:
         return [self.ctx.optimizer, *self.ctx.defender_optimizers]
 
 
-def _schedulers(cfg: TrainConfig, optimizers: Sequence[torch.optim.Optimizer], per_epoch: int
-                ) -> tuple[list[Any], Any]:
+def _schedulers(
+    cfg: TrainConfig, optimizers: Sequence[torch.optim.Optimizer], per_epoch: int
+) -> tuple[list[Any], Any]:
     """(every scheduler, the one stepped per batch or None); ``optimizers[0]`` is the classifier's."""
     if cfg.schedule == "step" and cfg.lr_step:
         return [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step, cfg.lr_gamma) for o in optimizers], None
     if cfg.schedule == "onecycle":
         batch_scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizers[0], max_lr=cfg.lr, total_steps=max(1, cfg.epochs * per_epoch), pct_start=0.3)
+            optimizers[0], max_lr=cfg.lr, total_steps=max(1, cfg.epochs * per_epoch), pct_start=0.3
+        )
         return [batch_scheduler], batch_scheduler  # saved and restored with the rest; stepped per batch
     return [], None
 
 
-def _setup(net: nn.Module, local: nn.Module, remote: nn.Module, defenders: Sequence[nn.Module],
-           train: Split, test: Split, value_range: tuple[float, float], cfg: TrainConfig,
-           resume: dict | None, wrap: Callable[[nn.Module], nn.Module] | None, shard: tuple[int, int]) -> _Run:
+def _setup(
+    net: nn.Module,
+    local: nn.Module,
+    remote: nn.Module,
+    defenders: Sequence[nn.Module],
+    train: Split,
+    test: Split,
+    value_range: tuple[float, float],
+    cfg: TrainConfig,
+    resume: dict | None,
+    wrap: Callable[[nn.Module], nn.Module] | None,
+    shard: tuple[int, int],
+) -> _Run:
     """Modules on the device (resumed weights loaded before wrapping), optimisers, schedules,
     the seeded generators, the data on the device."""
     rank, world = shard
@@ -341,7 +368,9 @@ def _setup(net: nn.Module, local: nn.Module, remote: nn.Module, defenders: Seque
     model = wrap(classifier) if wrap else classifier
     wrapped_defenders = [wrap(d) if wrap else d for d in defenders]
 
-    optimizer = build_optimizer(cfg.optimizer, classifier.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = build_optimizer(
+        cfg.optimizer, classifier.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay
+    )
     d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
     d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
     n_used = len(train) - len(train) % world
@@ -350,15 +379,36 @@ def _setup(net: nn.Module, local: nn.Module, remote: nn.Module, defenders: Seque
 
     order_gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
-    ctx = StepContext(cfg=cfg, model=model, defenders=list(defenders), wrapped_defenders=wrapped_defenders,
-                      optimizer=optimizer, defender_optimizers=d_optimizers, value_range=value_range,
-                      use_amp=use_amp, device_type=device.type,
-                      distributed=world > 1 and dist.is_available() and dist.is_initialized())
-    run = _Run(cfg=cfg, net=net, defenders=list(defenders), ctx=ctx, schedulers=schedulers,
-               batch_scheduler=batch_scheduler, order_gen=order_gen, device=device,
-               x_train=train.x.to(device).contiguous(memory_format=fmt), y_train=train.y.to(device),
-               test=Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device)),
-               n_used=n_used, per_epoch=per_epoch, shard=shard, fmt=fmt, fill=float(value_range[0]))
+    ctx = StepContext(
+        cfg=cfg,
+        model=model,
+        defenders=list(defenders),
+        wrapped_defenders=wrapped_defenders,
+        optimizer=optimizer,
+        defender_optimizers=d_optimizers,
+        value_range=value_range,
+        use_amp=use_amp,
+        device_type=device.type,
+        distributed=world > 1 and dist.is_available() and dist.is_initialized(),
+    )
+    run = _Run(
+        cfg=cfg,
+        net=net,
+        defenders=list(defenders),
+        ctx=ctx,
+        schedulers=schedulers,
+        batch_scheduler=batch_scheduler,
+        order_gen=order_gen,
+        device=device,
+        x_train=train.x.to(device).contiguous(memory_format=fmt),
+        y_train=train.y.to(device),
+        test=Split(test.x.to(device).contiguous(memory_format=fmt), test.y.to(device)),
+        n_used=n_used,
+        per_epoch=per_epoch,
+        shard=shard,
+        fmt=fmt,
+        fill=float(value_range[0]),
+    )
     if resume is not None:
         _restore(run, resume)
     return run
@@ -381,16 +431,21 @@ def _restore(run: _Run, resume: dict) -> None:
 
 def _state(run: _Run, epoch: int) -> dict[str, Any]:
     """A CPU snapshot after ``epoch``: what ``resume=`` continues from."""
-    return _snapshot({
-        "epoch": epoch,
-        "net": run.net.state_dict(),
-        "defenders": [d.state_dict() for d in run.defenders],
-        "optimizer": run.ctx.optimizer.state_dict(),
-        "defender_optimizers": [o.state_dict() for o in run.ctx.defender_optimizers],
-        "schedulers": [s.state_dict() for s in run.schedulers],
-        "rng": {"order": run.order_gen.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    })
+    return _snapshot(
+        {
+            "epoch": epoch,
+            "net": run.net.state_dict(),
+            "defenders": [d.state_dict() for d in run.defenders],
+            "optimizer": run.ctx.optimizer.state_dict(),
+            "defender_optimizers": [o.state_dict() for o in run.ctx.defender_optimizers],
+            "schedulers": [s.state_dict() for s in run.schedulers],
+            "rng": {
+                "order": run.order_gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+    )
 
 
 def _on_every_shard(finite: bool, run: _Run) -> bool:
@@ -411,7 +466,9 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
     for d in run.ctx.wrapped_defenders:
         d.train()
     lr = run.ctx.optimizer.param_groups[0]["lr"]
-    order = torch.randperm(len(run.x_train), generator=run.order_gen)[:run.n_used][rank::world].to(run.device)
+    order = torch.randperm(len(run.x_train), generator=run.order_gen)[: run.n_used][rank::world].to(
+        run.device
+    )
     task_sum = dist_sum = 0.0
     correct = seen = 0
     has_distance = False  # whether the defense reports a distance: d(x, D_best(h)) or dCor

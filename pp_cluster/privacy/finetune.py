@@ -70,5 +70,8 @@ def finetune_remote(
         for p in local.parameters():
             p.requires_grad_(True)
     after = evaluate_accuracy(net, test_on_device, device=device)
-    return {"finetune_acc_before": before, "finetune_acc_after": after,
-            "finetune_seconds": time.perf_counter() - t0}
+    return {
+        "finetune_acc_before": before,
+        "finetune_acc_after": after,
+        "finetune_seconds": time.perf_counter() - t0,
+    }

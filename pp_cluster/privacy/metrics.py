@@ -38,6 +38,7 @@ def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
     value_range)`` returns each image's distance (shape ``(N,)``, differentiable in
     ``x_rec``; small = a close reconstruction). The defenders minimise its batch mean and λ
     weighs it in the classifier's loss; it gets fp32 inputs in ``value_range``."""
+
     def add(fn: DistanceFn) -> DistanceFn:
         DISTANCE_REGISTRY.register(name, fn)
         return fn
@@ -63,11 +64,15 @@ def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
 
 def _check_pair(x: Tensor, x_rec: Tensor) -> None:
     if x.shape != x_rec.shape:
-        raise ValueError(f"originals {tuple(x.shape)} and reconstructions {tuple(x_rec.shape)} differ in shape")
+        raise ValueError(
+            f"originals {tuple(x.shape)} and reconstructions {tuple(x_rec.shape)} differ in shape"
+        )
     if x.ndim != 4:
         raise ValueError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
     if min(x.shape[-2:]) < SSIM_WIN:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {SSIM_WIN}×{SSIM_WIN} SSIM window")
+        raise ValueError(
+            f"images of {tuple(x.shape[-2:])} px are smaller than the {SSIM_WIN}×{SSIM_WIN} SSIM window"
+        )
 
 
 def to_unit(x: Tensor, value_range: tuple[float, float]) -> Tensor:
@@ -83,7 +88,11 @@ def _unit_numpy(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
 def mse_images(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> np.ndarray:
     """Per-image mean squared pixel error in [0, 1] space (what a bootstrap over images resamples)."""
     _check_pair(x, x_rec)
-    return ((_unit_numpy(x, value_range) - _unit_numpy(x_rec, value_range)) ** 2).reshape(len(x), -1).mean(axis=1)
+    return (
+        ((_unit_numpy(x, value_range) - _unit_numpy(x_rec, value_range)) ** 2)
+        .reshape(len(x), -1)
+        .mean(axis=1)
+    )
 
 
 def mse(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
@@ -103,7 +112,9 @@ def ssim_images(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> n
     """Per-image scikit-image SSIM (7×7 uniform window, data_range 1)."""
     return _per_image(
         lambda p, q, **kw: structural_similarity(p, q, data_range=1.0, win_size=SSIM_WIN, **kw),
-        x, x_rec, value_range,
+        x,
+        x_rec,
+        value_range,
     )
 
 
@@ -115,9 +126,13 @@ def ssim(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
 def psnr(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> float:
     """Mean over images of scikit-image's PSNR (data_range 1); ``inf`` if an image is exact."""
     with np.errstate(divide="ignore"):
-        return float(np.mean(_per_image(
-            lambda p, q, **_: peak_signal_noise_ratio(p, q, data_range=1.0), x, x_rec, value_range
-        )))
+        return float(
+            np.mean(
+                _per_image(
+                    lambda p, q, **_: peak_signal_noise_ratio(p, q, data_range=1.0), x, x_rec, value_range
+                )
+            )
+        )
 
 
 def _box_mean(t: Tensor, use_conv: bool | None = None) -> Tensor:
@@ -267,15 +282,21 @@ def dpd(
             if a.shape[1] == 1:
                 a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
             if min(a.shape[-2:]) < _LPIPS_SIDE:
-                a, b = (F.interpolate(t, size=(_LPIPS_SIDE, _LPIPS_SIDE), mode="bilinear", align_corners=False)
-                        for t in (a, b))
+                a, b = (
+                    F.interpolate(t, size=(_LPIPS_SIDE, _LPIPS_SIDE), mode="bilinear", align_corners=False)
+                    for t in (a, b)
+                )
             total += float(model(a, b).sum())
     return total / len(x), None
 
 
 # --- reprint accuracy --------------------------------------------------------------------
 def reprint_accuracy(
-    classifier: nn.Module, x_rec: Tensor, y: Tensor, batch_size: int = 256, device: str | torch.device | None = None
+    classifier: nn.Module,
+    x_rec: Tensor,
+    y: Tensor,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
 ) -> float:
     """Accuracy of the trained ``classifier`` on images ``x_rec`` (eval mode, no grad).
 

@@ -16,7 +16,13 @@ from pp_cluster.privacy.defense import TrainConfig
 
 _MNIST = dict(optimizer="adam", lr=1e-4, defender_lr=1e-3, batch_size=32, epochs=500)  # V-B
 _LFW = dict(  # V-C: SGD 0.9, lr 0.01 ×0.1 every 100 epochs, 250 epochs, L2, λ 0.1
-    optimizer="sgd", lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1, epochs=250, lam=0.1,
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    lr_step=100,
+    lr_gamma=0.1,
+    epochs=250,
+    lam=0.1,
     weight_decay=5e-4,  # our choice: the paper applies L2 without a value
     batch_size=32,  # our choice: not stated
 )
@@ -25,19 +31,36 @@ _LFW = dict(  # V-C: SGD 0.9, lr 0.01 ×0.1 every 100 epochs, 250 epochs, L2, λ
 # train with plain Adam at a constant 1e-3, so the best defender stays sharp while the
 # classifier's lr anneals. Epochs come from the sweep (the CPU profile: 30).
 _LFW_FAST = dict(
-    optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="onecycle", label_smoothing=0.1,
-    augment="crop_flip", batch_size=32, epochs=30, lam=0.1,
-    defender_optimizer="adam", defender_lr=1e-3, defender_weight_decay=0.0,
+    optimizer="adamw",
+    lr=2e-3,
+    weight_decay=0.05,
+    schedule="onecycle",
+    label_smoothing=0.1,
+    augment="crop_flip",
+    batch_size=32,
+    epochs=30,
+    lam=0.1,
+    defender_optimizer="adam",
+    defender_lr=1e-3,
+    defender_weight_decay=0.0,
 )
 _CIFAR = dict(  # App. C: SGD 0.9, lr 0.01 ×0.1 every 50 epochs, wd 5e-4, 150 epochs, crop+flip
-    optimizer="sgd", lr=0.01, momentum=0.9, lr_step=50, lr_gamma=0.1, weight_decay=5e-4, epochs=150,
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    lr_step=50,
+    lr_gamma=0.1,
+    weight_decay=5e-4,
+    epochs=150,
     augment="crop_flip",
     batch_size=128,  # our choice: not stated
 )
 RECIPE_NAMES = ("paper", "fast")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "mnist": {"paper": _MNIST}, "digits": {"paper": _MNIST},
-    "lfw": {"paper": _LFW, "fast": _LFW_FAST}, "lfw-subset": {"paper": _LFW, "fast": _LFW_FAST},
+    "mnist": {"paper": _MNIST},
+    "digits": {"paper": _MNIST},
+    "lfw": {"paper": _LFW, "fast": _LFW_FAST},
+    "lfw-subset": {"paper": _LFW, "fast": _LFW_FAST},
     "cifar10": {"paper": _CIFAR},
 }
 
@@ -47,7 +70,9 @@ def recipe(dataset: str, name: str = "paper", **overrides: Any) -> TrainConfig:
     if dataset not in RECIPES:
         raise ValueError(f"no training recipe for data set {dataset!r}; known: {', '.join(RECIPES)}")
     if name not in RECIPES[dataset]:
-        raise ValueError(f"no {name!r} recipe for data set {dataset!r}; it has: {', '.join(RECIPES[dataset])}")
+        raise ValueError(
+            f"no {name!r} recipe for data set {dataset!r}; it has: {', '.join(RECIPES[dataset])}"
+        )
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

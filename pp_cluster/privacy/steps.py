@@ -72,8 +72,12 @@ class StepStats:
     @property
     def finite(self) -> bool:
         """False once any loss or distance is NaN or infinite: the run has diverged."""
-        values = (self.loss, self.task_loss, *self.defender_losses,
-                  *(() if self.distance is None else (self.distance,)))
+        values = (
+            self.loss,
+            self.task_loss,
+            *self.defender_losses,
+            *(() if self.distance is None else (self.distance,)),
+        )
         return all(math.isfinite(v) for v in values)
 
 
@@ -126,8 +130,15 @@ def classifier_step(ctx: StepContext, loss: Tensor) -> None:
     ctx.optimizer.step()
 
 
-def record(fwd: Forward, y: Tensor, loss: Tensor, *, defender_losses: Sequence[Tensor] = (),
-           distance: Tensor | None = None, best: int | None = None) -> StepStats:
+def record(
+    fwd: Forward,
+    y: Tensor,
+    loss: Tensor,
+    *,
+    defender_losses: Sequence[Tensor] = (),
+    distance: Tensor | None = None,
+    best: int | None = None,
+) -> StepStats:
     """The batch's :class:`StepStats`, moved to the host in one transfer."""
     named = {"loss": loss, "task_loss": fwd.task, "correct": (fwd.logits.argmax(dim=1) == y).sum()}
     named |= {f"defender_{k}": v for k, v in enumerate(defender_losses)}
@@ -135,8 +146,12 @@ def record(fwd: Forward, y: Tensor, loss: Tensor, *, defender_losses: Sequence[T
         named["distance"] = distance
     values = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
     return StepStats(
-        loss=values["loss"], task_loss=values["task_loss"], correct=int(values["correct"]), n=len(y),
-        distance=values.get("distance"), best=best,
+        loss=values["loss"],
+        task_loss=values["task_loss"],
+        correct=int(values["correct"]),
+        n=len(y),
+        distance=values.get("distance"),
+        best=best,
         defender_losses=tuple(values[f"defender_{k}"] for k in range(len(defender_losses))),
     )
 
@@ -256,14 +271,21 @@ class Defense(NamedTuple):
 DEFENSE_REGISTRY: Registry[Defense] = Registry("defense")
 
 
-def register_defense(name: str, step: StepFn | None = None, *, simultaneous: StepFn | None = None,
-                     defenders: bool = False, check: Callable[[TrainConfig, nn.Module], None] | None = None):
+def register_defense(
+    name: str,
+    step: StepFn | None = None,
+    *,
+    simultaneous: StepFn | None = None,
+    defenders: bool = False,
+    check: Callable[[TrainConfig, nn.Module], None] | None = None,
+):
     """Register defense ``name`` (what λ > 0 trains; the ``defense`` column): ``step`` for
     ``update="alternating"`` and, unless ``simultaneous`` is given, for ``"simultaneous"``
     too (where the order means nothing). ``defenders``: it trains the sweep's defender suite
     (``ctx.defenders``; a suite is then required at λ > 0, and refused otherwise).
     ``check(cfg, local)`` raises ValueError when the local partition lacks what the defense
     needs. Without ``step``, a decorator."""
+
     def add(fn: StepFn) -> StepFn:
         DEFENSE_REGISTRY.register(name, Defense(fn, simultaneous or fn, defenders, check))
         return fn
@@ -275,11 +297,15 @@ def _check_noise(cfg: TrainConfig, local: nn.Module) -> None:
     if cfg.lam > 0:
         sigmas = [m.sigma for m in local.modules() if isinstance(m, GaussianNoise)]
         if not any(math.isclose(s, cfg.lam, rel_tol=1e-9, abs_tol=0.0) for s in sigmas):
-            raise ValueError(f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
-                             f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}")
+            raise ValueError(
+                f"defense 'noise' with lam={cfg.lam}: the local partition must add that noise "
+                f"(add_activation_noise before split); its GaussianNoise sigmas: {sigmas}"
+            )
 
 
-register_defense("partition", partition_alternating_step, simultaneous=partition_simultaneous_step, defenders=True)
+register_defense(
+    "partition", partition_alternating_step, simultaneous=partition_simultaneous_step, defenders=True
+)
 register_defense("nopeek", nopeek_step)  # no defenders: the two orders coincide
 register_defense("noise", plain_step, check=_check_noise)  # the noise is in the net
 
@@ -316,8 +342,10 @@ def step_function(defense: str, update: str) -> StepFn:
         return STEPS[(defense, update)]
     except KeyError:
         pairs = ", ".join(f"({d!r}, {u!r})" for d, u in STEPS)
-        raise ValueError(f"no training step for defense={defense!r} with update={update!r}; "
-                         f"registered (defense, update) pairs: {pairs}") from None
+        raise ValueError(
+            f"no training step for defense={defense!r} with update={update!r}; "
+            f"registered (defense, update) pairs: {pairs}"
+        ) from None
 
 
 def check_defense(cfg: TrainConfig, local: nn.Module, defenders: Sequence[nn.Module]) -> None:

@@ -76,14 +76,17 @@ def test_digits_offline(no_network):
     assert matches.any() and bunch.target[matches][0] == small.train.y[0].item()
 
 
-@pytest.mark.parametrize("name, options, match", [
-    ("digits", {"sizes": 28}, "valid options: size"),
-    ("lfw", {"min_face": 3}, "min_faces"),
-    ("mnist", {"limit": 5}, "limit_train"),
-    ("digits", {"size": 0}, "size"),
-    ("digits", {"test_fraction": 1.5}, "test_fraction"),
-    ("lfw-subset", {"color": "yes"}, "color"),
-])
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        ("digits", {"sizes": 28}, "valid options: size"),
+        ("lfw", {"min_face": 3}, "min_faces"),
+        ("mnist", {"limit": 5}, "limit_train"),
+        ("digits", {"size": 0}, "size"),
+        ("digits", {"test_fraction": 1.5}, "test_fraction"),
+        ("lfw-subset", {"color": "yes"}, "color"),
+    ],
+)
 def test_bad_options(name, options, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(name, **options)
@@ -101,8 +104,16 @@ def _toy(n_train: int = 40, n_test: int = 10, disjoint: bool = False) -> Dataset
         ids = torch.arange(offset, offset + n, dtype=torch.float32)
         return Split(ids.view(n, 1, 1, 1), torch.arange(n) % 2 if y is None else torch.full((n,), y))
 
-    return Dataset("toy", split(n_train, 0), split(n_test, 1000), ("a", "b"), (1, 1, 1), (0.0, 1.0), {},
-                   split(30, 2000, -1) if disjoint else None)
+    return Dataset(
+        "toy",
+        split(n_train, 0),
+        split(n_test, 1000),
+        ("a", "b"),
+        (1, 1, 1),
+        (0.0, 1.0),
+        {},
+        split(30, 2000, -1) if disjoint else None,
+    )
 
 
 def test_attacker_data_train():

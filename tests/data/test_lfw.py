@@ -61,7 +61,11 @@ def test_filter_and_split(lfw_root, cache):
     ds = load_dataset("lfw", lfw_root, min_faces=4, size=8)
     assert ds.classes == ("Alice_Adams", "Bob_Brown", "Carl_Cole")
     assert (len(ds.train), len(ds.test)) == (12, 3) and ds.image_shape == (3, 8, 8)
-    assert ds.value_range == (-1.0, 1.0) and ds.train.x.dtype == torch.float32 and ds.train.y.dtype == torch.int64
+    assert (
+        ds.value_range == (-1.0, 1.0)
+        and ds.train.x.dtype == torch.float32
+        and ds.train.y.dtype == torch.int64
+    )
     for split in (ds.train, ds.test):
         assert set(split.y.tolist()) == {0, 1, 2}  # stratified by person: everyone in both
         assert _person(split) == [ds.classes[i] for i in split.y.tolist()]  # labels match the pixels
@@ -71,7 +75,9 @@ def test_filter_and_split(lfw_root, cache):
 
 
 def test_options_grey_seed_and_parent_root(lfw_root, cache):
-    grey = load_dataset("lfw", lfw_root.parent, min_faces=4, size=8, color=False)  # parent holding the variant
+    grey = load_dataset(
+        "lfw", lfw_root.parent, min_faces=4, size=8, color=False
+    )  # parent holding the variant
     assert grey.image_shape == (1, 8, 8) and grey.meta["variant"] == "lfw-deepfunneled"
     ds = load_dataset("lfw", lfw_root, min_faces=4, size=8)
     assert grey.meta["cache_key"] != ds.meta["cache_key"]
@@ -117,8 +123,10 @@ def test_unwritable_cache_only_warns(lfw_root, cache, monkeypatch):
 
 def test_concurrent_loads_agree(lfw_root, cache):
     results = []
-    threads = [threading.Thread(target=lambda: results.append(load_dataset("lfw", lfw_root, min_faces=4, size=8)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(load_dataset("lfw", lfw_root, min_faces=4, size=8)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -148,9 +156,22 @@ def test_gender_lists(lfw_root, cache):
     (gender / "male_names.txt").write_bytes("\r\n".join(male).encode() + b"\r\n")
     (gender / "female_names.txt").write_bytes("\r\n".join(female).encode() + b"\r\n")
     ds = load_dataset("lfw", lfw_root, min_faces=4, size=8, disjoint=True)  # found next to the LFW folder
-    assert ds.meta["gender"] == {"n_images": 18, "labelled": 13, "in_both": 1, "in_neither": 5, "male": 7,
-                                 "female": 5, "people_in_both": 1}
-    expected = {"Alice_Adams": {1}, "Bob_Brown": {-1}, "Carl_Cole": {0}, "Dora_Diaz": {1, -1}, "Emil_Eck": {0}}
+    assert ds.meta["gender"] == {
+        "n_images": 18,
+        "labelled": 13,
+        "in_both": 1,
+        "in_neither": 5,
+        "male": 7,
+        "female": 5,
+        "people_in_both": 1,
+    }
+    expected = {
+        "Alice_Adams": {1},
+        "Bob_Brown": {-1},
+        "Carl_Cole": {0},
+        "Dora_Diaz": {1, -1},
+        "Emil_Eck": {0},
+    }
     for split in (ds.train, ds.test, ds.disjoint):
         seen: dict[str, set[int]] = {}
         for who, g in zip(_person(split), split.attrs["gender"].tolist()):
@@ -164,7 +185,9 @@ def test_gender_lists(lfw_root, cache):
 
 
 def test_bad_input(tmp_path, lfw_root, cache, monkeypatch):
-    monkeypatch.setattr(common, "_decode", lambda *a: pytest.fail("decoding started before the input was checked"))
+    monkeypatch.setattr(
+        common, "_decode", lambda *a: pytest.fail("decoding started before the input was checked")
+    )
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset("lfw", tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()

@@ -21,7 +21,11 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">i4").tobytes() + array.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + np.array(array.shape, ">i4").tobytes()
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def _write_mnist(root: Path, n_train: int = 50, n_test: int = 20, gz: bool = True) -> dict[str, np.ndarray]:
@@ -80,10 +84,18 @@ def _write_cifar_batches(folder: Path, per_batch: int = 20, n_train_batches: int
         y = rng.permutation(np.arange(per_batch) % 10)
         x = np.zeros((per_batch, 3, 32, 32), np.uint8)
         x[:, 0] = (y * 20 + 5)[:, None, None]
-        batch = {b"batch_label": name.encode(), b"labels": y.tolist(), b"data": x.reshape(per_batch, -1),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": y.tolist(),
+            b"data": x.reshape(per_batch, -1),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
-    meta = {b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072, b"num_cases_per_batch": per_batch}
+    meta = {
+        b"label_names": [c.encode() for c in CIFAR_CLASSES],
+        b"num_vis": 3072,
+        b"num_cases_per_batch": per_batch,
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
 
 
@@ -94,7 +106,12 @@ def _red_label(split) -> torch.Tensor:
 def test_cifar_pickle_batches(tmp_path):
     _write_cifar_batches(tmp_path / "cifar-10-batches-py")
     ds = load_dataset("cifar10", tmp_path)  # the parent of cifar-10-batches-py
-    assert (len(ds.train), len(ds.test), ds.image_shape, ds.value_range) == (100, 20, (3, 32, 32), (-1.0, 1.0))
+    assert (len(ds.train), len(ds.test), ds.image_shape, ds.value_range) == (
+        100,
+        20,
+        (3, 32, 32),
+        (-1.0, 1.0),
+    )
     assert ds.classes == tuple(CIFAR_CLASSES) and ds.meta["layout"] == "pickle batches"
     assert torch.equal(_red_label(ds.train), ds.train.y) and torch.equal(_red_label(ds.test), ds.test.y)
     assert (ds.train.x[:, 1:] == -1).all()  # the channel-major row layout is read as C×H×W
@@ -156,9 +173,11 @@ def test_fetch_offline_fails_fast(tmp_path, monkeypatch):
         raise OSError("network unreachable (test)")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    for name, expected in (("mnist", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"),
-                           ("cifar10", "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"),
-                           ("lfw", "<Person_Name>/<Person_Name>_NNNN.jpg")):
+    for name, expected in (
+        ("mnist", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"),
+        ("cifar10", "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"),
+        ("lfw", "<Person_Name>/<Person_Name>_NNNN.jpg"),
+    ):
         start = time.monotonic()
         with pytest.raises(ConnectionError, match="Place the files by hand") as err:
             fetch_dataset(name, tmp_path)

@@ -40,7 +40,12 @@ def real_lfw(shared_data, cache):
 
 def test_real_lfw_counts(real_lfw, shared_data):
     ds, _ = real_lfw
-    assert (ds.num_classes, len(ds.train) + len(ds.test), len(ds.train), len(ds.test)) == (34, 2370, 1896, 474)
+    assert (ds.num_classes, len(ds.train) + len(ds.test), len(ds.train), len(ds.test)) == (
+        34,
+        2370,
+        1896,
+        474,
+    )
     assert ds.image_shape == (3, 64, 64) and ds.meta["variant"] == "lfw-deepfunneled"
     lines = (shared_data / "lfw" / "people_min30.txt").read_text().splitlines()
     expected = sorted(line.split("\t")[0] for line in lines if line.strip())  # "Name<TAB>count"
@@ -72,7 +77,9 @@ def test_real_lfw_gender(real_lfw):
 def test_real_lfw_second_load_from_cache(real_lfw, shared_data, cache, monkeypatch):
     ds, _ = real_lfw
     monkeypatch.setattr(common, "_decode", lambda *a: pytest.fail("decoded although cached"))
-    again = load_dataset("lfw", shared_data / "lfw" / "lfw-deepfunneled", min_faces=30, disjoint=True, disjoint_max=600)
+    again = load_dataset(
+        "lfw", shared_data / "lfw" / "lfw-deepfunneled", min_faces=30, disjoint=True, disjoint_max=600
+    )
     assert again.meta["cache_hit"] and again.meta["disjoint_cache_hit"]
     assert torch.equal(again.test.x, ds.test.x) and torch.equal(again.disjoint.x, ds.disjoint.x)
 
@@ -97,12 +104,17 @@ def test_real_cifar10_png(shared_data, cache):
 def test_every_driver_quick_profile_loads_its_real_data(shared_data):
     """Every driver's quick profile, given its real data, passes validation and loads (the
     CIFAR quick profile once passed an option its loader did not have)."""
-    from pp_cluster import pipeline
-    from pp_cluster.cli import add_sweep_args, spec_from_args
     import argparse
 
-    roots = {"lfw_grid": shared_data / "lfw" / "lfw-deepfunneled", "mnist_table1": shared_data / "mnist",
-             "mnist_table2": shared_data / "mnist", "cifar_vgg": shared_data / "cifar10"}
+    from pp_cluster import pipeline
+    from pp_cluster.cli import add_sweep_args, spec_from_args
+
+    roots = {
+        "lfw_grid": shared_data / "lfw" / "lfw-deepfunneled",
+        "mnist_table1": shared_data / "mnist",
+        "mnist_table2": shared_data / "mnist",
+        "cifar_vgg": shared_data / "cifar10",
+    }
     for driver, root in roots.items():
         p = argparse.ArgumentParser()
         add_sweep_args(p)

@@ -44,8 +44,12 @@ def test_resume_with_a_changed_spec_is_refused_naming_the_fields(tiny_sweep, tmp
     # How and where a sweep runs is not part of its identity.
     from pp_cluster.config import Resources
 
-    assert manifest.differences(manifest.identity(spec),
-                                manifest.identity(spec.with_(resources=Resources(pool_size=7)))) == []
+    assert (
+        manifest.differences(
+            manifest.identity(spec), manifest.identity(spec.with_(resources=Resources(pool_size=7)))
+        )
+        == []
+    )
 
 
 def test_fresh_run_of_an_existing_sweep_is_refused(tiny_sweep, tmp_path, no_ray):
@@ -85,8 +89,9 @@ lease.release()
 def test_a_second_driver_is_refused_and_a_dead_holders_lease_is_taken_over(tiny_sweep, tmp_path, no_ray):
     spec = tiny_sweep(tmp_path / "res", name="held").validate()
     where = manifest.sweep_dir(spec.results_uri(), "held")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"  # waits on the holder, not on a clock
         with pytest.raises(LeaseHeld, match=rf"pid {holder.pid}") as err:
@@ -100,8 +105,14 @@ def test_a_second_driver_is_refused_and_a_dead_holders_lease_is_taken_over(tiny_
     # A holder that died without releasing (SIGKILL): same host, pid gone -> taken over at once.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    body = {"host": socket.gethostname(), "pid": dead.pid, "token": "old", "started_at": "then",
-            "heartbeat": time.time(), "ttl_s": 120}
+    body = {
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "token": "old",
+        "started_at": "then",
+        "heartbeat": time.time(),
+        "ttl_s": 120,
+    }
     os.makedirs(where, exist_ok=True)
     with open(f"{where}/{LEASE}", "w") as f:
         json.dump(body, f)
@@ -127,4 +138,6 @@ def test_a_field_added_to_the_spec_later_counts_as_its_default(tiny_sweep, tmp_p
     recorded = manifest.identity(spec)
     del recorded["plugins"]  # a manifest written before SweepSpec had plugins
     assert manifest.differences(recorded, manifest.identity(spec)) == []
-    assert manifest.differences(recorded, manifest.identity(spec.with_(plugins=("x",)))) == ['plugins: [] -> ["x"]']
+    assert manifest.differences(recorded, manifest.identity(spec.with_(plugins=("x",)))) == [
+        'plugins: [] -> ["x"]'
+    ]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_store import attack_row, epoch_rows, model_row  # noqa: E402 (the store tests' row factories)
 
 from pp_cluster.cli import main
 from pp_cluster.results.compact import compact
 from pp_cluster.results.store import ResultStore
-
-from test_store import attack_row, epoch_rows, model_row  # noqa: E402 (the store tests' row factories)
 
 
 def _fill(store: ResultStore, n: int) -> None:
@@ -20,7 +19,9 @@ def _fill(store: ResultStore, n: int) -> None:
         store.write("epochs", "s", f"m{m}", epoch_rows(f"m{m}"))
         for a in range(3):
             status = "failed" if (m, a) == (0, 0) else "ok"
-            row = attack_row(f"a{m}x{a}", f"m{m}", status=status, error="boom" if status == "failed" else None)
+            row = attack_row(
+                f"a{m}x{a}", f"m{m}", status=status, error="boom" if status == "failed" else None
+            )
             store.write("attacks", "s", f"a{m}x{a}", [row])
 
 

@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 
 from pp_cluster.cli import main
-from pp_cluster.results.store import KEY_COLUMN, ResultStore, UnreadableFile
 from pp_cluster.farm.sweep import run_sweep
 from pp_cluster.farm.trial import read_ok_attacks
+from pp_cluster.results.store import KEY_COLUMN, ResultStore, UnreadableFile
 
 pytestmark = pytest.mark.farm
 
 
-def test_truncated_attack_file_is_skipped_quarantined_and_recomputed(tiny_sweep, ray_cluster, tmp_path, capsys):
+def test_truncated_attack_file_is_skipped_quarantined_and_recomputed(
+    tiny_sweep, ray_cluster, tmp_path, capsys
+):
     root = tmp_path / "res"
     spec = tiny_sweep(root, name="damaged", partitions=("pool1",), lams=(0.0, 1.0), attackers=("fc",))
     run_sweep(spec, verbose=False)

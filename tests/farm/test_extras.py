@@ -19,8 +19,16 @@ def test_noise_defense_finetuning_and_dp_pixelation_rows(tiny_sweep, ray_cluster
     from analysis import load
     from analysis.tables import figure7_data
 
-    spec = tiny_sweep(tmp_path / "res", name="extras", partitions=("pool1",), lams=(0.0, 0.5), attackers=("fc",),
-                      defense="noise", finetune_epochs=1, dp_epsilons=(0.5, math.inf))
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="extras",
+        partitions=("pool1",),
+        lams=(0.0, 0.5),
+        attackers=("fc",),
+        defense="noise",
+        finetune_epochs=1,
+        dp_epsilons=(0.5, math.inf),
+    )
     outcome = run_sweep(spec, verbose=False)
     assert outcome.n_errored == 0
 
@@ -51,8 +59,14 @@ def test_noise_defense_finetuning_and_dp_pixelation_rows(tiny_sweep, ray_cluster
 
 
 def test_nopeek_defense_trains_against_distance_correlation(tiny_sweep, ray_cluster, tmp_path):
-    spec = tiny_sweep(tmp_path / "res", name="nopeek", partitions=("pool1",), lams=(1.0,), attackers=("fc",),
-                      defense="nopeek")
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="nopeek",
+        partitions=("pool1",),
+        lams=(1.0,),
+        attackers=("fc",),
+        defense="nopeek",
+    )
     assert run_sweep(spec, verbose=False).n_errored == 0
     models = pd.read_parquet(tmp_path / "res" / "models")
     epochs = pd.read_parquet(tmp_path / "res" / "epochs")
@@ -65,9 +79,17 @@ def test_attribute_inference_on_real_lfw(tiny_sweep, ray_cluster, tmp_path, shar
     root = shared_data / "lfw" / "lfw-deepfunneled"
     if not (shared_data / "lfw" / "gender").is_dir():
         pytest.skip("LFW gender lists not available")
-    spec = tiny_sweep(tmp_path / "res", name="gender", dataset="lfw", data_root=str(root),
-                      dataset_options={"min_faces": 100, "size": 32, "disjoint": True, "disjoint_max": 400},
-                      partitions=("pool1",), lams=(0.0,), attackers=("fc",), attributes=True)
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="gender",
+        dataset="lfw",
+        data_root=str(root),
+        dataset_options={"min_faces": 100, "size": 32, "disjoint": True, "disjoint_max": 400},
+        partitions=("pool1",),
+        lams=(0.0,),
+        attackers=("fc",),
+        attributes=True,
+    )
     assert run_sweep(spec, verbose=False).n_errored == 0
     attacks = pd.read_parquet(tmp_path / "res" / "attacks")
     (row,) = attacks.to_dict("records")

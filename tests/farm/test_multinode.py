@@ -43,8 +43,13 @@ def observed(tmp_path_factory):
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     with open(log, "w") as log_f:
-        child = subprocess.Popen([sys.executable, __file__, str(work), str(out)], env=env, stdout=log_f,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, __file__, str(work), str(out)],
+            env=env,
+            stdout=log_f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             child.wait(timeout=CHILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -154,8 +159,10 @@ def _actors() -> dict[str, dict]:
         a = gcs_pb2.ActorTableData.FromString(raw)
         out[a.actor_id.hex()] = {
             # Tune's second trainable class of a process is "wrap_function.<locals>.ImplicitFunc".
-            "cls": a.class_name.rsplit(".", 1)[-1], "node": a.address.node_id.hex(),
-            "state": gcs_pb2.ActorTableData.ActorState.Name(a.state), "res": _plain(a.required_resources),
+            "cls": a.class_name.rsplit(".", 1)[-1],
+            "node": a.address.node_id.hex(),
+            "state": gcs_pb2.ActorTableData.ActorState.Name(a.state),
+            "res": _plain(a.required_resources),
         }
     return out
 
@@ -179,12 +186,30 @@ def _run_spread(cluster, work: Path, facts: dict) -> None:
 
     before = set(_actors())
     results = f"file://{work}/spread"
-    spec = _tiny_sweep(results, name="spread", partitions=("pool1",), lams=(0.0, 1.0), attackers=("fc",),
-                       resources=Resources(use_gpu=True, gpus_per_trial=0.5, cpus_per_worker=0.5, pool_size=2,
-                                           attacker_cpus=1.5, attacker_gpus=0.25, max_failures=1))
+    spec = _tiny_sweep(
+        results,
+        name="spread",
+        partitions=("pool1",),
+        lams=(0.0, 1.0),
+        attackers=("fc",),
+        resources=Resources(
+            use_gpu=True,
+            gpus_per_trial=0.5,
+            cpus_per_worker=0.5,
+            pool_size=2,
+            attacker_cpus=1.5,
+            attacker_gpus=0.25,
+            max_failures=1,
+        ),
+    )
     outcome = run_sweep(spec)
-    facts.update(sweep=spec.name, results=results, n_trials=outcome.n_trials, n_errored=outcome.n_errored,
-                 actors=[a for i, a in _actors().items() if i not in before])
+    facts.update(
+        sweep=spec.name,
+        results=results,
+        n_trials=outcome.n_trials,
+        n_errored=outcome.n_errored,
+        actors=[a for i, a in _actors().items() if i not in before],
+    )
 
 
 def _run_failover(cluster, work: Path, facts: dict) -> None:
@@ -193,16 +218,23 @@ def _run_failover(cluster, work: Path, facts: dict) -> None:
     from conftest import _tiny_sweep
 
     from pp_cluster.config import Resources
-    from pp_cluster.results.store import ResultStore
     from pp_cluster.farm.sweep import run_sweep
+    from pp_cluster.results.store import ResultStore
 
     before = set(_actors())
     results = f"file://{work}/failover"
     # use_gpu left to the farm: the cluster's (logical) GPUs decide it.
-    spec = _tiny_sweep(results, name="failover", partitions=("pool1",), lams=(0.0, 1.0), epochs=3,
-                       attackers=("fc", "deconv"),
-                       resources=Resources(gpus_per_trial=0.5, cpus_per_worker=0.5, pool_size=2, attacker_cpus=0.5,
-                                           checkpoint_interval_s=0))  # every epoch checkpoints
+    spec = _tiny_sweep(
+        results,
+        name="failover",
+        partitions=("pool1",),
+        lams=(0.0, 1.0),
+        epochs=3,
+        attackers=("fc", "deconv"),
+        resources=Resources(
+            gpus_per_trial=0.5, cpus_per_worker=0.5, pool_size=2, attacker_cpus=0.5, checkpoint_interval_s=0
+        ),
+    )  # every epoch checkpoints
     nodes = {n.node_id: n for n in cluster.worker_nodes}
     checkpoints = work / "failover" / "_ray"
     store = ResultStore(results)
@@ -218,7 +250,9 @@ def _run_failover(cluster, work: Path, facts: dict) -> None:
             victim = None
             while victim is None and not finished.wait(0.05):
                 alive = [a for a in _actors().values() if a["state"] == "ALIVE"]
-                victim = next((a["node"] for a in alive if a["cls"] == TRIAL_CLASS and a["node"] in nodes), None)
+                victim = next(
+                    (a["node"] for a in alive if a["cls"] == TRIAL_CLASS and a["node"] in nodes), None
+                )
                 facts["polls"] = facts.get("polls", 0) + 1
             if victim is None:
                 facts["removed"] = None
@@ -241,9 +275,17 @@ def _run_failover(cluster, work: Path, facts: dict) -> None:
     if "watcher_error" in facts:
         raise RuntimeError(facts["watcher_error"])
     at_removal = set(facts.pop("actors_at_removal", []))
-    facts.update(sweep=spec.name, results=results, n_trials=outcome.n_trials, n_errored=outcome.n_errored,
-                 actors=[dict(a, started_after_removal=i not in at_removal)
-                         for i, a in _actors().items() if i not in before])
+    facts.update(
+        sweep=spec.name,
+        results=results,
+        n_trials=outcome.n_trials,
+        n_errored=outcome.n_errored,
+        actors=[
+            dict(a, started_after_removal=i not in at_removal)
+            for i, a in _actors().items()
+            if i not in before
+        ],
+    )
 
 
 def _child(work: Path, out: Path, only=None) -> None:

@@ -54,8 +54,14 @@ def test_a_plugin_outside_the_package_runs_a_farm_sweep_with_its_own_net_attacke
     (src / "my_plugins.py").write_text(readme_plugin())
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    child = subprocess.run([sys.executable, __file__, str(src), str(results)], env=env, cwd=run,
-                           capture_output=True, text=True, timeout=360)
+    child = subprocess.run(
+        [sys.executable, __file__, str(src), str(results)],
+        env=env,
+        cwd=run,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     assert child.returncode == 0, (child.stdout + child.stderr)[-6000:]
 
     models, attacks = pd.read_parquet(results / "models"), pd.read_parquet(results / "attacks")
@@ -77,9 +83,19 @@ if __name__ == "__main__":
     from pp_cluster.farm.sweep import run_sweep
 
     spec = SweepSpec(
-        name="plugins", dataset="stripes", dataset_options={"n": 120}, arch="tiny_cnn", arch_options={"width": 4},
-        partitions=("block1",), lams=(0.0, 1.0), defense="shrink", attackers=("upsampler", "mean_image"),
-        epochs=1, attack_epochs=1, results=results_dir, plugins=("my_plugins",),
+        name="plugins",
+        dataset="stripes",
+        dataset_options={"n": 120},
+        arch="tiny_cnn",
+        arch_options={"width": 4},
+        partitions=("block1",),
+        lams=(0.0, 1.0),
+        defense="shrink",
+        attackers=("upsampler", "mean_image"),
+        epochs=1,
+        attack_epochs=1,
+        results=results_dir,
+        plugins=("my_plugins",),
         resources=Resources(pool_size=1, attacker_cpus=0.5, cpus_per_worker=1.0, max_failures=0),
     )
     outcome = run_sweep(spec, num_cpus=4)

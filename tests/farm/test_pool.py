@@ -36,8 +36,9 @@ def test_activations_once_whatever_the_zoo(tiny_sweep, tmp_path):
     model.local.forward = lambda *a, **k: pytest.fail("an attacker ran the local partition")
     for name in ("deconv", "fc", "sparse_fc"):
         attack = tiny_sweep(tmp_path).with_(attackers=(name,)).attack_specs()[0]
-        row, _ = pipeline.run_attack(attack, model.net, spec, (ds.image_shape, ds.num_classes, ds.value_range),
-                                     inputs)
+        row, _ = pipeline.run_attack(
+            attack, model.net, spec, (ds.image_shape, ds.num_classes, ds.value_range), inputs
+        )
         assert row["n_eval"] == len(ds.test)
     assert counting.calls == after_activations
 
@@ -55,9 +56,15 @@ def test_killed_attacker_actor_is_replaced_and_its_attack_retried(tiny_sweep, ra
     ray.get(victim.pid.remote(), timeout=120)  # the actor is up: the kill lands mid-attack
     refs = [ray.put(inputs), ray.put(model.net.state_dict())]
     attack = sweep.attack_specs()[0]
-    job = {"sweep": sweep.name, "model_id": model_id, "attack_id": attack.attack_id(model_id, "pool1"),
-           "model": spec.to_dict(), "attack": attack.__dict__,
-           "shape": (list(ds.image_shape), ds.num_classes, list(ds.value_range)), "n_keep": 0}
+    job = {
+        "sweep": sweep.name,
+        "model_id": model_id,
+        "attack_id": attack.attack_id(model_id, "pool1"),
+        "model": spec.to_dict(),
+        "attack": attack.__dict__,
+        "shape": (list(ds.image_shape), ds.num_classes, list(ds.value_range)),
+        "n_keep": 0,
+    }
     fut = pool.attack.remote(job, refs)
     deadline = time.monotonic() + 120  # wait for the attack to be running on the only actor
     while ray.get(pool.stats.remote())["running"] != 1:

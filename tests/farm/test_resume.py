@@ -22,10 +22,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _command(results: Path, resume: bool) -> list[str]:
-    return [sys.executable, str(REPO / "sweeps" / "lfw_grid.py"), "--quick", "--name", "killed",
-            "--results", str(results), "--partitions", "pool1,pool2", "--lams", "0,1", "--epochs", "2",
-            "--attack-epochs", "1", "--attackers", "fc,deconv", "--seeds", "0", "--num-cpus", "2"] \
-        + (["--resume"] if resume else [])
+    return [
+        sys.executable,
+        str(REPO / "sweeps" / "lfw_grid.py"),
+        "--quick",
+        "--name",
+        "killed",
+        "--results",
+        str(results),
+        "--partitions",
+        "pool1,pool2",
+        "--lams",
+        "0,1",
+        "--epochs",
+        "2",
+        "--attack-epochs",
+        "1",
+        "--attackers",
+        "fc,deconv",
+        "--seeds",
+        "0",
+        "--num-cpus",
+        "2",
+    ] + (["--resume"] if resume else [])
 
 
 def _models(models_dir: Path) -> dict[str, int]:
@@ -33,19 +52,32 @@ def _models(models_dir: Path) -> dict[str, int]:
 
 
 def _rows(results: Path) -> int:
-    return sum(1 for t in ("models", "attacks") for f in (results / t).rglob("*.parquet") if f.name != "empty.parquet")
+    return sum(
+        1
+        for t in ("models", "attacks")
+        for f in (results / t).rglob("*.parquet")
+        if f.name != "empty.parquet"
+    )
 
 
 def _interrupt_after_next_row(results: Path, resume: bool, sig: int) -> subprocess.CompletedProcess:
     """Start the sweep, wait (on the tables) until one more model or attack row exists, send ``sig``."""
     before = _rows(results)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(_command(results, resume), env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(results, resume),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 400
     try:
         while _rows(results) <= before:
-            assert proc.poll() is None, "the sweep ended before a row was written:\n" + proc.stderr.read()[-3000:]
+            assert proc.poll() is None, (
+                "the sweep ended before a row was written:\n" + proc.stderr.read()[-3000:]
+            )
             assert time.time() < deadline, "no row written in time"
             time.sleep(0.5)
     finally:
@@ -80,7 +112,9 @@ def test_interrupted_sweeps_exit_130_143_and_resume_without_duplicates_or_rework
     assert "Fatal Python error" not in third.stderr and "Traceback" not in third.stderr
 
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    last = subprocess.run(_command(results, resume=True), env=env, capture_output=True, text=True, timeout=900)
+    last = subprocess.run(
+        _command(results, resume=True), env=env, capture_output=True, text=True, timeout=900
+    )
     assert last.returncode == 0, last.stderr[-3000:]
 
     models = pd.read_parquet(models_dir)
@@ -91,8 +125,11 @@ def test_interrupted_sweeps_exit_130_143_and_resume_without_duplicates_or_rework
     assert len(attacks) == 8 and attacks["attack_id"].is_unique
     undefended = models.loc[models["lam"] == 0, "model_id"].item()
     expected = {(undefended, p, a) for p in ("pool1", "pool2") for a in ("fc", "deconv")}
-    expected |= {(m, p, a) for m, p in models.loc[models["lam"] > 0, ["model_id", "partition"]].values
-                 for a in ("fc", "deconv")}
+    expected |= {
+        (m, p, a)
+        for m, p in models.loc[models["lam"] > 0, ["model_id", "partition"]].values
+        for a in ("fc", "deconv")
+    }
     assert set(map(tuple, attacks[["model_id", "partition", "attacker"]].values)) == expected
     # The model that had finished before the kill was not trained again.
     for name, mtime in done_before.items():

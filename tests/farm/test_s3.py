@@ -29,8 +29,12 @@ BUCKET, PREFIX, SWEEP = "pp-results", "runs/tiny", "s3tiny"
 KEYS = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id"}
 # Distinctive credentials for the URI (moto accepts any): easy to grep for.
 URI_KEY, URI_SECRET = "AKIAPPCLUSTERURIKEY", "uri/Secret+pp-cluster-7f3a"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture
@@ -46,7 +50,11 @@ def s3_endpoint(monkeypatch):
     endpoint = f"http://{host}:{port}"
     for name in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for name, value in {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
@@ -67,12 +75,21 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
     env["RAY_AUTH_MODE"] = "disabled"
     env.pop("RAY_ADDRESS", None)
     with_credentials = f"s3://{URI_KEY}:{quote(URI_SECRET, safe='')}@{BUCKET}/{PREFIX}"
-    child = subprocess.run([sys.executable, __file__, with_credentials], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=540)
+    child = subprocess.run(
+        [sys.executable, __file__, with_credentials],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
     assert child.returncode == 0, (child.stdout + child.stderr)[-6000:]
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    leaks = [where for where, text in [("stdout", child.stdout), ("stderr", child.stderr)]
-             if URI_SECRET in text or quote(URI_SECRET, safe="") in text]
+    leaks = [
+        where
+        for where, text in [("stdout", child.stdout), ("stderr", child.stderr)]
+        if URI_SECRET in text or quote(URI_SECRET, safe="") in text
+    ]
     for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
         body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
         text = repr(pd.read_parquet(io.BytesIO(body)).to_dict()) if obj["Key"].endswith(".parquet") else ""
@@ -85,7 +102,9 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
     listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=PREFIX + "/")
     keys = [o["Key"] for o in listing.get("Contents", [])]
     for table in KEYS:
-        assert any(k.startswith(f"{PREFIX}/{table}/sweep={SWEEP}/") and k.endswith(".parquet") for k in keys), keys
+        assert any(
+            k.startswith(f"{PREFIX}/{table}/sweep={SWEEP}/") and k.endswith(".parquet") for k in keys
+        ), keys
     assert any(k.startswith(f"{PREFIX}/_ray/{SWEEP}/") for k in keys), keys
     assert any(k.startswith(f"{PREFIX}/_ray/train-") and k.endswith("/state.pt") for k in keys), keys
     # ... and nothing to a local directory named after the URI.
@@ -93,20 +112,25 @@ def test_sweep_writes_its_tables_to_s3_and_pandas_reads_them_back_identical(s3_e
 
     store = ResultStore(results)
     expected_rows = {"models": 1, "attacks": 1, "epochs": 1}
-    path_fs = pafs.S3FileSystem(endpoint_override=s3_endpoint, access_key="testing", secret_key="testing",
-                                region="us-east-1")
+    path_fs = pafs.S3FileSystem(
+        endpoint_override=s3_endpoint, access_key="testing", secret_key="testing", region="us-east-1"
+    )
     for table, key in KEYS.items():
         ours = store.read(table, SWEEP)
         assert len(ours) == expected_rows[table] and ours[key].is_unique, ours
         # pandas as docs/cluster.md shows it (pyarrow's S3, endpoint from AWS_ENDPOINT_URL),
         # with fsspec's storage_options, and with the endpoint given explicitly as a filesystem.
         options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
-        for via in (pd.read_parquet(f"{results}/{table}"),
-                    pd.read_parquet(f"{results}/{table}", storage_options=options),
-                    pd.read_parquet(f"{BUCKET}/{PREFIX}/{table}", filesystem=path_fs)):
+        for via in (
+            pd.read_parquet(f"{results}/{table}"),
+            pd.read_parquet(f"{results}/{table}", storage_options=options),
+            pd.read_parquet(f"{BUCKET}/{PREFIX}/{table}", filesystem=path_fs),
+        ):
             assert sorted(via.columns) == sorted(ours.columns)
             pd.testing.assert_frame_equal(
-                via[ours.columns].sort_values(key, ignore_index=True), ours.sort_values(key, ignore_index=True))
+                via[ours.columns].sort_values(key, ignore_index=True),
+                ours.sort_values(key, ignore_index=True),
+            )
     models = store.read("models", SWEEP)
     assert (models["status"] == "ok").all() and models["test_acc"].notna().all()
 
@@ -126,12 +150,32 @@ def test_an_object_store_that_never_answers_is_a_clear_error_within_30_s(server,
     else:
         listener.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(CREDENTIALS, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true",
-               RAY_AUTH_MODE="disabled", NO_PROXY="127.0.0.1,localhost")
+    env.update(
+        CREDENTIALS,
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_EC2_METADATA_DISABLED="true",
+        RAY_AUTH_MODE="disabled",
+        NO_PROXY="127.0.0.1,localhost",
+    )
     t0 = time.monotonic()
     try:
-        run = subprocess.run([sys.executable, "-m", "pp_cluster.cli", "sweep", "lfw_grid", "--quick", "--results",
-                              f"s3://{BUCKET}/x"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pp_cluster.cli",
+                "sweep",
+                "lfw_grid",
+                "--quick",
+                "--results",
+                f"s3://{BUCKET}/x",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         listener.close()
     seconds = time.monotonic() - t0

@@ -18,33 +18,39 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(ray, "init", refuse)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"partitions": ("pool9",)}, "partitions"),
-    ({"lams": (-0.1,)}, "lams"),
-    ({"lams": (float("nan"),)}, "lams"),
-    ({"attackers": ("deconv", "telepathy")}, "attackers"),
-    ({"seeds": ()}, "seeds"),
-    ({"epochs": 0}, "epochs"),
-    ({"defender_suites": (("nope",),)}, "defender_suites"),
-    ({"defender_suites": ((),)}, "defender_suites"),
-    ({"dataset": "imagenet"}, "dataset"),
-    ({"arch": "resnet"}, "arch"),
-    ({"attacker_fraction": 0.0}, "attacker_fraction"),
-    ({"search": "optuna", "lam_range": None}, "lam_range"),
-    ({"search": "random"}, "search"),
-    ({"name": "a+b"}, "name"),
-    ({"defense": "blur"}, "defense"),
-    ({"finetune_epochs": -1}, "finetune_epochs"),
-    ({"attributes": True}, "attributes"),  # lfw-subset has no gender lists
-    ({"dp_epsilons": (0.0,)}, "dp_epsilons"),
-    ({"dp_epsilons": (1.0,), "lams": (1.0,)}, "dp_epsilons"),  # no undefended model to pixelate for
-    ({"dp_cell": 0}, "dp_cell"),
-    ({"train_overrides": {"update": "interleaved"}}, "train_overrides"),
-    ({"train_overrides": {"learning_rate": 0.1}}, "train_overrides"),
-    ({"train_overrides": {"epochs": 3}}, "train_overrides"),  # the sweep owns it: never silently overwritten
-    ({"train_overrides": {"lam": 3.0}}, "train_overrides"),
-    ({"resources": Resources(checkpoint_interval_s=-1.0)}, r"resources\.checkpoint_interval_s"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"partitions": ("pool9",)}, "partitions"),
+        ({"lams": (-0.1,)}, "lams"),
+        ({"lams": (float("nan"),)}, "lams"),
+        ({"attackers": ("deconv", "telepathy")}, "attackers"),
+        ({"seeds": ()}, "seeds"),
+        ({"epochs": 0}, "epochs"),
+        ({"defender_suites": (("nope",),)}, "defender_suites"),
+        ({"defender_suites": ((),)}, "defender_suites"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"arch": "resnet"}, "arch"),
+        ({"attacker_fraction": 0.0}, "attacker_fraction"),
+        ({"search": "optuna", "lam_range": None}, "lam_range"),
+        ({"search": "random"}, "search"),
+        ({"name": "a+b"}, "name"),
+        ({"defense": "blur"}, "defense"),
+        ({"finetune_epochs": -1}, "finetune_epochs"),
+        ({"attributes": True}, "attributes"),  # lfw-subset has no gender lists
+        ({"dp_epsilons": (0.0,)}, "dp_epsilons"),
+        ({"dp_epsilons": (1.0,), "lams": (1.0,)}, "dp_epsilons"),  # no undefended model to pixelate for
+        ({"dp_cell": 0}, "dp_cell"),
+        ({"train_overrides": {"update": "interleaved"}}, "train_overrides"),
+        ({"train_overrides": {"learning_rate": 0.1}}, "train_overrides"),
+        (
+            {"train_overrides": {"epochs": 3}},
+            "train_overrides",
+        ),  # the sweep owns it: never silently overwritten
+        ({"train_overrides": {"lam": 3.0}}, "train_overrides"),
+        ({"resources": Resources(checkpoint_interval_s=-1.0)}, r"resources\.checkpoint_interval_s"),
+    ],
+)
 def test_invalid_spec_names_the_field(tiny_sweep, tmp_path, no_ray, changes, field):
     with pytest.raises(SpecError, match=rf"SweepSpec\.{field}"):
         tiny_sweep(tmp_path, **changes).validate()
@@ -58,7 +64,9 @@ def test_unwritable_results_root(tiny_sweep, tmp_path, no_ray):
 
 
 def test_bad_data_path_fails_before_ray(tiny_sweep, tmp_path, no_ray, capsys):
-    rc = main(["sweep", "lfw_grid", "--data-root", str(tmp_path / "missing"), "--results", str(tmp_path / "r")])
+    rc = main(
+        ["sweep", "lfw_grid", "--data-root", str(tmp_path / "missing"), "--results", str(tmp_path / "r")]
+    )
     assert rc == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
 
@@ -77,9 +85,29 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
 
     p = argparse.ArgumentParser()
     add_sweep_args(p)
-    args = p.parse_args(["--defense", "nopeek", "--finetune-epochs", "3", "--dp-epsilons", "0.5,inf",
-                         "--dp-cell", "4", "--dp-m", "2", "--attributes", "--data-root", str(tmp_path),
-                         "--update", "simultaneous", "--lr", "0.05", "--checkpoint-interval", "0"])
+    args = p.parse_args(
+        [
+            "--defense",
+            "nopeek",
+            "--finetune-epochs",
+            "3",
+            "--dp-epsilons",
+            "0.5,inf",
+            "--dp-cell",
+            "4",
+            "--dp-m",
+            "2",
+            "--attributes",
+            "--data-root",
+            str(tmp_path),
+            "--update",
+            "simultaneous",
+            "--lr",
+            "0.05",
+            "--checkpoint-interval",
+            "0",
+        ]
+    )
     spec = spec_from_args(args, "lfw_grid")
     assert (spec.defense, spec.finetune_epochs, spec.dp_epsilons) == ("nopeek", 3, (0.5, float("inf")))
     assert (spec.dp_cell, spec.dp_neighbourhood, spec.attributes) == (4, 2, True)
@@ -93,8 +121,13 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
 
 
 def test_grid_starts_the_most_defended_models_first(tiny_sweep, tmp_path):
-    spec = tiny_sweep(tmp_path, partitions=("pool1", "pool2"), lams=(0.0, 1.0), seeds=(0, 1),
-                      defender_suites=(("deconv",), ("deconv", "fc")))
+    spec = tiny_sweep(
+        tmp_path,
+        partitions=("pool1", "pool2"),
+        lams=(0.0, 1.0),
+        seeds=(0, 1),
+        defender_suites=(("deconv",), ("deconv", "fc")),
+    )
     points = spec.grid_points()
     n_defenders = [len(spec.model_spec(**p).defenders) for p in points]
     assert n_defenders == sorted(n_defenders, reverse=True) and n_defenders[0] == 2 and n_defenders[-1] == 0
@@ -128,7 +161,9 @@ def test_profiles_and_recipe_flags(tmp_path):
         spec_from_args(p.parse_args(["--profile", "cpu", "--quick"]), "lfw_grid")
     assert spec_from_args(p.parse_args(["--quick", "--recipe", "paper"]), "lfw_grid").recipe == "paper"
     # MNIST has the paper's recipe only: a fast one is refused before anything runs.
-    mnist = spec_from_args(p.parse_args(["--quick", "--recipe", "fast", "--results", str(tmp_path)]), "mnist_table1")
+    mnist = spec_from_args(
+        p.parse_args(["--quick", "--recipe", "fast", "--results", str(tmp_path)]), "mnist_table1"
+    )
     with pytest.raises(SpecError, match="SweepSpec.recipe"):
         mnist.validate()
 

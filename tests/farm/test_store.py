@@ -16,37 +16,87 @@ import pytest
 from PIL import Image
 
 from pp_cluster.results.store import (
-    SCHEMAS, TABLES, ResultStore, content_id, empty_frame, provenance, schema_markdown,
+    SCHEMAS,
+    TABLES,
+    ResultStore,
+    content_id,
+    empty_frame,
+    provenance,
+    schema_markdown,
 )
 
-NOW = dt.datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=dt.UTC)
 REPO = Path(__file__).resolve().parents[2]
 
 
 def model_row(model_id: str = "m0", **changes) -> dict:
     row = {
-        "model_id": model_id, "trial_id": "t_0001", "seed": 3, "dataset": "lfw", "arch": "face_cnn",
-        "partition": "pool2", "lam": 0.1, "defenders": "deconv,fc", "distance": "ssim", "defense": "partition",
-        "epochs": 5, "lr": 1e-3, "batch_size": 32, "test_acc": 0.9, "train_acc": 0.95, "final_task_loss": 0.2,
-        "final_distance": 0.4, "status": "ok", "train_seconds": 12.5, "started_at": NOW, "finished_at": NOW,
-        "config_json": '{"arch": "face_cnn"}', **provenance(),
+        "model_id": model_id,
+        "trial_id": "t_0001",
+        "seed": 3,
+        "dataset": "lfw",
+        "arch": "face_cnn",
+        "partition": "pool2",
+        "lam": 0.1,
+        "defenders": "deconv,fc",
+        "distance": "ssim",
+        "defense": "partition",
+        "epochs": 5,
+        "lr": 1e-3,
+        "batch_size": 32,
+        "test_acc": 0.9,
+        "train_acc": 0.95,
+        "final_task_loss": 0.2,
+        "final_distance": 0.4,
+        "status": "ok",
+        "train_seconds": 12.5,
+        "started_at": NOW,
+        "finished_at": NOW,
+        "config_json": '{"arch": "face_cnn"}',
+        **provenance(),
     }
     return {**row, **changes}
 
 
 def attack_row(attack_id: str = "a0", model_id: str = "m0", **changes) -> dict:
     row = {
-        "model_id": model_id, "attack_id": attack_id, "attacker": "deconv", "attacker_arch": "Conv(8)",
-        "attacker_data": "train", "attacker_fraction": 1.0, "mse": 0.01, "ssim": 0.8, "psnr": 20.0,
-        "dpd": None, "dpd_reason": "no LPIPS weights offline", "reprint_acc": 0.7, "n_eval": 64, "best_epoch": 3,
-        "train_seconds": 4.0, "status": "ok", "host": "h", "gpu": None, "finished_at": NOW,
+        "model_id": model_id,
+        "attack_id": attack_id,
+        "attacker": "deconv",
+        "attacker_arch": "Conv(8)",
+        "attacker_data": "train",
+        "attacker_fraction": 1.0,
+        "mse": 0.01,
+        "ssim": 0.8,
+        "psnr": 20.0,
+        "dpd": None,
+        "dpd_reason": "no LPIPS weights offline",
+        "reprint_acc": 0.7,
+        "n_eval": 64,
+        "best_epoch": 3,
+        "train_seconds": 4.0,
+        "status": "ok",
+        "host": "h",
+        "gpu": None,
+        "finished_at": NOW,
     }
     return {**row, **changes}
 
 
 def epoch_rows(model_id: str = "m0", n: int = 3) -> list[dict]:
-    return [{"model_id": model_id, "epoch": e, "task_loss": 1.0 / (e + 1), "distance": None if e == 0 else 0.5,
-             "train_acc": 0.5, "test_acc": 0.6, "lr": 1e-3, "seconds": 2.0} for e in range(n)]
+    return [
+        {
+            "model_id": model_id,
+            "epoch": e,
+            "task_loss": 1.0 / (e + 1),
+            "distance": None if e == 0 else 0.5,
+            "train_acc": 0.5,
+            "test_acc": 0.6,
+            "lr": 1e-3,
+            "seconds": 2.0,
+        }
+        for e in range(n)
+    ]
 
 
 @pytest.fixture
@@ -57,11 +107,28 @@ def store(tmp_path) -> ResultStore:
 
 
 EXPECTED = {
-    "models": {"sweep": "category", "model_id": "str", "seed": "int64", "lam": "float64", "test_acc": "float64",
-               "diverged_epoch": "Int64", "pareto": "boolean", "error": "str", "gpu": "str",
-               "started_at": "datetime64[us, UTC]", "finished_at": "datetime64[us, UTC]"},
-    "attacks": {"sweep": "category", "mse": "float64", "dpd": "float64", "n_eval": "Int64", "n_cg": "Int64",
-                "attacker": "str", "finished_at": "datetime64[us, UTC]"},
+    "models": {
+        "sweep": "category",
+        "model_id": "str",
+        "seed": "int64",
+        "lam": "float64",
+        "test_acc": "float64",
+        "diverged_epoch": "Int64",
+        "pareto": "boolean",
+        "error": "str",
+        "gpu": "str",
+        "started_at": "datetime64[us, UTC]",
+        "finished_at": "datetime64[us, UTC]",
+    },
+    "attacks": {
+        "sweep": "category",
+        "mse": "float64",
+        "dpd": "float64",
+        "n_eval": "Int64",
+        "n_cg": "Int64",
+        "attacker": "str",
+        "finished_at": "datetime64[us, UTC]",
+    },
     "epochs": {"epoch": "int64", "distance": "float64", "test_acc": "float64"},
     "reconstructions": {"index": "int64", "original": "object"},
 }
@@ -71,8 +138,21 @@ def test_round_trip_dtypes_and_values(store):
     store.write("models", "s1", "m0", [model_row()])
     store.write("models", "s1", "m1", [model_row("m1", status="diverged", test_acc=None, diverged_epoch=2)])
     store.write("attacks", "s1", "a0", [attack_row()])
-    store.write("attacks", "s1", "a1", [{"model_id": "m0", "attack_id": "a1", "attacker": "fc", "status": "failed",
-                                         "error": "CUDA OOM", "finished_at": NOW}])
+    store.write(
+        "attacks",
+        "s1",
+        "a1",
+        [
+            {
+                "model_id": "m0",
+                "attack_id": "a1",
+                "attacker": "fc",
+                "status": "failed",
+                "error": "CUDA OOM",
+                "finished_at": NOW,
+            }
+        ],
+    )
     store.write("epochs", "s1", "m0", epoch_rows())
     store.write_reconstructions("s1", "m0", "a0", np.full((2, 1, 4, 4), 0.5), np.zeros((2, 1, 4, 4)))
     for table in TABLES:
@@ -93,7 +173,11 @@ def test_round_trip_dtypes_and_values(store):
     assert attacks.loc["a0", "n_eval"] == 64 and pd.isna(attacks.loc["a1", "n_eval"])
     assert attacks.loc["a1", "error"] == "CUDA OOM" and pd.isna(attacks.loc["a1", "mse"])
     epochs = store.read("epochs")
-    assert epochs["epoch"].tolist() == [0, 1, 2] and epochs["distance"].isna().tolist() == [True, False, False]
+    assert epochs["epoch"].tolist() == [0, 1, 2] and epochs["distance"].isna().tolist() == [
+        True,
+        False,
+        False,
+    ]
 
 
 def test_reconstructions_are_pngs_of_the_images(store):
@@ -106,7 +190,9 @@ def test_reconstructions_are_pngs_of_the_images(store):
         for col, images in (("original", orig), ("reconstruction", rec)):
             decoded = np.asarray(Image.open(io.BytesIO(df[col][i])))
             assert decoded.shape == (5, 6, 3)
-            np.testing.assert_array_equal(decoded, np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8))
+            np.testing.assert_array_equal(
+                decoded, np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8)
+            )
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         store.write_reconstructions("s", "m0", "a1", orig * 2, rec)
     with pytest.raises(ValueError, match="differ in shape"):
@@ -171,20 +257,23 @@ def test_update_column_marks_pareto(store):
         store.update_column("models", "s", "m9", "pareto", True)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"colour": "red", "zz": 1}, "unknown columns colour, zz"),
-    ({"seed": 1.5}, "models.seed must be an int"),
-    ({"seed": True}, "models.seed must be an int"),
-    ({"lam": True}, "models.lam must be a number"),
-    ({"lam": "0.1"}, "models.lam must be a number"),
-    ({"arch": 3}, "models.arch must be a str"),
-    ({"started_at": dt.datetime(2026, 1, 1)}, "started_at must be a timezone-aware datetime"),
-    ({"status": "okay"}, "models.status must be one of diverged, failed, ok"),
-    ({"defense": "magic"}, "models.defense must be one of"),
-    ({"status": None}, "models.status is required"),
-    ({"model_id": "other"}, "model_id must be 'm0'"),
-    ({"sweep": "elsewhere"}, "sweep must be 's'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"colour": "red", "zz": 1}, "unknown columns colour, zz"),
+        ({"seed": 1.5}, "models.seed must be an int"),
+        ({"seed": True}, "models.seed must be an int"),
+        ({"lam": True}, "models.lam must be a number"),
+        ({"lam": "0.1"}, "models.lam must be a number"),
+        ({"arch": 3}, "models.arch must be a str"),
+        ({"started_at": dt.datetime(2026, 1, 1)}, "started_at must be a timezone-aware datetime"),
+        ({"status": "okay"}, "models.status must be one of diverged, failed, ok"),
+        ({"defense": "magic"}, "models.defense must be one of"),
+        ({"status": None}, "models.status is required"),
+        ({"model_id": "other"}, "model_id must be 'm0'"),
+        ({"sweep": "elsewhere"}, "sweep must be 's'"),
+    ],
+)
 def test_bad_rows_are_refused(store, changes, message):
     with pytest.raises(ValueError, match=message):
         store.write("models", "s", "m0", [model_row(**changes)])
@@ -259,8 +348,14 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"{host}:{port}"
-    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
-                           secret_key="testing", region="us-east-1", allow_bucket_creation=True)
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     fs.create_dir("results-bucket")
     yield endpoint, fs
     server.stop()
@@ -301,7 +396,6 @@ def test_a_trials_reads_do_not_grow_with_its_sweep(tmp_path, n_models, compacted
     of listings, lookups and opens in a sweep of 5 models as in one of 150, before and after
     compaction (results.compact)."""
     from pp_cluster.farm.trial import read_model_row, read_ok_attacks
-
     from pp_cluster.results.fs import counting
 
     fs, calls = counting(pafs.LocalFileSystem())

@@ -22,7 +22,10 @@ def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray
     epochs = pd.read_parquet(tmp_path / "res" / "epochs")
     assert len(models) == 3 and models["model_id"].is_unique
     assert sorted(zip(models["partition"].fillna("-"), models["lam"])) == [
-        ("-", 0.0), ("pool1", 1.0), ("pool2", 1.0)]
+        ("-", 0.0),
+        ("pool1", 1.0),
+        ("pool2", 1.0),
+    ]
     assert (models["status"] == "ok").all() and models["recipe"].eq("paper").all()
     assert models.loc[models["lam"] == 0, "defenders"].eq("").all()
     assert models.loc[models["lam"] > 0, "defenders"].eq("deconv").all()
@@ -30,7 +33,8 @@ def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray
     assert len(attacks) == 8 and attacks["attack_id"].is_unique
     joined = attacks.merge(models, on="model_id", suffixes=("", "_model"))
     assert set(map(tuple, joined[["lam", "partition", "attacker"]].values)) == {
-        (lam, p, a) for lam in (0.0, 1.0) for p in ("pool1", "pool2") for a in ("deconv", "fc")}
+        (lam, p, a) for lam in (0.0, 1.0) for p in ("pool1", "pool2") for a in ("deconv", "fc")
+    }
     defended = joined[joined["lam"] > 0]
     assert (defended["partition"] == defended["partition_model"]).all()
     assert joined["ssim_images"].map(len).eq(joined["n_eval"]).all()
@@ -45,7 +49,9 @@ def test_grid_sweep_writes_every_row_once_with_documented_dtypes(tiny_sweep, ray
     assert attacks["dpd"].isna().all() == attacks["dpd_reason"].notna().all()
 
 
-def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, ray_cluster, tmp_path, monkeypatch):
+def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(
+    tiny_sweep, ray_cluster, tmp_path, monkeypatch
+):
     from pp_cluster.config import SpecError
 
     # A relative results path, as users type it: trials run with other working directories.
@@ -63,8 +69,9 @@ def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(tiny_sweep, r
 
 
 def test_optuna_search_marks_the_pareto_models(tiny_sweep, ray_cluster, tmp_path):
-    spec = tiny_sweep(tmp_path / "res", name="opt", search="optuna", lam_range=(0.1, 10.0), num_samples=3,
-                      attackers=("fc",))
+    spec = tiny_sweep(
+        tmp_path / "res", name="opt", search="optuna", lam_range=(0.1, 10.0), num_samples=3, attackers=("fc",)
+    )
     outcome = run_sweep(spec, verbose=False)
     assert outcome.n_trials == 3
     models = pd.read_parquet(tmp_path / "res" / "models")
@@ -83,10 +90,22 @@ def test_two_worker_ddp_model_trains_in_a_worker_group(tiny_sweep, ray_cluster, 
     from pp_cluster.config import Resources
     from pp_cluster.farm.train import _load, state_uri
 
-    spec = tiny_sweep(tmp_path / "res", name="ddp", partitions=("pool1",), lams=(1.0,), epochs=2,
-                      attackers=("fc",),
-                      resources=Resources(num_workers=2, cpus_per_worker=1.0, pool_size=1, attacker_cpus=0.5,
-                                          max_failures=1, checkpoint_interval_s=0))
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="ddp",
+        partitions=("pool1",),
+        lams=(1.0,),
+        epochs=2,
+        attackers=("fc",),
+        resources=Resources(
+            num_workers=2,
+            cpus_per_worker=1.0,
+            pool_size=1,
+            attacker_cpus=0.5,
+            max_failures=1,
+            checkpoint_interval_s=0,
+        ),
+    )
     outcome = run_sweep(spec, verbose=False)
     assert outcome.n_trials == 1 and outcome.n_errored == 0
     models = pd.read_parquet(tmp_path / "res" / "models")
@@ -102,8 +121,15 @@ def test_two_worker_ddp_model_trains_in_a_worker_group(tiny_sweep, ray_cluster, 
 def test_one_undefended_model_per_seed_is_attacked_at_every_partition(tiny_sweep, ray_cluster, tmp_path):
     """A λ = 0 model's identity has no partition: a 3-partition grid trains it once per seed,
     attacks it at all three partitions, and writes its DP-pixelation rows once."""
-    spec = tiny_sweep(tmp_path / "res", name="undef", partitions=("pool1", "pool2", "pool3"), lams=(0.0,),
-                      seeds=(0, 1), attackers=("fc", "mean_image"), dp_epsilons=(1.0, float("inf")))
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="undef",
+        partitions=("pool1", "pool2", "pool3"),
+        lams=(0.0,),
+        seeds=(0, 1),
+        attackers=("fc", "mean_image"),
+        dp_epsilons=(1.0, float("inf")),
+    )
     spec = spec.with_(arch_options={"widths": (4, 8, 8, 8), "fc": 16}, dataset_options={"size": 32})
     outcome = run_sweep(spec, verbose=False)
     assert outcome.n_trials == 2 and outcome.n_errored == 0
@@ -118,7 +144,8 @@ def test_one_undefended_model_per_seed_is_attacked_at_every_partition(tiny_sweep
     for model_id in trained["model_id"]:
         mine = real[real["model_id"] == model_id]
         assert sorted(map(tuple, mine[["partition", "attacker"]].values)) == sorted(
-            (p, a) for p in ("pool1", "pool2", "pool3") for a in ("fc", "mean_image"))
+            (p, a) for p in ("pool1", "pool2", "pool3") for a in ("fc", "mean_image")
+        )
     # The mean-image baseline ignores H: the same reconstruction, so the same SSIM, at every partition.
     base = real[real["attacker"] == "mean_image"].groupby("model_id")["ssim"].agg(["min", "max"])
     assert (base["max"] - base["min"]).abs().max() < 1e-12

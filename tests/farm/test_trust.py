@@ -33,8 +33,14 @@ def _plant(path, marker) -> None:
 
 def test_planted_state_and_tuner_files_never_run(tiny_sweep, ray_cluster, tmp_path):
     marker = tmp_path / "PWNED"
-    spec = tiny_sweep(tmp_path / "res", name="trust", partitions=("pool1",), lams=(0.0,), attackers=("fc",),
-                      resources=Resources(pool_size=1, attacker_cpus=0.5, max_failures=0))
+    spec = tiny_sweep(
+        tmp_path / "res",
+        name="trust",
+        partitions=("pool1",),
+        lams=(0.0,),
+        attackers=("fc",),
+        resources=Resources(pool_size=1, attacker_cpus=0.5, max_failures=0),
+    )
     model_id = spec.model_spec(None, 0.0, 0).model_id(spec.name)
     state = tmp_path / "res" / "_ray" / f"train-{model_id}" / "state.pt"
     _plant(state, marker)

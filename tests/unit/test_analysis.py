@@ -22,7 +22,14 @@ from scipy import stats
 from analysis import aggregate, frontier, hypervolume, load, paired_differences, pareto_mask, worst_case
 from analysis.report import build_report
 from analysis.tables import (
-    Missing, attack_intervals, figure4_data, figure5_data, figure7_data, table_i, table_ii, table_iii,
+    Missing,
+    attack_intervals,
+    figure4_data,
+    figure5_data,
+    figure7_data,
+    table_i,
+    table_ii,
+    table_iii,
 )
 from analysis.uncertainty import N_RESAMPLES
 from pp_cluster.results.store import ResultStore, provenance
@@ -47,30 +54,46 @@ MODELS = [
 ]
 # (model, partition attacked) -> {attacker: (ssim, mse, psnr, dpd, reprint_acc, (n_cg, n_df, n_ti) or None)}
 ATTACKS = {
-    ("A", "pool1"): {"deconv": (0.80, 0.020, 17.0, 0.30, 0.50, (40, 45, 50)),
-                     "fc": (0.70, 0.030, 18.0, 0.20, 0.40, (42, 44, 50)),
-                     "sparse_fc": (0.60, 0.010, 16.0, None, 0.60, None)},
-    ("B", "pool1"): {"deconv": (0.78, 0.022, 17.5, 0.31, 0.55, (38, 46, 50)),
-                     "fc": (0.72, 0.028, 17.0, 0.25, 0.45, None),
-                     "sparse_fc": (0.50, 0.040, 15.0, None, 0.35, None)},
-    ("A", "pool2"): {"deconv": (0.60, 0.030, 16.0, 0.35, 0.40, (30, 35, 50)),
-                     "fc": (0.65, 0.029, 16.2, 0.33, 0.42, None),
-                     "sparse_fc": (0.58, 0.033, 15.8, None, 0.38, None)},
-    ("B", "pool2"): {"deconv": (0.62, 0.031, 16.1, 0.36, 0.41, None),
-                     "fc": (0.66, 0.027, 16.4, 0.34, 0.43, None),
-                     "sparse_fc": (0.57, 0.035, 15.5, None, 0.37, None)},
-    ("C", "pool1"): {"deconv": (0.50, 0.050, 14.0, 0.40, 0.30, (20, 25, 50)),
-                     "fc": (0.55, 0.045, 14.5, 0.42, 0.20, None),
-                     "sparse_fc": (0.40, 0.060, 13.0, None, 0.10, None)},
-    ("D", "pool1"): {"deconv": (0.45, 0.055, 13.5, 0.45, 0.25, None),
-                     "fc": (0.52, 0.047, 14.2, 0.41, 0.22, None),
-                     "sparse_fc": (0.41, 0.058, 13.2, None, 0.12, None)},
-    ("F", "pool2"): {"deconv": (0.35, 0.070, 12.0, 0.50, 0.10, (10, 12, 50)),
-                     "fc": (0.30, 0.075, 11.5, 0.52, 0.08, None),
-                     "sparse_fc": (0.33, 0.072, 11.8, None, 0.09, None)},
-    ("G", "pool2"): {"deconv": (0.20, 0.090, 10.0, 0.60, 0.05, None),
-                     "fc": (0.25, 0.085, 10.5, 0.58, 0.06, None),
-                     "sparse_fc": (0.22, 0.088, 10.2, None, 0.05, None)},
+    ("A", "pool1"): {
+        "deconv": (0.80, 0.020, 17.0, 0.30, 0.50, (40, 45, 50)),
+        "fc": (0.70, 0.030, 18.0, 0.20, 0.40, (42, 44, 50)),
+        "sparse_fc": (0.60, 0.010, 16.0, None, 0.60, None),
+    },
+    ("B", "pool1"): {
+        "deconv": (0.78, 0.022, 17.5, 0.31, 0.55, (38, 46, 50)),
+        "fc": (0.72, 0.028, 17.0, 0.25, 0.45, None),
+        "sparse_fc": (0.50, 0.040, 15.0, None, 0.35, None),
+    },
+    ("A", "pool2"): {
+        "deconv": (0.60, 0.030, 16.0, 0.35, 0.40, (30, 35, 50)),
+        "fc": (0.65, 0.029, 16.2, 0.33, 0.42, None),
+        "sparse_fc": (0.58, 0.033, 15.8, None, 0.38, None),
+    },
+    ("B", "pool2"): {
+        "deconv": (0.62, 0.031, 16.1, 0.36, 0.41, None),
+        "fc": (0.66, 0.027, 16.4, 0.34, 0.43, None),
+        "sparse_fc": (0.57, 0.035, 15.5, None, 0.37, None),
+    },
+    ("C", "pool1"): {
+        "deconv": (0.50, 0.050, 14.0, 0.40, 0.30, (20, 25, 50)),
+        "fc": (0.55, 0.045, 14.5, 0.42, 0.20, None),
+        "sparse_fc": (0.40, 0.060, 13.0, None, 0.10, None),
+    },
+    ("D", "pool1"): {
+        "deconv": (0.45, 0.055, 13.5, 0.45, 0.25, None),
+        "fc": (0.52, 0.047, 14.2, 0.41, 0.22, None),
+        "sparse_fc": (0.41, 0.058, 13.2, None, 0.12, None),
+    },
+    ("F", "pool2"): {
+        "deconv": (0.35, 0.070, 12.0, 0.50, 0.10, (10, 12, 50)),
+        "fc": (0.30, 0.075, 11.5, 0.52, 0.08, None),
+        "sparse_fc": (0.33, 0.072, 11.8, None, 0.09, None),
+    },
+    ("G", "pool2"): {
+        "deconv": (0.20, 0.090, 10.0, 0.60, 0.05, None),
+        "fc": (0.25, 0.085, 10.5, 0.58, 0.06, None),
+        "sparse_fc": (0.22, 0.088, 10.2, None, 0.05, None),
+    },
     ("P1", None): {"dp_pixelation": (0.10, 0.120, 9.0, 0.70, 0.02, None)},
     ("P2", None): {"dp_pixelation": (0.40, 0.060, 12.5, 0.50, 0.20, None)},
 }
@@ -80,22 +103,54 @@ BASELINE = (0.95, 0.001, 30.0, 0.05, 0.95, (49, 50, 50))
 RECONSTRUCTED = ("A-pool1-deconv", "C-pool1-deconv", "A-pool2-deconv", "F-pool2-deconv")
 
 
-NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 PROV = {k: v for k, v in provenance().items() if k != "git_sha"}
 
 
 def model_row(sweep: str, model_id: str, **kw) -> dict:
     """A models row as the farm writes it (undefended unless ``kw`` says otherwise)."""
-    return {"sweep": sweep, "model_id": model_id, "trial_id": f"t-{model_id}", "seed": 0, "dataset": "digits",
-            "arch": "mnist_mlp", "partition": None, "recipe": "fast", "lam": 0.0, "defenders": "",
-            "distance": "ssim", "defense": "none", "epochs": 3, "lr": 0.01, "batch_size": 32, "status": "ok",
-            "train_seconds": 10.0, "started_at": NOW, "finished_at": NOW, "config_json": "{}", **PROV, **kw}
+    return {
+        "sweep": sweep,
+        "model_id": model_id,
+        "trial_id": f"t-{model_id}",
+        "seed": 0,
+        "dataset": "digits",
+        "arch": "mnist_mlp",
+        "partition": None,
+        "recipe": "fast",
+        "lam": 0.0,
+        "defenders": "",
+        "distance": "ssim",
+        "defense": "none",
+        "epochs": 3,
+        "lr": 0.01,
+        "batch_size": 32,
+        "status": "ok",
+        "train_seconds": 10.0,
+        "started_at": NOW,
+        "finished_at": NOW,
+        "config_json": "{}",
+        **PROV,
+        **kw,
+    }
 
 
 def attack_row(sweep: str, model_id: str, attack_id: str, **kw) -> dict:
-    return {"sweep": sweep, "model_id": model_id, "attack_id": attack_id, "attacker_arch": kw.get("attacker"),
-            "partition": "fc2", "attacker_data": "train", "attacker_fraction": 1.0, "n_eval": 50, "best_epoch": 4,
-            "train_seconds": 2.0, "status": "ok", "finished_at": NOW, **kw}
+    return {
+        "sweep": sweep,
+        "model_id": model_id,
+        "attack_id": attack_id,
+        "attacker_arch": kw.get("attacker"),
+        "partition": "fc2",
+        "attacker_data": "train",
+        "attacker_fraction": 1.0,
+        "n_eval": 50,
+        "best_epoch": 4,
+        "train_seconds": 2.0,
+        "status": "ok",
+        "finished_at": NOW,
+        **kw,
+    }
 
 
 def per_image(rng: np.random.Generator, mean: float, spread: float, n: int = N_IMAGES) -> list[float]:
@@ -112,35 +167,97 @@ def write_sweep(root: str) -> None:
     rng = np.random.default_rng(0)
     for mid, part, lam, defenders, seed, acc, status, defense, eps in MODELS:
         config = {"partition": part, "lam": lam, "seed": seed, **({"epsilon": eps} if eps else {})}
-        store.write("models", SWEEP, mid, [model_row(
-            SWEEP, mid, seed=seed, dataset="lfw-subset", arch="face_cnn", partition=part, lam=lam,
-            defenders=defenders, defense=defense, test_acc=acc, n_test=N_TEST,
-            train_acc=None if acc is None else acc + 0.05, status=status,
-            diverged_epoch=2 if status == "diverged" else None,
-            error="loss is NaN at epoch 2" if status == "diverged" else None, config_json=json.dumps(config),
-        )])
+        store.write(
+            "models",
+            SWEEP,
+            mid,
+            [
+                model_row(
+                    SWEEP,
+                    mid,
+                    seed=seed,
+                    dataset="lfw-subset",
+                    arch="face_cnn",
+                    partition=part,
+                    lam=lam,
+                    defenders=defenders,
+                    defense=defense,
+                    test_acc=acc,
+                    n_test=N_TEST,
+                    train_acc=None if acc is None else acc + 0.05,
+                    status=status,
+                    diverged_epoch=2 if status == "diverged" else None,
+                    error="loss is NaN at epoch 2" if status == "diverged" else None,
+                    config_json=json.dumps(config),
+                )
+            ],
+        )
         if status == "ok" and defense != "dp_pixelation":
-            store.write("epochs", SWEEP, mid, [{
-                "sweep": SWEEP, "model_id": mid, "epoch": e, "task_loss": 2.0 / (e + 1), "distance": 0.5 - 0.1 * e,
-                "train_acc": acc - 0.1 / (e + 1), "test_acc": acc - 0.2 / (e + 1), "lr": 0.01, "seconds": 1.0,
-            } for e in range(3)])
+            store.write(
+                "epochs",
+                SWEEP,
+                mid,
+                [
+                    {
+                        "sweep": SWEEP,
+                        "model_id": mid,
+                        "epoch": e,
+                        "task_loss": 2.0 / (e + 1),
+                        "distance": 0.5 - 0.1 * e,
+                        "train_acc": acc - 0.1 / (e + 1),
+                        "test_acc": acc - 0.2 / (e + 1),
+                        "lr": 0.01,
+                        "seconds": 1.0,
+                    }
+                    for e in range(3)
+                ],
+            )
     for (mid, part), zoo in ATTACKS.items():
         zoo = {**zoo, "mean_image": BASELINE} if part else zoo
         for attacker, (ssim, mse, psnr, dpd, reprint, gender) in zoo.items():
             aid = f"{mid}-{part}-{attacker}"
-            row = attack_row(SWEEP, mid, aid, attacker=attacker, partition=part, mse=mse, ssim=ssim, psnr=psnr,
-                             dpd=dpd, dpd_reason=None if dpd is not None else "LPIPS weights not cached",
-                             reprint_acc=reprint, ssim_images=per_image(rng, ssim, 0.05),
-                             mse_images=per_image(rng, mse, mse / 4))
+            row = attack_row(
+                SWEEP,
+                mid,
+                aid,
+                attacker=attacker,
+                partition=part,
+                mse=mse,
+                ssim=ssim,
+                psnr=psnr,
+                dpd=dpd,
+                dpd_reason=None if dpd is not None else "LPIPS weights not cached",
+                reprint_acc=reprint,
+                ssim_images=per_image(rng, ssim, 0.05),
+                mse_images=per_image(rng, mse, mse / 4),
+            )
             if gender:
                 row.update(n_cg=gender[0], n_df=gender[1], n_ti=gender[2], gender_acc=gender[0] / gender[2])
             store.write("attacks", SWEEP, aid, [row])
             if aid in RECONSTRUCTED:
                 # What the attacker pool calls: images in [0, 1], N×C×H×W, stored as PNGs.
-                store.write_reconstructions(SWEEP, mid, aid, rng.random((4, 1, 25, 25)), rng.random((4, 1, 25, 25)))
+                store.write_reconstructions(
+                    SWEEP, mid, aid, rng.random((4, 1, 25, 25)), rng.random((4, 1, 25, 25))
+                )
     # A failed attack with a (bogus) SSIM above every real one: it must not count as the worst case.
-    store.write("attacks", SWEEP, "A-broken", [attack_row(SWEEP, "A", "A-broken", attacker="broken", partition="pool1",
-                                                          ssim=0.99, mse=0.0, status="failed", error="CUDA OOM")])
+    store.write(
+        "attacks",
+        SWEEP,
+        "A-broken",
+        [
+            attack_row(
+                SWEEP,
+                "A",
+                "A-broken",
+                attacker="broken",
+                partition="pool1",
+                ssim=0.99,
+                mse=0.0,
+                status="failed",
+                error="CUDA OOM",
+            )
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +278,9 @@ N_ATTACKS = sum(len(zoo) + (part is not None) for (_, part), zoo in ATTACKS.item
 def test_load_reads_the_store_and_rejects_bad_roots(root, res, tmp_path):
     assert len(res.models) == len(MODELS) and len(res.attacks) == N_ATTACKS and len(res.epochs) == 18
     joined = res.joined()
-    assert len(joined) == N_ATTACKS and {"status", "status_model", "partition", "partition_model"} <= set(joined)
+    assert len(joined) == N_ATTACKS and {"status", "status_model", "partition", "partition_model"} <= set(
+        joined
+    )
     assert joined.loc[joined["attack_id"] == "A-broken", "status"].item() == "failed"
     # The attack's partition is the one that counts; the undefended model has none of its own.
     a = joined[joined["model_id"] == "A"]
@@ -200,7 +319,9 @@ def test_mean_image_is_shown_beside_but_never_the_worst_case(res):
     attackers = w[[c for c in w if c.endswith("_attacker")]].stack()
     assert "mean_image" not in set(attackers)
     attacked = w["partition"].notna()
-    assert (w.loc[attacked, "ssim_baseline"] == BASELINE[0]).all() and w.loc[~attacked, "ssim_baseline"].isna().all()
+    assert (w.loc[attacked, "ssim_baseline"] == BASELINE[0]).all() and w.loc[
+        ~attacked, "ssim_baseline"
+    ].isna().all()
     assert (w.loc[attacked, "mse_baseline"] == BASELINE[1]).all() and (w["ssim"] < BASELINE[0]).all()
     # Nor in what is built on the worst case: Table III's choice, the frontier, Figure 4.
     assert "mean_image" not in ",".join(table_iii(res)["attackers"])
@@ -211,7 +332,9 @@ def test_mean_image_is_shown_beside_but_never_the_worst_case(res):
     assert t1.loc[("pool1", 0.0, "mean_image"), "ssim_mean"] == pytest.approx(BASELINE[0])
     # With only the baseline, a model has no worst case at all (n_attacks 0, SSIM null).
     only = worst_case(res.attacks[res.attacks["attacker"] == "mean_image"])
-    assert (only["n_attacks"] == 0).all() and only["ssim"].isna().all() and only["ssim_baseline"].notna().all()
+    assert (
+        (only["n_attacks"] == 0).all() and only["ssim"].isna().all() and only["ssim_baseline"].notna().all()
+    )
 
 
 def test_an_undefended_model_shows_up_at_every_partition(res):
@@ -230,7 +353,9 @@ def test_an_undefended_model_shows_up_at_every_partition(res):
 def test_aggregate_over_seeds_mean_std_and_t_interval(res):
     mw = res.models_with_worst()
     ok = mw[(mw["status"] == "ok") & (mw["defense"] != "dp_pixelation")]
-    agg = aggregate(ok, ["partition", "lam", "defenders"], ["test_acc"]).set_index(["partition", "lam", "defenders"])
+    agg = aggregate(ok, ["partition", "lam", "defenders"], ["test_acc"]).set_index(
+        ["partition", "lam", "defenders"]
+    )
     half = T_975[1] * math.sqrt(0.005) / math.sqrt(2)
     for part in ("pool1", "pool2"):  # seeds 0.80, 0.90: the same two undefended models at each partition
         p = agg.loc[(part, 0.0, "")]
@@ -239,9 +364,15 @@ def test_aggregate_over_seeds_mean_std_and_t_interval(res):
         assert p["test_acc_std"] == pytest.approx(math.sqrt(0.005))
         assert (p["test_acc_ci_lo"], p["test_acc_ci_hi"]) == pytest.approx((0.85 - half, 0.85 + half))
     single = agg.loc[("pool2", 0.1, "deconv,fc")]  # one seed: no spread, no interval
-    assert single["test_acc_n"] == 1 and math.isnan(single["test_acc_std"]) and math.isnan(single["test_acc_ci_lo"])
+    assert (
+        single["test_acc_n"] == 1
+        and math.isnan(single["test_acc_std"])
+        and math.isnan(single["test_acc_ci_lo"])
+    )
     three = aggregate(pd.DataFrame({"g": ["x"] * 3, "v": [1.0, 2.0, 3.0]}), ["g"], ["v"]).iloc[0]
-    assert (three["v_ci_lo"], three["v_ci_hi"]) == pytest.approx((2 - T_975[2] / math.sqrt(3), 2 + T_975[2] / math.sqrt(3)))
+    assert (three["v_ci_lo"], three["v_ci_hi"]) == pytest.approx(
+        (2 - T_975[2] / math.sqrt(3), 2 + T_975[2] / math.sqrt(3))
+    )
     assert "Student t" in agg.attrs["ci_method"]
     with pytest.raises(ValueError, match="nope"):
         aggregate(ok, ["nope"], ["test_acc"])
@@ -256,20 +387,37 @@ def test_single_runs_get_bootstrap_and_wilson_intervals(res):
     own = attack_intervals(res.attacks).set_index("attack_id")
     # One attacker alone: the worst case's bootstrap is scipy's percentile bootstrap of its mean.
     only = worst_case(res.attacks[res.attacks["attack_id"] == "G-pool2-fc"]).iloc[0]
-    ref = stats.bootstrap((_images(res, "G-pool2-fc"),), np.mean, n_resamples=N_RESAMPLES, method="percentile",
-                          rng=np.random.default_rng(0)).confidence_interval
+    ref = stats.bootstrap(
+        (_images(res, "G-pool2-fc"),),
+        np.mean,
+        n_resamples=N_RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     assert (only["ssim_ci_lo"], only["ssim_ci_hi"]) == pytest.approx((ref.low, ref.high))
-    assert (own.at["G-pool2-fc", "ssim_ci_lo"], own.at["G-pool2-fc", "ssim_ci_hi"]) == pytest.approx((ref.low, ref.high))
+    assert (own.at["G-pool2-fc", "ssim_ci_lo"], own.at["G-pool2-fc", "ssim_ci_hi"]) == pytest.approx(
+        (ref.low, ref.high)
+    )
     # Several: each resample takes the strongest attacker's mean, so the interval lies at or above
     # every attacker's own (the resamples are the same) and brackets the worst case.
     for (mid, part), zoo in ATTACKS.items():
         row = w.loc[(mid, part)]
-        assert row["ssim_ci_lo"] <= row["ssim"] <= row["ssim_ci_hi"] and row["mse_ci_lo"] <= row["mse"] <= row["mse_ci_hi"]
+        assert (
+            row["ssim_ci_lo"] <= row["ssim"] <= row["ssim_ci_hi"]
+            and row["mse_ci_lo"] <= row["mse"] <= row["mse_ci_hi"]
+        )
         for attacker in zoo:
             mine = own.loc[f"{mid}-{part}-{attacker}"]
-            assert row["ssim_ci_lo"] >= mine["ssim_ci_lo"] - 1e-12 and row["mse_ci_hi"] <= mine["mse_ci_hi"] + 1e-12
-    assert (w.loc[("A", "pool1"), "ssim_baseline_ci_lo"], w.loc[("A", "pool1"), "ssim_baseline_ci_hi"]) == pytest.approx(
-        (own.at["A-pool1-mean_image", "ssim_ci_lo"], own.at["A-pool1-mean_image", "ssim_ci_hi"]))
+            assert (
+                row["ssim_ci_lo"] >= mine["ssim_ci_lo"] - 1e-12
+                and row["mse_ci_hi"] <= mine["mse_ci_hi"] + 1e-12
+            )
+    assert (
+        w.loc[("A", "pool1"), "ssim_baseline_ci_lo"],
+        w.loc[("A", "pool1"), "ssim_baseline_ci_hi"],
+    ) == pytest.approx(
+        (own.at["A-pool1-mean_image", "ssim_ci_lo"], own.at["A-pool1-mean_image", "ssim_ci_hi"])
+    )
     # Deterministic: the bootstrap has a fixed seed.
     pd.testing.assert_frame_equal(worst_case(res.attacks), worst_case(res.attacks))
     # Test accuracy of one run: Wilson from test_acc and n_test.
@@ -280,9 +428,13 @@ def test_single_runs_get_bootstrap_and_wilson_intervals(res):
     f5 = figure5_data(res).set_index(["partition", "defenders"])
     one, two = f5.loc[("pool2", "deconv")], f5.loc[("pool1", "")]
     assert one["ssim_ci_method"] == "bootstrap" and one["test_acc_ci_method"] == "wilson"
-    assert (one["ssim_ci_lo"], one["ssim_ci_hi"]) == (w.loc[("F", "pool2"), "ssim_ci_lo"], w.loc[("F", "pool2"), "ssim_ci_hi"])
+    assert (one["ssim_ci_lo"], one["ssim_ci_hi"]) == (
+        w.loc[("F", "pool2"), "ssim_ci_lo"],
+        w.loc[("F", "pool2"), "ssim_ci_hi"],
+    )
     assert (one["test_acc_ci_lo"], one["test_acc_ci_hi"]) == pytest.approx(
-        tuple(stats.binomtest(41, N_TEST).proportion_ci(method="wilson")))
+        tuple(stats.binomtest(41, N_TEST).proportion_ci(method="wilson"))
+    )
     assert two["ssim_ci_method"] == "t" and two["ssim_ci_lo"] == pytest.approx(0.79 - T_975[1] * 0.01)
     assert one["dpd_ci_method"] is None and math.isnan(one["dpd_ci_lo"])  # no per-image DPD: no interval
 
@@ -322,12 +474,40 @@ def test_paired_bootstrap_resamples_both_models_images_together(tmp_path):
     shared = rng.uniform(0.2, 0.9, 40)  # how hard each image is, common to both models
     store = ResultStore(str(tmp_path))
     for mid, part, defense, lam in (("u", None, "none", 0.0), ("d", "fc2", "partition", 1.0)):
-        store.write("models", "s", mid, [model_row("s", mid, partition=part, defense=defense, lam=lam,
-                                                   defenders="" if lam == 0 else "fc", test_acc=0.9, n_test=40)])
+        store.write(
+            "models",
+            "s",
+            mid,
+            [
+                model_row(
+                    "s",
+                    mid,
+                    partition=part,
+                    defense=defense,
+                    lam=lam,
+                    defenders="" if lam == 0 else "fc",
+                    test_acc=0.9,
+                    n_test=40,
+                )
+            ],
+        )
     for shift, significant in ((-0.02, True), (0.0, False)):
         for mid, vals in (("u", shared), ("d", np.array(per_image(rng, shift, 0.005, 40)) + shared)):
-            store.write("attacks", "s", f"{mid}-fc", [attack_row("s", mid, f"{mid}-fc", attacker="fc",
-                                                                 ssim=float(np.mean(vals)), ssim_images=list(vals))])
+            store.write(
+                "attacks",
+                "s",
+                f"{mid}-fc",
+                [
+                    attack_row(
+                        "s",
+                        mid,
+                        f"{mid}-fc",
+                        attacker="fc",
+                        ssim=float(np.mean(vals)),
+                        ssim_images=list(vals),
+                    )
+                ],
+            )
         row = paired_differences(load(str(tmp_path))).set_index("metric").loc["ssim"]
         assert row["diff"] == pytest.approx(shift) and row["ci_method"] == "bootstrap"
         assert row["diff_ci_hi"] - row["diff_ci_lo"] < 0.01 < np.std(shared) / 10
@@ -341,10 +521,16 @@ def test_pareto_set_and_hypervolume_by_hand(res):
     # are undominated; B@pool1 (.90/.78) by B@pool2, A@pool1 (.80/.80) and A@pool2 (.80/.65) by F,
     # C (.70/.55), D (.74/.52) and P2 (.60/.40) by G; H diverged.
     assert list(zip(front["model_id"], front["partition"].fillna("-"))) == [
-        ("B", "pool2"), ("F", "pool2"), ("G", "pool2"), ("P1", "-")]
+        ("B", "pool2"),
+        ("F", "pool2"),
+        ("G", "pool2"),
+        ("P1", "-"),
+    ]
     expected = 0.90 * (1 - 0.66) + 0.82 * (0.66 - 0.35) + 0.78 * (0.35 - 0.25) + 0.30 * (0.25 - 0.10)
     assert hypervolume(front[["test_acc", "ssim"]].to_numpy()) == pytest.approx(expected)
-    assert hypervolume(mw.dropna(subset=["test_acc", "ssim"])[["test_acc", "ssim"]].to_numpy()) == pytest.approx(expected)
+    assert hypervolume(
+        mw.dropna(subset=["test_acc", "ssim"])[["test_acc", "ssim"]].to_numpy()
+    ) == pytest.approx(expected)
 
 
 def test_pareto_mask_and_hypervolume_edge_cases():
@@ -381,7 +567,10 @@ def test_paper_tables(res):
     # Per model the attacker with most correct genders: A → fc (42/44/50), B → deconv (38/46/50);
     # the mean-image baseline (49/50/50) is never the choice.
     assert tuple(t3.loc[("pool1", "none"), ["n_cg_mean", "n_df_mean", "n_ti_mean"]]) == (40.0, 45.0, 50.0)
-    assert t3.loc[("pool1", "none"), "attackers"] == "deconv,fc" and t3.loc[("pool1", "none"), "n_cg_ci_method"] == "t"
+    assert (
+        t3.loc[("pool1", "none"), "attackers"] == "deconv,fc"
+        and t3.loc[("pool1", "none"), "n_cg_ci_method"] == "t"
+    )
     p2 = t3.loc[("pool2", "partition")]
     assert p2["n_cg_mean"] == 10.0 and p2["n_cg_ci_method"] == "wilson"
     ci = stats.binomtest(10, 50).proportion_ci(method="wilson")
@@ -417,8 +606,12 @@ def test_figure_data(res):
 def test_missing_inputs_raise_missing(tmp_path):
     write_bare(str(tmp_path))
     res = load(str(tmp_path))
-    for build, words in ((table_i, "two or more λ"), (table_ii, "more than one defender"),
-                         (table_iii, "no attribute results"), (paired_differences, "no defended model")):
+    for build, words in (
+        (table_i, "two or more λ"),
+        (table_ii, "more than one defender"),
+        (table_iii, "no attribute results"),
+        (paired_differences, "no defended model"),
+    ):
         with pytest.raises(Missing, match=words):
             build(res)
 
@@ -426,29 +619,55 @@ def test_missing_inputs_raise_missing(tmp_path):
 def test_report_command_writes_markdown_figures_and_csv(root, tmp_path):
     out = tmp_path / "report"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "analysis.report", root, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", root, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, proc.stderr
     assert str(out / "report.md") in proc.stdout
     # The budget is 30 s; CPU time, not wall time, so a busy shared machine does not fail it.
     assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 30
     md = (out / "report.md").read_text()
-    for heading in ("Table I —", "Table II —", "Table III —", "Figure 4 —", "Figure 5 —", "Figure 7 —",
-                    "Defended minus undefended", "Accuracy–privacy frontier", "Training curves"):
+    for heading in (
+        "Table I —",
+        "Table II —",
+        "Table III —",
+        "Figure 4 —",
+        "Figure 5 —",
+        "Figure 7 —",
+        "Defended minus undefended",
+        "Accuracy–privacy frontier",
+        "Training curves",
+    ):
         assert f"\n## {heading}" in md
     assert "Nothing: every artefact was built." in md
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == [f"{k}_lfw-mini_lfw-subset.png" for k in ("curves", "figure4", "figure5", "figure7", "frontier")]
+    assert pngs == [
+        f"{k}_lfw-mini_lfw-subset.png" for k in ("curves", "figure4", "figure5", "figure7", "frontier")
+    ]
     for png in pngs:
         assert f"]({png})" in md
         with Image.open(out / png) as im:
             assert min(im.size) > 300
     csvs = {p.stem for p in out.glob("*.csv")}
-    assert csvs == {"table_i", "table_ii", "table_iii", "figure5", "figure7", "paired_differences", "frontier",
-                    "hypervolume", "models_worst_case"}
+    assert csvs == {
+        "table_i",
+        "table_ii",
+        "table_iii",
+        "figure5",
+        "figure7",
+        "paired_differences",
+        "frontier",
+        "hypervolume",
+        "models_worst_case",
+    }
     t1 = pd.read_csv(out / "table_i.csv")
-    assert {"ssim_mean", "ssim_std", "ssim_ci_lo", "ssim_ci_method", "mse_mean", "test_acc_mean"} <= set(t1.columns)
+    assert {"ssim_mean", "ssim_std", "ssim_ci_lo", "ssim_ci_method", "mse_mean", "test_acc_mean"} <= set(
+        t1.columns
+    )
     assert "0.790 [" in md  # Table I cell: pool1, λ=0, deconv SSIM mean and its interval
     hv = pd.read_csv(out / "hypervolume.csv")
     assert hv["n_pareto"].item() == 4
@@ -459,8 +678,14 @@ def test_report_says_what_is_missing(tmp_path):
 
     md = build_report(str(tmp_path / "r"), tmp_path / "out").read_text()
     missing = md.split("## Missing")[1]
-    for words in ("Table I", "Table II", "Table III: no attribute results", "Figure 4: no reconstructions",
-                  "Figure 7: no dp_pixelation", "Training curves: the epochs table is empty"):
+    for words in (
+        "Table I",
+        "Table II",
+        "Table III: no attribute results",
+        "Figure 4: no reconstructions",
+        "Figure 7: no dp_pixelation",
+        "Training curves: the epochs table is empty",
+    ):
         assert words in missing
     assert "## Figure 5" in md and "## Accuracy–privacy frontier" in md
     assert (tmp_path / "out" / "figure5_s_digits.png").exists()

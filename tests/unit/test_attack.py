@@ -10,7 +10,11 @@ from torch import nn
 
 from pp_cluster.privacy import metrics as M
 from pp_cluster.privacy.attack import (
-    AttackConfig, attacker_optimizer, compute_activations, evaluate_attack, train_attacker,
+    AttackConfig,
+    attacker_optimizer,
+    compute_activations,
+    evaluate_attack,
+    train_attacker,
 )
 from pp_cluster.privacy.defense import build_optimizer
 
@@ -20,6 +24,7 @@ def _fp32(monkeypatch):
     """Exact comparisons against fp32 recomputations: the CPU's bf16 default is off here
     (test_bf16_attacker_learns_and_scores_in_fp32 turns it on)."""
     monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")
+
 
 SIDE = 25
 
@@ -113,7 +118,10 @@ def test_best_weights_are_copied_only_when_a_later_epoch_moves_them():
     cfg = AttackConfig(epochs=5, batch_size=8, lr=1e-2, val_fraction=0.25, seed=0)
     attacker, history = train_attacker(attacker, h, x, (0, 1), cfg)
     assert history["best_epoch"] == history["epochs_run"] == 5, history["val_mse"]
-    assert calls == {"state_dict": 4, "load_state_dict": 0}  # epochs 1-4's weights, each before the next epoch
+    assert calls == {
+        "state_dict": 4,
+        "load_state_dict": 0,
+    }  # epochs 1-4's weights, each before the next epoch
     val = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:16]
     with torch.no_grad():
         kept = F.mse_loss(attacker(h[val]).clamp(0, 1), x[val]).item()
@@ -151,8 +159,13 @@ def test_patience_stops_early():
     h, x = torch.randn(40, 64, generator=g), torch.rand(40, 1, 8, 8, generator=g)
     torch.manual_seed(0)
     attacker = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.Unflatten(1, (1, 8, 8)))
-    _, history = train_attacker(attacker, h, x, (0, 1),
-                                AttackConfig(epochs=40, batch_size=8, lr=1e-2, val_fraction=0.25, seed=3, patience=3))
+    _, history = train_attacker(
+        attacker,
+        h,
+        x,
+        (0, 1),
+        AttackConfig(epochs=40, batch_size=8, lr=1e-2, val_fraction=0.25, seed=3, patience=3),
+    )
     assert history["epochs_run"] == history["best_epoch"] + 3 < 40
 
 
@@ -177,8 +190,9 @@ def test_evaluation_clips_and_scores_reprint_accuracy():
     assert r.metrics["mse"] == pytest.approx(float(((1 - x) ** 2).mean()), rel=1e-6)  # clipped to 1
     assert r.metrics["reprint_acc"] == 0.75
     assert r.metrics["dpd"] is None and r.metrics["dpd_reason"] == "not requested"
-    unlabelled = evaluate_attack(Constant(), h, x, (0, 1), classifier=clf, y_eval=-torch.ones(12, dtype=torch.long),
-                                 with_dpd=False)
+    unlabelled = evaluate_attack(
+        Constant(), h, x, (0, 1), classifier=clf, y_eval=-torch.ones(12, dtype=torch.long), with_dpd=False
+    )
     assert unlabelled.metrics["reprint_acc"] is None  # disjoint attacker data has no classes
 
 
@@ -201,7 +215,9 @@ def test_bf16_attacker_learns_and_scores_in_fp32(monkeypatch):
 
     def fit(amp: bool):
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8)))
+        net = nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8))
+        )
         cfg = AttackConfig(epochs=20, batch_size=16, lr=3e-3, seed=0, amp=amp)
         return train_attacker(net, h, x, (0, 1), cfg)
 
@@ -221,7 +237,7 @@ def test_cpu_autocast_default_skips_weight_bound_dense_attackers(monkeypatch):
     """On a CPU autocast re-casts every weight each step: a dense decoder stays fp32 by default,
     a convolutional one gets bf16; on CUDA, or when set explicitly, the setting is kept."""
     from pp_cluster import precision
-    from pp_cluster.nets import build_decoder, build_net, activation_shape
+    from pp_cluster.nets import activation_shape, build_decoder, build_net
 
     monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "1")
     net = build_net("face_cnn", (3, 32, 32), 2, widths=(4, 8, 8, 8), fc=16)

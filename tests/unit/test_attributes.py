@@ -10,7 +10,11 @@ from skimage import color, data
 
 from pp_cluster.data.base import Split
 from pp_cluster.privacy.attributes import (
-    DetectorParams, FaceDetector, GenderClassifier, attribute_metrics, to_grey,
+    DetectorParams,
+    FaceDetector,
+    GenderClassifier,
+    attribute_metrics,
+    to_grey,
 )
 
 UNIT = (0.0, 1.0)
@@ -62,7 +66,9 @@ def test_detector_calibrated_on_faces_finds_faces_not_clutter(lfw_subset):
     assert len(cal["candidates"]) == 3 and det.params == cal["params"]
     # the chosen point is the best allowed one by detection minus false rate
     allowed = [c for c in cal["candidates"] if c["false_rate"] <= 0.05]
-    assert cal["detection_rate"] - cal["false_rate"] == max(c["detection_rate"] - c["false_rate"] for c in allowed)
+    assert cal["detection_rate"] - cal["false_rate"] == max(
+        c["detection_rate"] - c["false_rate"] for c in allowed
+    )
     # held-out real faces vs. real non-face crops the calibration never saw
     assert det.detect(faces[50:]).mean() > 0.7
     assert det.detect(non_faces).mean() < 0.1

@@ -83,10 +83,16 @@ def test_ssim_rises_with_eps_on_a_real_image():
     assert scores[0] < 0.2 and scores[-1] > 0.7
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"b": 0}, "b must"), ({"m": 1.5}, "m must"), ({"eps": 0.0}, "eps must"), ({"eps": -1}, "eps must"),
-    ({"value_range": (1.0, 0.0)}, "value_range"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"b": 0}, "b must"),
+        ({"m": 1.5}, "m must"),
+        ({"eps": 0.0}, "eps must"),
+        ({"eps": -1}, "eps must"),
+        ({"value_range": (1.0, 0.0)}, "value_range"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, match):
     args = {"images": torch.zeros(1, 1, 4, 4), "b": 2, "m": 1, "eps": 1.0, "value_range": UNIT, **kwargs}
     with pytest.raises(ValueError, match=match):

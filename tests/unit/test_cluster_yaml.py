@@ -70,8 +70,9 @@ def _ray_start(command: str) -> tuple[dict[str, str], dict[str, str]]:
         key, value = args.pop(0).split("=", 1)
         env[key] = value
     assert args[:2] == ["ray", "start"], command
-    flags = dict(a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "")
-                 for a in args[2:])
+    flags = dict(
+        a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "") for a in args[2:]
+    )
     return env, flags
 
 
@@ -169,7 +170,10 @@ def test_dashboard_on_loopback_and_workers_join_the_head(prepared: dict) -> None
     flags = _ray_start_flags(_the_start_command(prepared["head_start_ray_commands"]))
     assert "head" in flags and flags["autoscaling-config"] == "~/ray_bootstrap_config.yaml"
     assert flags["dashboard-host"] in ("127.0.0.1", "localhost")
-    assert "$RAY_HEAD_IP" in _ray_start_flags(_the_start_command(prepared["worker_start_ray_commands"]))["address"]
+    assert (
+        "$RAY_HEAD_IP"
+        in _ray_start_flags(_the_start_command(prepared["worker_start_ray_commands"]))["address"]
+    )
 
 
 def test_token_authentication_on_every_node(prepared: dict) -> None:
@@ -179,9 +183,12 @@ def test_token_authentication_on_every_node(prepared: dict) -> None:
     # Every process in the containers (ray exec/submit, `ray status`, job drivers) too.
     run_options = " ".join(prepared["docker"].get("run_options", []))
     assert re.search(r"(--env[= ]|-e )RAY_AUTH_MODE=token\b", run_options), (
-        f"docker.run_options do not set RAY_AUTH_MODE=token in the containers: {run_options!r}")
+        f"docker.run_options do not set RAY_AUTH_MODE=token in the containers: {run_options!r}"
+    )
     for name, t in prepared["available_node_types"].items():
-        assert "RAY_AUTH_MODE=disabled" not in " ".join(t.get("docker", {}).get("worker_run_options", [])), name
+        assert "RAY_AUTH_MODE=disabled" not in " ".join(t.get("docker", {}).get("worker_run_options", [])), (
+            name
+        )
     # The token reaches head and workers at Ray's default path, from outside the repository.
     local = prepared["file_mounts"].get(CONTAINER_TOKEN)
     assert local, f"file_mounts has no {CONTAINER_TOKEN} (the token for head and workers)"
@@ -198,7 +205,9 @@ def test_ssh_only_from_a_set_cidr(prepared: dict, no_network: None) -> None:
     rules = _ingress_ray_would_authorize(prepared)
     rules += prepared["provider"].get("security_group", {}).get("IpPermissions", [])
     for rule in rules:
-        cidrs = [r["CidrIp"] for r in rule.get("IpRanges", [])] + [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
+        cidrs = [r["CidrIp"] for r in rule.get("IpRanges", [])] + [
+            r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])
+        ]
         assert not any(_is_world(c) for c in cidrs), f"ingress from anywhere: {rule}"
     for name, t in prepared["available_node_types"].items():
         groups = t["node_config"]["SecurityGroupIds"]
@@ -228,8 +237,13 @@ def test_head_and_workers_have_their_own_instance_profiles(prepared: dict) -> No
     for name, t in prepared["available_node_types"].items():
         profile = t["node_config"].get("IamInstanceProfile", {})
         assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", profile.get("Arn", "")), (
-            f"{name}: no IamInstanceProfile ARN" + (" (the head would get ray-autoscaler-v1: full EC2 "
-                                                   "and S3)" if name == prepared["head_node_type"] else ""))
+            f"{name}: no IamInstanceProfile ARN"
+            + (
+                " (the head would get ray-autoscaler-v1: full EC2 and S3)"
+                if name == prepared["head_node_type"]
+                else ""
+            )
+        )
         arns[name] = profile["Arn"]
     head = arns.pop(prepared["head_node_type"])
     assert not head.endswith("/ray-autoscaler-v1")
@@ -259,24 +273,39 @@ def test_documented_policies_are_least_privilege(prepared: dict) -> None:
                     assert r != "*" and m, f"S3 access beyond one bucket: {s}"
                     buckets.add(m.group(1))
                     if m.group(2):
-                        assert re.fullmatch(r"/pp(/\*)?", m.group(2)), f"S3 objects outside the results prefix: {s}"
+                        assert re.fullmatch(r"/pp(/\*)?", m.group(2)), (
+                            f"S3 objects outside the results prefix: {s}"
+                        )
             if "iam:PassRole" in actions:
                 # Each role sits behind an instance profile of the same name (docs/cluster.md).
-                worker_roles = {t["node_config"]["IamInstanceProfile"]["Arn"].replace(":instance-profile/", ":role/")
-                                for name, t in prepared["available_node_types"].items()
-                                if name != prepared["head_node_type"]}
+                worker_roles = {
+                    t["node_config"]["IamInstanceProfile"]["Arn"].replace(":instance-profile/", ":role/")
+                    for name, t in prepared["available_node_types"].items()
+                    if name != prepared["head_node_type"]
+                }
                 assert set(resources) <= worker_roles, f"iam:PassRole beyond the workers' role: {s}"
     assert len(buckets) == 1, f"policies reach more than the results bucket: {buckets}"
     head = heads[0]
-    allowed = HEAD_EC2_ACTIONS | {"iam:PassRole", "ssm:GetParameters", "s3:ListBucket", "s3:GetObject",
-                                  "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    allowed = HEAD_EC2_ACTIONS | {
+        "iam:PassRole",
+        "ssm:GetParameters",
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }
     assert _actions(head) <= allowed, _actions(head) - allowed
-    image_params = {t["node_config"]["ImageId"].removeprefix("resolve:ssm:")
-                    for t in prepared["available_node_types"].values()}
+    image_params = {
+        t["node_config"]["ImageId"].removeprefix("resolve:ssm:")
+        for t in prepared["available_node_types"].values()
+    }
     for s in _allows(head):
         if "ssm:GetParameters" in _listed(s["Action"]):
-            params = {m.group(1) if (m := re.fullmatch(r"arn:aws:ssm:[\w-]+::parameter(/.+)", r)) else r
-                      for r in _listed(s["Resource"])}
+            params = {
+                m.group(1) if (m := re.fullmatch(r"arn:aws:ssm:[\w-]+::parameter(/.+)", r)) else r
+                for r in _listed(s["Resource"])
+            }
             assert params <= image_params, f"ssm:GetParameters beyond the image parameter: {s}"
     for p in workers:
         assert {a.split(":")[0] for a in _actions(p)} == {"s3"}, f"workers need S3 only: {_actions(p)}"

@@ -23,6 +23,7 @@ def _fp32(monkeypatch):
     the CPU's bf16 default (pp_cluster.precision) is off here; its own tests set it."""
     monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")
 
+
 SHAPE = (1, 8, 8)
 VR = (0.0, 1.0)
 
@@ -37,7 +38,9 @@ def _data(n: int, seed: int = 0, classes: int = 3) -> Split:
     return Split(x.clamp(0, 1), y)
 
 
-def _net(seed: int = 0, hidden: int = 16, dropout: float = 0.2) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+def _net(
+    seed: int = 0, hidden: int = 16, dropout: float = 0.2
+) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
     torch.manual_seed(seed)
     layers = [nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 3)]
     net = nn.Sequential(*layers)
@@ -56,16 +59,28 @@ def _params(*modules: nn.Module) -> list[torch.Tensor]:
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_lambda_zero_without_defender_is_plain_training(optimizer):
     train, test = _data(50), _data(20, seed=1)
-    cfg = TrainConfig(epochs=3, batch_size=8, optimizer=optimizer, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                      lr_step=2, lr_gamma=0.5, seed=7)
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=8,
+        optimizer=optimizer,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+        lr_step=2,
+        lr_gamma=0.5,
+        seed=7,
+    )
     net, local, remote = _net()
     plain = copy.deepcopy(net)
     result = train_defended(net, local, remote, [], train, test, VR, cfg)
     assert result.status == "ok" and len(result.epochs) == 3
 
     # the hand-written loop: seeded order generator, seeded global RNG (dropout)
-    opt = (torch.optim.Adam(plain.parameters(), lr=0.05, weight_decay=1e-3) if optimizer == "adam"
-           else torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3))
+    opt = (
+        torch.optim.Adam(plain.parameters(), lr=0.05, weight_decay=1e-3)
+        if optimizer == "adam"
+        else torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    )
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
     order = torch.Generator().manual_seed(7)
     torch.manual_seed(7)
@@ -140,7 +155,7 @@ def test_lambda_gradient_moves_the_local_partition_to_increase_the_distance():
         cfg = TrainConfig(lam=value, distance="ssim", epochs=1, batch_size=16, optimizer="sgd", lr=lr, seed=3)
         train_defended(net, local, remote, [defender], train, test, VR, cfg)
         runs[value] = (net, local, remote, defender)
-    (net0, local0, remote0, d0), (_, local1, remote1, d1) = runs[0.0], runs[lam]
+    (_, local0, remote0, d0), (_, local1, remote1, d1) = runs[0.0], runs[lam]
     for a, b in zip(_params(remote0, d0), _params(remote1, d1)):
         assert torch.equal(a, b)  # the λ-term touches neither the remote partition nor the defender
     delta = [b - a for a, b in zip(_params(local0), _params(local1))]
@@ -186,8 +201,17 @@ def test_simultaneous_update_is_one_gradient_step_on_the_pre_update_defenders(se
     defenders = [_defender(seed=s) for s in seeds]
     start_net, start_local, start_remote = copy.deepcopy((net, local, remote))
     start_defenders = copy.deepcopy(defenders)
-    cfg = TrainConfig(lam=lam, distance="ssim", epochs=1, batch_size=16, optimizer="sgd", lr=lr,
-                      defender_lr=d_lr, seed=3, update="simultaneous")
+    cfg = TrainConfig(
+        lam=lam,
+        distance="ssim",
+        epochs=1,
+        batch_size=16,
+        optimizer="sgd",
+        lr=lr,
+        defender_lr=d_lr,
+        seed=3,
+        update="simultaneous",
+    )
     result = train_defended(net, local, remote, defenders, train, test, VR, cfg)
 
     x, y = train.x, train.y  # one batch holding the whole split; order does not matter for means
@@ -208,7 +232,9 @@ def test_simultaneous_update_is_one_gradient_step_on_the_pre_update_defenders(se
         grads = torch.autograd.grad(v, list(d0.parameters()))
         for p0, g, p1 in zip(d0.parameters(), grads, d1.parameters()):
             torch.testing.assert_close(p1.detach(), p0.detach() - d_lr * g, rtol=1e-5, atol=1e-6)
-    ce_only = torch.autograd.grad(F.cross_entropy(start_remote(start_local(x)), y), list(start_local.parameters()))
+    ce_only = torch.autograd.grad(
+        F.cross_entropy(start_remote(start_local(x)), y), list(start_local.parameters())
+    )
     assert max(float((a - b).abs().max()) for a, b in zip(local_grads, ce_only)) > 1e-4  # the λ-term acted
 
 
@@ -237,8 +263,9 @@ def test_huge_lambda_diverges_without_nan_metrics():
     decoder = nn.Sequential(nn.Linear(16, 64), nn.Unflatten(1, SHAPE))  # unbounded output
     cfg = TrainConfig(lam=1e9, distance="mse", epochs=3, batch_size=8, optimizer="sgd", lr=0.1, seed=0)
     seen = []
-    result = train_defended(net, local, remote, [decoder], train, test, VR, cfg,
-                            on_epoch=lambda row, _: seen.append(row))
+    result = train_defended(
+        net, local, remote, [decoder], train, test, VR, cfg, on_epoch=lambda row, _: seen.append(row)
+    )
     assert result.status == "diverged" and result.diverged_epoch == 1
     assert result.test_acc is None and result.train_acc is None
     assert result.final_task_loss is None and result.final_distance is None
@@ -248,13 +275,31 @@ def test_huge_lambda_diverges_without_nan_metrics():
 
 def test_resume_equals_an_uninterrupted_run():
     train, test = _data(40), _data(10, seed=1)
-    cfg = TrainConfig(lam=0.3, epochs=3, batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9, lr_step=1,
-                      lr_gamma=0.5, seed=5)
+    cfg = TrainConfig(
+        lam=0.3,
+        epochs=3,
+        batch_size=8,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        lr_step=1,
+        lr_gamma=0.5,
+        seed=5,
+    )
     net, local, remote = _net()
     defender = _defender()
     snapshots = {}
-    full = train_defended(net, local, remote, [defender], train, test, VR, cfg,
-                          on_epoch=lambda row, state_fn: snapshots.setdefault(row["epoch"], state_fn()))
+    full = train_defended(
+        net,
+        local,
+        remote,
+        [defender],
+        train,
+        test,
+        VR,
+        cfg,
+        on_epoch=lambda row, state_fn: snapshots.setdefault(row["epoch"], state_fn()),
+    )
     assert snapshots[1]["epoch"] == 1 and set(snapshots) == {1, 2, 3}
 
     net2, local2, remote2 = _net(seed=99)  # different weights: all must come from the snapshot
@@ -307,8 +352,13 @@ def test_crop_flip_crops_each_image_independently():
     padded = F.pad(x, (4, 4, 4, 4), value=-1.0)
     found = []
     for n in range(len(x)):
-        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                   if torch.equal(out[n], (lambda c: c.flip(-1) if f else c)(padded[n, :, dy : dy + 8, dx : dx + 8]))]
+        matches = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (False, True)
+            if torch.equal(out[n], (lambda c: c.flip(-1) if f else c)(padded[n, :, dy : dy + 8, dx : dx + 8]))
+        ]
         assert matches, f"image {n} is not a crop/flip of its padded original"
         found.append(matches[0])
     assert len(set(found)) > 1  # not one crop for the whole batch
@@ -330,10 +380,22 @@ def test_config_and_recipe_validation():
         train_defended(net, local, remote, [], _data(8), _data(4), VR, TrainConfig(lam=1.0))
 
     mnist = recipe("mnist")
-    assert (mnist.optimizer, mnist.lr, mnist.defender_settings()[:2], mnist.batch_size) == ("adam", 1e-4, ("adam", 1e-3), 32)
+    assert (mnist.optimizer, mnist.lr, mnist.defender_settings()[:2], mnist.batch_size) == (
+        "adam",
+        1e-4,
+        ("adam", 1e-3),
+        32,
+    )
     lfw = recipe("lfw-subset", epochs=2)
     assert (lfw.optimizer, lfw.momentum, lfw.lr, lfw.lr_step, lfw.weight_decay, lfw.lam, lfw.epochs) == (
-        "sgd", 0.9, 0.01, 100, 5e-4, 0.1, 2)
+        "sgd",
+        0.9,
+        0.01,
+        100,
+        5e-4,
+        0.1,
+        2,
+    )
     cifar = recipe("cifar10")
     assert (cifar.lr_step, cifar.epochs, cifar.augment, cifar.weight_decay) == (50, 150, "crop_flip", 5e-4)
     with pytest.raises(ValueError, match="imagenet"):
@@ -352,8 +414,17 @@ def test_conv_net_with_batchnorm_augmentation_and_channels_last_is_reproducible(
         local = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
         remote = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
         defender = nn.Sequential(nn.ConvTranspose2d(4, 3, 2, stride=2), nn.BatchNorm2d(3), nn.Tanh())
-        cfg = TrainConfig(lam=0.1, epochs=2, batch_size=8, optimizer="sgd", lr=0.01, momentum=0.9,
-                          augment="crop_flip", channels_last=True, seed=seed)
+        cfg = TrainConfig(
+            lam=0.1,
+            epochs=2,
+            batch_size=8,
+            optimizer="sgd",
+            lr=0.01,
+            momentum=0.9,
+            augment="crop_flip",
+            channels_last=True,
+            seed=seed,
+        )
         net = nn.Sequential(local, remote)
         result = train_defended(net, local, remote, [defender], train, test, (-1.0, 1.0), cfg)
         assert result.status == "ok" and 0 <= result.final_distance <= 2
@@ -376,10 +447,22 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, update: str) -> None
     net, local, remote = _net(dropout=0.0)
     defenders = [_defender(seed=1), _defender(seed=2)]
     cfg = TrainConfig(lam=0.5, epochs=2, batch_size=4, seed=0, update=update)
-    result = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR, cfg,
-                            wrap=DistributedDataParallel, shard=(rank, world))
-    torch.save({"params": _params(net, *defenders), "counts": [r["best_defender_counts"] for r in result.epochs]},
-               f"{out}/{rank}.pt")
+    result = train_defended(
+        net,
+        local,
+        remote,
+        defenders,
+        _data(32),
+        _data(8, seed=1),
+        VR,
+        cfg,
+        wrap=DistributedDataParallel,
+        shard=(rank, world),
+    )
+    torch.save(
+        {"params": _params(net, *defenders), "counts": [r["best_defender_counts"] for r in result.epochs]},
+        f"{out}/{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
@@ -402,8 +485,16 @@ def test_two_ddp_workers_equal_one_process_with_the_global_batch(tmp_path, updat
 
     net, local, remote = _net(dropout=0.0)
     defenders = [_defender(seed=1), _defender(seed=2)]
-    single = train_defended(net, local, remote, defenders, _data(32), _data(8, seed=1), VR,
-                            TrainConfig(lam=0.5, epochs=2, batch_size=8, seed=0, update=update))
+    single = train_defended(
+        net,
+        local,
+        remote,
+        defenders,
+        _data(32),
+        _data(8, seed=1),
+        VR,
+        TrainConfig(lam=0.5, epochs=2, batch_size=8, seed=0, update=update),
+    )
     assert [r["best_defender_counts"] for r in single.epochs] == ranks[0]["counts"]
     for a, b in zip(ranks[0]["params"], _params(net, *defenders)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -41,13 +41,21 @@ class _XToHLogits(nn.Module):
 def _context(defense: str, update: str, lam: float, n_defenders: int) -> StepContext:
     torch.manual_seed(0)
     model = _XToHLogits()
-    defenders = [nn.Sequential(nn.Linear(16, 64), nn.Sigmoid(), nn.Unflatten(1, SHAPE)) for _ in range(n_defenders)]
+    defenders = [
+        nn.Sequential(nn.Linear(16, 64), nn.Sigmoid(), nn.Unflatten(1, SHAPE)) for _ in range(n_defenders)
+    ]
     cfg = TrainConfig(defense=defense, update=update, lam=lam, batch_size=8, lr=1e-2)
     return StepContext(
-        cfg=cfg, model=model, defenders=defenders, wrapped_defenders=defenders,
+        cfg=cfg,
+        model=model,
+        defenders=defenders,
+        wrapped_defenders=defenders,
         optimizer=build_optimizer("adam", model.parameters(), 1e-2),
         defender_optimizers=[build_optimizer("adam", d.parameters(), 1e-2) for d in defenders],
-        value_range=VR, use_amp=False, device_type="cpu", distributed=False,
+        value_range=VR,
+        use_amp=False,
+        device_type="cpu",
+        distributed=False,
     )
 
 
@@ -121,7 +129,11 @@ def test_the_registry_covers_every_configurable_pair_and_names_the_steps():
     assert step_function("noise", "alternating") is plain_step
 
 
-@pytest.mark.parametrize(("defense", "update"), [("partition", "sideways"), ("dropout", "alternating"), ("none", "alternating")])
+@pytest.mark.parametrize(
+    ("defense", "update"), [("partition", "sideways"), ("dropout", "alternating"), ("none", "alternating")]
+)
 def test_an_unknown_defense_update_pair_is_a_clear_value_error(defense, update):
-    with pytest.raises(ValueError, match=rf"defense={defense!r} with update={update!r}.*\('partition', 'alternating'\)"):
+    with pytest.raises(
+        ValueError, match=rf"defense={defense!r} with update={update!r}.*\('partition', 'alternating'\)"
+    ):
         step_function(defense, update)

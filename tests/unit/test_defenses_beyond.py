@@ -14,7 +14,14 @@ from torch import nn
 
 from pp_cluster.data import load_dataset
 from pp_cluster.data.base import Split
-from pp_cluster.nets import GaussianNoise, activation_shape, add_activation_noise, build_decoder, build_net, split
+from pp_cluster.nets import (
+    GaussianNoise,
+    activation_shape,
+    add_activation_noise,
+    build_decoder,
+    build_net,
+    split,
+)
 from pp_cluster.privacy.attack import AttackConfig, compute_activations, evaluate_attack, train_attacker
 from pp_cluster.privacy.defense import DEFENSES, TrainConfig, train_defended
 from pp_cluster.privacy.nopeek import distance_correlation
@@ -54,7 +61,11 @@ def test_distance_correlation_matches_the_textbook_formula_and_its_properties():
     assert float(value) == pytest.approx(_dcor_reference(x.numpy(), h.numpy()), abs=1e-5)
     assert float(distance_correlation(x, 3 * x + 1)) == pytest.approx(1.0, abs=1e-5)
     # invariant to scaling (and translating) either argument, and symmetric
-    for other in (distance_correlation(7.5 * x - 2, h), distance_correlation(x, 0.01 * h), distance_correlation(h, x)):
+    for other in (
+        distance_correlation(7.5 * x - 2, h),
+        distance_correlation(x, 0.01 * h),
+        distance_correlation(h, x),
+    ):
         assert float(other) == pytest.approx(float(value), abs=1e-5)
     # independent samples: small (the V-statistic is biased up by O(n^-1/2))
     big = torch.Generator().manual_seed(1)
@@ -73,8 +84,11 @@ def test_distance_correlation_is_safe_on_duplicates_and_degenerate_batches():
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert float(value.detach()) == pytest.approx(
-        _dcor_reference(x.detach().numpy(), (torch.tanh(2 * x) + 0.1 * x.sum(1, keepdim=True) ** 2).detach().numpy()),
-        abs=1e-4)
+        _dcor_reference(
+            x.detach().numpy(), (torch.tanh(2 * x) + 0.1 * x.sum(1, keepdim=True) ** 2).detach().numpy()
+        ),
+        abs=1e-4,
+    )
     # no distance variance: 0, not NaN, and still differentiable (zero gradient)
     h = torch.rand(5, 3, generator=g, requires_grad=True)
     flat = distance_correlation(torch.ones(5, 4), h)
@@ -111,7 +125,9 @@ def test_gaussian_noise_is_on_in_eval_mode_and_off_at_sigma_zero():
 def test_add_activation_noise_wraps_the_stage_for_split_and_state_dict():
     plain = _small_cnn()
     noisy = add_activation_noise(copy.deepcopy(plain), "pool2", 0.3)
-    assert isinstance(noisy.stages["pool2"], nn.Sequential) and isinstance(noisy.stages["pool2"][1], GaussianNoise)
+    assert isinstance(noisy.stages["pool2"], nn.Sequential) and isinstance(
+        noisy.stages["pool2"][1], GaussianNoise
+    )
     assert list(noisy.stages) == list(plain.stages)  # stage order unchanged
     rename = lambda k: k.replace("stages.pool2.", "stages.pool2.0.", 1)  # noqa: E731
     assert list(noisy.state_dict()) == [rename(k) for k in plain.state_dict()]
@@ -156,8 +172,15 @@ def _blobs(n: int, seed: int = 0) -> Split:
     return Split(x.clamp(0, 1), y)
 
 
-def _mlp(seed: int = 0, sigma: float | None = None, *, side: int = 8, classes: int = 3, hidden: int = 16,
-         dropout: float = 0.2):
+def _mlp(
+    seed: int = 0,
+    sigma: float | None = None,
+    *,
+    side: int = 8,
+    classes: int = 3,
+    hidden: int = 16,
+    dropout: float = 0.2,
+):
     """A seeded MLP split at fc1, with activation noise of ``sigma`` when given."""
     torch.manual_seed(seed)
     net = build_net("mnist_mlp", (1, side, side), classes, hidden=hidden, dropout=dropout)
@@ -180,8 +203,16 @@ def test_config_validation_and_defender_rules():
         for lam in (0.0, 0.5):
             net, local, remote = _mlp(sigma=lam if defense == "noise" else None)
             with pytest.raises(ValueError, match="no defenders"):
-                train_defended(net, local, remote, [decoder], train, test, VR,
-                               TrainConfig(defense=defense, lam=lam, epochs=1))
+                train_defended(
+                    net,
+                    local,
+                    remote,
+                    [decoder],
+                    train,
+                    test,
+                    VR,
+                    TrainConfig(defense=defense, lam=lam, epochs=1),
+                )
     with pytest.raises(ValueError, match="defender"):  # adversarial keeps its rule
         train_defended(*_mlp(), [], train, test, VR, TrainConfig(lam=0.5, epochs=1))
     # noise with σ > 0: the local partition must carry that noise
@@ -192,7 +223,9 @@ def test_config_validation_and_defender_rules():
     net, local, remote = _mlp()
     add_activation_noise(net, "fc1", 0.5)  # after split: the local half keeps the plain stage
     with pytest.raises(ValueError, match="add_activation_noise"):
-        train_defended(net, local, remote, [], train, test, VR, TrainConfig(defense="noise", lam=0.5, epochs=1))
+        train_defended(
+            net, local, remote, [], train, test, VR, TrainConfig(defense="noise", lam=0.5, epochs=1)
+        )
 
 
 def test_zero_strength_nopeek_and_noise_are_plain_training():
@@ -205,13 +238,17 @@ def test_zero_strength_nopeek_and_noise_are_plain_training():
     assert base.final_distance is None
 
     net, local, remote = _mlp()
-    zero_nopeek = train_defended(net, local, remote, [], train, test, VR, TrainConfig(**{**cfg.__dict__, "defense": "nopeek"}))
+    zero_nopeek = train_defended(
+        net, local, remote, [], train, test, VR, TrainConfig(**{**cfg.__dict__, "defense": "nopeek"})
+    )
     assert all(torch.equal(a, b) for a, b in zip(_params(net), _params(plain)))
     assert all(0 < row["distance"] <= 1 for row in zero_nopeek.epochs)
     assert zero_nopeek.final_distance == zero_nopeek.epochs[-1]["distance"]
 
     net, local, remote = _mlp(sigma=0.0)
-    zero_noise = train_defended(net, local, remote, [], train, test, VR, TrainConfig(**{**cfg.__dict__, "defense": "noise"}))
+    zero_noise = train_defended(
+        net, local, remote, [], train, test, VR, TrainConfig(**{**cfg.__dict__, "defense": "noise"})
+    )
     assert all(torch.equal(a, b) for a, b in zip(_params(net), _params(plain)))
     assert zero_noise.final_distance is None and zero_noise.test_acc == base.test_acc
 
@@ -234,9 +271,11 @@ def test_nopeek_lowers_held_out_distance_correlation_and_still_trains(digits):
         held_out = float(distance_correlation(digits.test.x, compute_activations(local, digits.test.x)))
         results[alpha] = (result, held_out)
     (plain, dcor_plain), (nopeek, dcor_nopeek) = results[0.0], results[0.15]
-    print(f"held-out dCor(x, h): alpha=0 {dcor_plain:.3f}, alpha=0.15 {dcor_nopeek:.3f}; "
-          f"training dCor {plain.final_distance:.3f} vs {nopeek.final_distance:.3f}; "
-          f"test acc {plain.test_acc:.3f} vs {nopeek.test_acc:.3f}")
+    print(
+        f"held-out dCor(x, h): alpha=0 {dcor_plain:.3f}, alpha=0.15 {dcor_nopeek:.3f}; "
+        f"training dCor {plain.final_distance:.3f} vs {nopeek.final_distance:.3f}; "
+        f"test acc {plain.test_acc:.3f} vs {nopeek.test_acc:.3f}"
+    )
     assert dcor_nopeek < dcor_plain - 0.02
     assert nopeek.final_distance < plain.final_distance - 0.05  # the training curve shows it
     assert nopeek.test_acc > 0.6  # chance is 0.1
@@ -258,8 +297,10 @@ def test_activation_noise_lowers_attacker_ssim_and_degrades_accuracy_gracefully(
         ssim = evaluate_attack(attacker, h_test, digits.test.x, vr, with_dpd=False).metrics["ssim"]
         results[sigma] = (result.test_acc, ssim)
     (acc_plain, ssim_plain), (acc_noisy, ssim_noisy) = results[0.0], results[3.0]
-    print(f"attacker SSIM: sigma=0 {ssim_plain:.3f}, sigma=3 {ssim_noisy:.3f}; "
-          f"test acc {acc_plain:.3f} vs {acc_noisy:.3f}")
+    print(
+        f"attacker SSIM: sigma=0 {ssim_plain:.3f}, sigma=3 {ssim_noisy:.3f}; "
+        f"test acc {acc_plain:.3f} vs {acc_noisy:.3f}"
+    )
     assert ssim_noisy < ssim_plain - 0.05
     assert 0.5 < acc_noisy <= acc_plain + 0.02  # worse or equal, far from chance (0.1)
 
@@ -270,7 +311,9 @@ def test_the_mirrored_deconv_decoder_skips_activation_noise():
     from pp_cluster.nets import activation_shape, add_activation_noise, build_decoder, build_net
 
     plain = build_net("face_cnn", (3, 32, 32), 4, widths=(4, 8, 8, 8), fc=16)
-    noisy = add_activation_noise(build_net("face_cnn", (3, 32, 32), 4, widths=(4, 8, 8, 8), fc=16), "pool2", 0.5)
+    noisy = add_activation_noise(
+        build_net("face_cnn", (3, 32, 32), 4, widths=(4, 8, 8, 8), fc=16), "pool2", 0.5
+    )
     d_plain = build_decoder("deconv", plain, "pool2", (-1.0, 1.0))
     d_noisy = build_decoder("deconv", noisy, "pool2", (-1.0, 1.0))
     assert str(d_plain) == str(d_noisy)
@@ -300,13 +343,24 @@ def test_the_adaptive_resdec_attacker_learns_to_invert_a_split_net_and_is_select
         arch = describe(attacker)
         assert "ConvTranspose2d" not in arch and "Upsample" in arch  # not the mirrored family
         before = evaluate_attack(attacker, h_eval, ds.test.x, ds.value_range, with_dpd=False).metrics["ssim"]
-        attacker, _ = train_attacker(attacker, h_train, ds.train.x, ds.value_range,
-                                     AttackConfig(epochs=15, batch_size=32, lr=3e-3, seed=0))
+        attacker, _ = train_attacker(
+            attacker,
+            h_train,
+            ds.train.x,
+            ds.value_range,
+            AttackConfig(epochs=15, batch_size=32, lr=3e-3, seed=0),
+        )
         after = evaluate_attack(attacker, h_eval, ds.test.x, ds.value_range, with_dpd=False).metrics["ssim"]
     finally:
         torch.set_num_threads(threads)
     print(f"resdec SSIM untrained {before:.3f}, trained {after:.3f}")
     assert after > before + 0.2 and after > 0.5, (before, after)
-    spec = SweepSpec(name="adaptive", dataset="lfw-subset", arch="face_cnn", partitions=("pool1",),
-                     attackers=("deconv", "resdec"), results=str(tmp_path))
+    spec = SweepSpec(
+        name="adaptive",
+        dataset="lfw-subset",
+        arch="face_cnn",
+        partitions=("pool1",),
+        attackers=("deconv", "resdec"),
+        results=str(tmp_path),
+    )
     assert spec.validate().attack_specs()[1].attacker == "resdec"

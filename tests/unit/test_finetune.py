@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pp_cluster.config import ModelSpec
 from pp_cluster import pipeline
+from pp_cluster.config import ModelSpec
 from pp_cluster.data import load_dataset
 
 
@@ -22,9 +22,20 @@ def trained():
     """A fresh model, one epoch on the embedded faces (seconds)."""
     torch.manual_seed(0)
     ds = load_dataset("lfw-subset", None, size=16)
-    spec = ModelSpec(dataset="lfw-subset", arch="face_cnn", partition="pool2", lam=0.0, defenders=(),
-                     distance="ssim", seed=0, epochs=1, batch_size=32, defense="none", finetune_epochs=2,
-                     arch_options={"widths": (4, 8, 8, 8), "fc": 16})
+    spec = ModelSpec(
+        dataset="lfw-subset",
+        arch="face_cnn",
+        partition="pool2",
+        lam=0.0,
+        defenders=(),
+        distance="ssim",
+        seed=0,
+        epochs=1,
+        batch_size=32,
+        defense="none",
+        finetune_epochs=2,
+        arch_options={"widths": (4, 8, 8, 8), "fc": 16},
+    )
     model, _ = pipeline.train_model(spec, ds)
     return spec, ds, model
 
@@ -58,4 +69,6 @@ def test_bad_epochs_are_refused(trained, epochs):
 
     spec, ds, model = trained
     with pytest.raises(ValueError, match="epochs"):
-        finetune_remote(model.local, model.remote, ds.train, ds.test, pipeline.train_config(spec, ds, "cpu"), epochs)
+        finetune_remote(
+            model.local, model.remote, ds.train, ds.test, pipeline.train_config(spec, ds, "cpu"), epochs
+        )

@@ -36,13 +36,20 @@ def dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_pipeline")
     env = _blocking_env(tmp)
     for name in BLOCKED:  # the blockers work: each import fails in a child with this environment
-        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True,
-                               timeout=60)
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert probe.returncode != 0 and "blocked for this test" in probe.stderr, name
     out = tmp / "table.json"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, time.perf_counter() - t0, out
 
 
@@ -52,21 +59,34 @@ def test_dry_run_without_ray_optuna_lpips_prints_every_section(dry_run):
     assert seconds < 120, f"the dry run took {seconds:.0f} s"
     text = proc.stdout
     for expected in (
-        "device: cpu", "torch: ", "data: lfw-subset", "GPU utilisation: unavailable", "budget: ", "DRY RUN",
+        "device: cpu",
+        "torch: ",
+        "data: lfw-subset",
+        "GPU utilisation: unavailable",
+        "budget: ",
+        "DRY RUN",
         # the table's columns
         "| section | measurement | AMP+CL | value | unit | timed | GPU util % mean/max | GPU mem MiB max | note |",
         # training: plain and defended, AMP+CL off and on
-        "| train | face_cnn plain λ=0 | off |", "| train | face_cnn plain λ=0 | on |",
-        "| train | face_cnn defended λ=0.1 deconv @pool2 | off |", "| train | face_cnn defended λ=0.1 deconv @pool2 | on |",
+        "| train | face_cnn plain λ=0 | off |",
+        "| train | face_cnn plain λ=0 | on |",
+        "| train | face_cnn defended λ=0.1 deconv @pool2 | off |",
+        "| train | face_cnn defended λ=0.1 deconv @pool2 | on |",
         # attackers, AMP+CL off and on
-        "| attack | deconv @pool2 | off |", "| attack | deconv @pool2 | on |",
-        "| attack | fc @pool2 | off |", "| attack | fc @pool2 | on |",
-        "| attack | resdec @pool2 | off |", "| attack | resdec @pool2 | on |",
+        "| attack | deconv @pool2 | off |",
+        "| attack | deconv @pool2 | on |",
+        "| attack | fc @pool2 | off |",
+        "| attack | fc @pool2 | on |",
+        "| attack | resdec @pool2 | off |",
+        "| attack | resdec @pool2 | on |",
         # concurrency and the projection
-        "| concurrency | 1 process:", "| concurrency | 2 processes:", "models/h (250 ep)",
+        "| concurrency | 1 process:",
+        "| concurrency | 2 processes:",
+        "models/h (250 ep)",
         "| projection | paper LFW: 30 models x 250 ep + 90 attackers x 50 ep, 1 process |",
         "| projection | paper LFW: 30 models x 250 ep + 90 attackers x 50 ep, best packing:",
-        "s/epoch", "| unavailable | unavailable |",
+        "s/epoch",
+        "| unavailable | unavailable |",
     ):
         assert expected in text, f"{expected!r} missing from the dry run's output:\n{text[-6000:]}"
     assert "error:" not in text and "skipped" not in text, text[-6000:]

@@ -84,7 +84,13 @@ def _torchmetrics_ssim_per_sample(x, x_rec, value_range):
 
     a, b = M.to_unit(x_rec.float(), value_range), M.to_unit(x.float(), value_range)
     _, full = structural_similarity_index_measure(
-        a, b, gaussian_kernel=False, kernel_size=7, data_range=1.0, k1=0.01, k2=0.03 * np.sqrt(48 / 49),
+        a,
+        b,
+        gaussian_kernel=False,
+        kernel_size=7,
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03 * np.sqrt(48 / 49),
         return_full_image=True,
     )
     return full[..., 3:-3, 3:-3].mean(dim=(1, 2, 3))
@@ -95,7 +101,11 @@ def test_ssim_equals_the_torchmetrics_implementation_it_replaced(shape):
     pytest.importorskip("torchmetrics")
     gen = torch.Generator().manual_seed(sum(shape))
     x = torch.rand(shape, generator=gen) * 2 - 1
-    for r in (x + 0.3 * torch.randn(shape, generator=gen), torch.rand(shape, generator=gen) * 2 - 1, x.flip(-1)):
+    for r in (
+        x + 0.3 * torch.randn(shape, generator=gen),
+        torch.rand(shape, generator=gen) * 2 - 1,
+        x.flip(-1),
+    ):
         r = r.clamp(-1, 1)
         old = _torchmetrics_ssim_per_sample(x, r, (-1, 1))
         torch.testing.assert_close(M.ssim_per_sample(x, r, (-1, 1)), old, atol=2e-6, rtol=0)
@@ -117,8 +127,11 @@ def test_ssim_gradient_passes_gradcheck(one_thread):
     ssim_x_r = lambda a, b: M.ssim_per_sample(a, b, (0, 1))  # noqa: E731
     assert torch.autograd.gradcheck(ssim_x_r, (x.requires_grad_(True), r.requires_grad_(True)))
     # The value range is an affine map in front: the gradient goes through it too.
-    assert torch.autograd.gradcheck(lambda b: M.distance_per_sample("ssim", x.detach(), b, (-1, 1)),
-                                    (r.detach().requires_grad_(True),), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda b: M.distance_per_sample("ssim", x.detach(), b, (-1, 1)),
+        (r.detach().requires_grad_(True),),
+        fast_mode=True,
+    )
 
 
 def test_ssim_box_filter_paths_agree():

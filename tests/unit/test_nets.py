@@ -8,8 +8,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from pp_cluster.nets import (
-    BASELINES,
     ARCHS,
+    BASELINES,
     DECODERS,
     activation_shape,
     build_decoder,
@@ -147,8 +147,9 @@ def test_mean_image_baseline_outputs_the_training_mean_whatever_h():
     x = torch.rand(6, *net.image_shape) * 2 - 1
     with torch.no_grad():
         h = local(x)
-    attacker, history = train_attacker(build_decoder("mean_image", net, "pool1", (-1, 1)), h, x, (-1, 1),
-                                       AttackConfig(epochs=3))
+    attacker, history = train_attacker(
+        build_decoder("mean_image", net, "pool1", (-1, 1)), h, x, (-1, 1), AttackConfig(epochs=3)
+    )
     assert history["epochs_run"] == 0 and not list(attacker.parameters())
     out = attacker(torch.randn_like(h[:2]))
     assert out.shape == (2, *net.image_shape)
@@ -231,8 +232,12 @@ def test_appendix_a_attackers_and_defenders():
     assert layers("mnist_a5")[1] == ("Linear", 512) and layers("mnist_a6")[1] == ("Linear", 1024)
     assert any(kind == "Conv1d" for kind, _ in layers("mnist_a7"))
     assert layers("mnist_a8") == [("Flatten", None), *head]
-    for defender, attacker in [("mnist_d1", "mnist_a3"), ("mnist_d2", "mnist_a4"),
-                               ("mnist_d3", "mnist_a7"), ("mnist_d4", "mnist_a8")]:
+    for defender, attacker in [
+        ("mnist_d1", "mnist_a3"),
+        ("mnist_d2", "mnist_a4"),
+        ("mnist_d3", "mnist_a7"),
+        ("mnist_d4", "mnist_a8"),
+    ]:
         assert layers(defender) == layers(attacker)
 
 

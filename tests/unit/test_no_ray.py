@@ -40,8 +40,12 @@ def _imports(folder: Path) -> dict[str, set[str]]:
 
 def test_imports_go_one_way():
     def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
-        return sorted(f"{f}: {m}" for f, mods in _imports(REPO / folder).items() for m in mods
-                      if any(m == x or m.startswith(x + ".") for x in forbidden))
+        return sorted(
+            f"{f}: {m}"
+            for f, mods in _imports(REPO / folder).items()
+            for m in mods
+            if any(m == x or m.startswith(x + ".") for x in forbidden)
+        )
 
     assert offenders("analysis", ("pp_cluster.farm", "ray")) == []
     assert offenders("pp_cluster/farm", ("analysis",)) == []

@@ -17,8 +17,16 @@ import torch
 
 from pp_cluster.config import AttackSpec, ModelSpec, SpecError, SweepSpec
 from pp_cluster.data import DATASET_REGISTRY, DATASETS, EMBEDDED, load_dataset
-from pp_cluster.nets import (ARCHS, DECODER_REGISTRY, DECODERS, NET_REGISTRY, build_decoder, build_net,
-                             register_net, split)
+from pp_cluster.nets import (
+    ARCHS,
+    DECODER_REGISTRY,
+    DECODERS,
+    NET_REGISTRY,
+    build_decoder,
+    build_net,
+    register_net,
+    split,
+)
 from pp_cluster.plugins import PLUGINS_ENV, Names, Registry, runtime_env, setup_worker
 from pp_cluster.privacy.metrics import DISTANCE_REGISTRY, DISTANCES, distance_per_sample
 from pp_cluster.privacy.recipes import RECIPES, recipe
@@ -54,13 +62,28 @@ def my_plugins(tmp_path, monkeypatch):
 
 
 def _stripes_sweep(tmp_path, **changes) -> SweepSpec:
-    return SweepSpec(name="stripes", dataset="stripes", arch="tiny_cnn", partitions=("block1", "block2"),
-                     lams=(0.0, 1.0), defense="shrink", attackers=("upsampler", "mean_image"), epochs=1,
-                     results=str(tmp_path / "results"), plugins=("my_plugins",)).with_(**changes)
+    return SweepSpec(
+        name="stripes",
+        dataset="stripes",
+        arch="tiny_cnn",
+        partitions=("block1", "block2"),
+        lams=(0.0, 1.0),
+        defense="shrink",
+        attackers=("upsampler", "mean_image"),
+        epochs=1,
+        results=str(tmp_path / "results"),
+        plugins=("my_plugins",),
+    ).with_(**changes)
 
 
 def test_a_plugin_module_registers_one_of_each_and_the_views_see_it(my_plugins, tmp_path):
-    names = {"tiny_cnn": ARCHS, "upsampler": DECODERS, "stripes": DATASETS, "shrink": DEFENSES, "l1": DISTANCES}
+    names = {
+        "tiny_cnn": ARCHS,
+        "upsampler": DECODERS,
+        "stripes": DATASETS,
+        "shrink": DEFENSES,
+        "l1": DISTANCES,
+    }
     assert not any(name in view for name, view in names.items())
     assert DEFENSES == ("partition", "nopeek", "noise") and DISTANCES == ("ssim", "mse")
     _stripes_sweep(tmp_path).validate()  # imports my_plugins first
@@ -91,14 +114,26 @@ def test_every_readme_example_works_in_training_and_attack(my_plugins, tmp_path)
     d = distance_per_sample("l1", x, torch.zeros_like(x), ds.value_range)
     assert d.shape == (5,) and torch.allclose(d, x.flatten(1).mean(dim=1))
 
-    base = ModelSpec(dataset="stripes", arch="tiny_cnn", partition="block1", lam=1.0, defenders=(),
-                     distance="ssim", seed=0, epochs=1, batch_size=32, defense="shrink", arch_options={"width": 4})
+    base = ModelSpec(
+        dataset="stripes",
+        arch="tiny_cnn",
+        partition="block1",
+        lam=1.0,
+        defenders=(),
+        distance="ssim",
+        seed=0,
+        epochs=1,
+        batch_size=32,
+        defense="shrink",
+        arch_options={"width": 4},
+    )
     for spec in (base, replace(base, defense="partition", defenders=("upsampler",), distance="l1")):
         model, result = pipeline.train_model(spec, ds)
         assert result.status == "ok" and result.final_distance is not None and result.final_distance >= 0
     inputs = pipeline.attack_inputs(model.local, ds, "train", 1.0, seed=0)
-    row, _ = pipeline.run_attack(AttackSpec("upsampler", epochs=1), model.net, spec,
-                                 (ds.image_shape, 2, ds.value_range), inputs)
+    row, _ = pipeline.run_attack(
+        AttackSpec("upsampler", epochs=1), model.net, spec, (ds.image_shape, 2, ds.value_range), inputs
+    )
     assert row["attacker"] == "upsampler" and 0 <= row["mse"] <= 1 and "Upsample" in row["attacker_arch"]
 
 
@@ -112,7 +147,9 @@ def test_the_readme_sweeps_and_command_line_validate(my_plugins, tmp_path, monke
     [run_block] = [b for b in readme_blocks("python") if "run_sweep(mine)" in b]
     exec(run_block, {})
     assert [(s.defense, s.distance, s.defender_suites) for s in ran] == [
-        ("shrink", "ssim", (("deconv",),)), ("partition", "l1", (("upsampler",),))]
+        ("shrink", "ssim", (("deconv",),)),
+        ("partition", "l1", (("upsampler",),)),
+    ]
 
     [command] = [b for b in readme_blocks("bash") if "--plugins my_plugins" in b]
     argv = shlex.split(command.replace("\\\n", " "))
@@ -127,20 +164,29 @@ def test_a_plugin_that_cannot_be_imported_is_a_spec_error_before_ray(tmp_path, m
     from pp_cluster.cli import sweep_main
 
     spec = _stripes_sweep(tmp_path)
-    with pytest.raises(SpecError, match=r"SweepSpec.plugins: plugin module 'no_such_plugin_zz' could not be "
-                                        r"imported: ModuleNotFoundError.*PYTHONPATH"):
+    with pytest.raises(
+        SpecError,
+        match=r"SweepSpec.plugins: plugin module 'no_such_plugin_zz' could not be "
+        r"imported: ModuleNotFoundError.*PYTHONPATH",
+    ):
         spec.with_(plugins=("no_such_plugin_zz",)).validate()
     (tmp_path / "broken_plugin_zz.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(SpecError, match="'broken_plugin_zz' could not be imported: RuntimeError: boom at import"):
+    with pytest.raises(
+        SpecError, match="'broken_plugin_zz' could not be imported: RuntimeError: boom at import"
+    ):
         spec.with_(plugins=("broken_plugin_zz",)).validate()
     with pytest.raises(SpecError, match="SweepSpec.plugins: a tuple of module names"):
         spec.with_(plugins="my_plugins").validate()
 
     import ray
 
-    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the plugins were checked"))
-    rc = sweep_main("lfw_grid", None, ["--quick", "--plugins", "no_such_plugin_zz", "--results", str(tmp_path / "r")])
+    monkeypatch.setattr(
+        ray, "init", lambda *a, **k: pytest.fail("Ray started before the plugins were checked")
+    )
+    rc = sweep_main(
+        "lfw_grid", None, ["--quick", "--plugins", "no_such_plugin_zz", "--results", str(tmp_path / "r")]
+    )
     assert rc == 2 and "SweepSpec.plugins: plugin module 'no_such_plugin_zz'" in capsys.readouterr().err
 
 
@@ -178,6 +224,8 @@ def test_runtime_env_ships_what_is_not_installed_and_the_hook_imports_it(my_plug
     monkeypatch.setenv(PLUGINS_ENV, "pkg_zz.models")
     setup_worker()  # what every Ray worker runs before its first task
     assert sys.modules["pkg_zz.models"].LOADED
-    assert runtime_env(("pkg_zz.models",))["py_modules"] == [str(pkg.resolve())]  # the whole top-level package
+    assert runtime_env(("pkg_zz.models",))["py_modules"] == [
+        str(pkg.resolve())
+    ]  # the whole top-level package
     for name in ("pkg_zz.models", "pkg_zz"):
         sys.modules.pop(name)

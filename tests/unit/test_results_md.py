@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+from test_analysis import attack_row, model_row, per_image
 
 from analysis.results_md import results_markdown, write_markdown
 from pp_cluster.results.store import ResultStore
-from test_analysis import attack_row, model_row, per_image
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "docs" / "reference" / "lfw_cpu"
@@ -26,11 +26,21 @@ N_IMAGES = 30
 PARTITIONS = ("pool1", "pool2")
 # (seed, partition or None for the undefended model) -> worst-attacker SSIM; the other attacker
 # and the mean-image baseline sit below it.
-SSIM = {(0, None): {"pool1": 0.80, "pool2": 0.70}, (1, None): {"pool1": 0.78, "pool2": 0.69},
-        (0, "pool1"): {"pool1": 0.50}, (1, "pool1"): {"pool1": 0.52},
-        (0, "pool2"): {"pool2": 0.45}, (1, "pool2"): {"pool2": 0.40}}
-RUN = {"command": "python sweeps/lfw_grid.py --quick --seeds 0 1 --results results/lfw_tiny",
-       "date": "2026-11-27", "machine": "2-core CPU laptop", "wall_seconds": 5400, "notes": "a test run"}
+SSIM = {
+    (0, None): {"pool1": 0.80, "pool2": 0.70},
+    (1, None): {"pool1": 0.78, "pool2": 0.69},
+    (0, "pool1"): {"pool1": 0.50},
+    (1, "pool1"): {"pool1": 0.52},
+    (0, "pool2"): {"pool2": 0.45},
+    (1, "pool2"): {"pool2": 0.40},
+}
+RUN = {
+    "command": "python sweeps/lfw_grid.py --quick --seeds 0 1 --results results/lfw_tiny",
+    "date": "2026-11-27",
+    "machine": "2-core CPU laptop",
+    "wall_seconds": 5400,
+    "notes": "a test run",
+}
 
 
 def model_id(seed: int, partition: str | None) -> str:
@@ -40,15 +50,41 @@ def model_id(seed: int, partition: str | None) -> str:
 def write_attacks(store: ResultStore, mid: str, part: str, worst: float, rng: np.random.Generator) -> None:
     """deconv (the strongest), fc and the mean-image baseline at one partition; the scalar SSIM/MSE
     are the means of the per-image lists, as the farm writes them."""
-    for attacker, ssim, gender in (("deconv", worst, (30, 36, 40)), ("fc", worst - 0.1, (28, 35, 40)),
-                                   ("mean_image", 0.3, (39, 40, 40))):
-        ssim_images, mse_images = per_image(rng, ssim, 0.05, N_IMAGES), per_image(rng, 0.1 - ssim / 10, 0.005, N_IMAGES)
+    for attacker, ssim, gender in (
+        ("deconv", worst, (30, 36, 40)),
+        ("fc", worst - 0.1, (28, 35, 40)),
+        ("mean_image", 0.3, (39, 40, 40)),
+    ):
+        ssim_images, mse_images = (
+            per_image(rng, ssim, 0.05, N_IMAGES),
+            per_image(rng, 0.1 - ssim / 10, 0.005, N_IMAGES),
+        )
         aid = f"{mid}-{part}-{attacker}"
-        store.write("attacks", SWEEP, aid, [attack_row(
-            SWEEP, mid, aid, attacker=attacker, partition=part, ssim=float(np.mean(ssim_images)),
-            mse=float(np.mean(mse_images)), ssim_images=ssim_images, mse_images=mse_images, dpd=None,
-            dpd_reason="no offline LPIPS weights", reprint_acc=0.4, n_eval=N_IMAGES,
-            n_cg=gender[0], n_df=gender[1], n_ti=gender[2])])
+        store.write(
+            "attacks",
+            SWEEP,
+            aid,
+            [
+                attack_row(
+                    SWEEP,
+                    mid,
+                    aid,
+                    attacker=attacker,
+                    partition=part,
+                    ssim=float(np.mean(ssim_images)),
+                    mse=float(np.mean(mse_images)),
+                    ssim_images=ssim_images,
+                    mse_images=mse_images,
+                    dpd=None,
+                    dpd_reason="no offline LPIPS weights",
+                    reprint_acc=0.4,
+                    n_eval=N_IMAGES,
+                    n_cg=gender[0],
+                    n_df=gender[1],
+                    n_ti=gender[2],
+                )
+            ],
+        )
 
 
 def write_root(root: Path, run: dict | None = RUN) -> None:
@@ -58,10 +94,26 @@ def write_root(root: Path, run: dict | None = RUN) -> None:
     for (seed, part), worst in SSIM.items():
         mid = model_id(seed, part)
         defended = part is not None
-        store.write("models", SWEEP, mid, [model_row(
-            SWEEP, mid, seed=seed, dataset="lfw", arch="face_cnn", partition=part, lam=1.0 if defended else 0.0,
-            defenders="deconv" if defended else "", defense="partition" if defended else "none",
-            test_acc=0.85 - 0.05 * defended + 0.025 * seed - 0.02 * (defended and seed), n_test=40)])
+        store.write(
+            "models",
+            SWEEP,
+            mid,
+            [
+                model_row(
+                    SWEEP,
+                    mid,
+                    seed=seed,
+                    dataset="lfw",
+                    arch="face_cnn",
+                    partition=part,
+                    lam=1.0 if defended else 0.0,
+                    defenders="deconv" if defended else "",
+                    defense="partition" if defended else "none",
+                    test_acc=0.85 - 0.05 * defended + 0.025 * seed - 0.02 * (defended and seed),
+                    n_test=40,
+                )
+            ],
+        )
         for p, ssim in worst.items():
             write_attacks(store, mid, p, ssim, rng)
     if run is not None:
@@ -77,9 +129,9 @@ def root(tmp_path) -> Path:
 def section(md: str, heading: str) -> str:
     """The text under the heading that starts with ``heading``, up to the next heading."""
     start = md.index(f"\n{heading}")
-    rest = md[start + 1:]
+    rest = md[start + 1 :]
     ends = [i for i in (rest.find("\n## ", 1), rest.find("\n### ", 1)) if i > 0]
-    return rest[:min(ends)] if ends else rest
+    return rest[: min(ends)] if ends else rest
 
 
 def row(text: str, *cells: str) -> list[str]:
@@ -112,12 +164,22 @@ def test_page_is_deterministic_and_its_numbers_are_the_tables(root, tmp_path):
     cells = row(section(md, "### (c)"), "pool1", "no defense", "2")
     assert cells[3] == f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" and cells[4] == "t over seeds"
     assert cells[5] == "deconv"  # never the mean-image baseline, which is beside it
-    baseline = np.mean([float(np.mean(x)) for x in ResultStore(str(root)).read("attacks").query(
-        "attacker == 'mean_image' and partition == 'pool1' and model_id.str.startswith('u')")["ssim_images"]])
+    baseline = np.mean(
+        [
+            float(np.mean(x))
+            for x in ResultStore(str(root))
+            .read("attacks")
+            .query("attacker == 'mean_image' and partition == 'pool1' and model_id.str.startswith('u')")[
+                "ssim_images"
+            ]
+        ]
+    )
     assert cells[6].startswith(f"{baseline:.3f} [")
     # (a): two seeds of test accuracy, in percent.
     acc = [0.80, 0.805]
-    assert row(section(md, "### (a)"), "pool2", "λ=1 (deconv)", "2")[3].startswith(f"{100 * np.mean(acc):.1f} [")
+    assert row(section(md, "### (a)"), "pool2", "λ=1 (deconv)", "2")[3].startswith(
+        f"{100 * np.mean(acc):.1f} ["
+    )
     # (e): DPD is null everywhere, and the page says why instead of showing numbers.
     dpd = section(md, "### (e)")
     n_attacks = 3 * sum(len(parts) for parts in SSIM.values())
@@ -139,7 +201,9 @@ def test_significance_follows_the_paired_interval(root, tmp_path):
     # little less): the interval now straddles 0 and the mark flips.
     rng = np.random.default_rng(3)
     for seed, delta in ((0, 0.02), (1, -0.03)):
-        write_attacks(ResultStore(str(root)), model_id(seed, "pool1"), "pool1", SSIM[(seed, None)]["pool1"] + delta, rng)
+        write_attacks(
+            ResultStore(str(root)), model_id(seed, "pool1"), "pool1", SSIM[(seed, None)]["pool1"] + delta, rng
+        )
     paired = section(results_markdown(str(root), page), "## Defended minus undefended")
     assert row(paired, "pool1", "λ=1 (deconv)", "worst-case SSIM", "2 (0,1)")[-1] == "no"
     assert row(paired, "pool2", "λ=1 (deconv)", "worst-case SSIM", "2 (0,1)")[-1] == "**yes**"
@@ -155,23 +219,38 @@ def test_without_run_json_the_tables_say_when_and_where(tmp_path):
 
 def test_cli_writes_the_page_without_matplotlib(root, tmp_path):
     page = tmp_path / "out" / "results.md"
-    code = ("import sys; from analysis.report import main; rc = main(sys.argv[1:]); "
-            "print('matplotlib' in sys.modules); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(root), "--markdown", str(page)], capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
+    code = (
+        "import sys; from analysis.report import main; rc = main(sys.argv[1:]); "
+        "print('matplotlib' in sys.modules); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root), "--markdown", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "False"  # the page needs no figures
     assert page.read_text(encoding="utf-8") == results_markdown(str(root), page)
-    bare = subprocess.run([sys.executable, "-m", "analysis.report", str(root)], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    bare = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert bare.returncode == 2 and "--out DIR, --markdown PAGE or both" in bare.stderr
 
 
 def test_committed_page_matches_the_reference_tables():
     if not REFERENCE.is_dir():
         pytest.skip(f"{REFERENCE.relative_to(REPO)}/ (the committed reference tables) does not exist yet")
-    assert PAGE.exists(), ("docs/results.md is missing: python -m analysis.report docs/reference/lfw_cpu "
-                           "--markdown docs/results.md")
+    assert PAGE.exists(), (
+        "docs/results.md is missing: python -m analysis.report docs/reference/lfw_cpu "
+        "--markdown docs/results.md"
+    )
     assert results_markdown(str(REFERENCE), PAGE) == PAGE.read_text(encoding="utf-8"), (
         "docs/results.md is stale: regenerate it with "
-        "python -m analysis.report docs/reference/lfw_cpu --markdown docs/results.md")
+        "python -m analysis.report docs/reference/lfw_cpu --markdown docs/results.md"
+    )

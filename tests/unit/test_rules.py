@@ -13,21 +13,30 @@ def _attacks() -> pd.DataFrame:
     rows = [
         # attacker, partition, ssim, mse, psnr, dpd, reprint_acc, status
         ("deconv", "pool1", 0.80, 0.010, 20.0, 0.40, 0.50, "ok"),
-        ("fc", "pool1", 0.70, 0.020, 18.0, 0.20, 0.60, "ok"),      # weaker on SSIM, stronger on DPD
+        ("fc", "pool1", 0.70, 0.020, 18.0, 0.20, 0.60, "ok"),  # weaker on SSIM, stronger on DPD
         ("mean_image", "pool1", 0.90, 0.001, 30.0, 0.05, 0.90, "ok"),  # a baseline: never the strongest
-        ("resdec", "pool1", 0.99, 0.000, 40.0, 0.01, 0.99, "failed"),   # failed: never counts
+        ("resdec", "pool1", 0.99, 0.000, 40.0, 0.01, 0.99, "failed"),  # failed: never counts
         ("deconv", "pool2", 0.60, 0.030, 15.0, 0.30, 0.40, "ok"),
     ]
-    df = pd.DataFrame(rows, columns=["attacker", "partition", "ssim", "mse", "psnr", "dpd", "reprint_acc", "status"])
-    return df.assign(sweep="s", model_id="m", n_eval=10, ssim_images=[[v] * 10 for v in df["ssim"]],
-                     mse_images=[[v] * 10 for v in df["mse"]])
+    df = pd.DataFrame(
+        rows, columns=["attacker", "partition", "ssim", "mse", "psnr", "dpd", "reprint_acc", "status"]
+    )
+    return df.assign(
+        sweep="s",
+        model_id="m",
+        n_eval=10,
+        ssim_images=[[v] * 10 for v in df["ssim"]],
+        mse_images=[[v] * 10 for v in df["mse"]],
+    )
 
 
 def test_every_consumer_takes_the_same_strongest_attacker():
     attacks = _attacks()
     rule = rules.worst_values(attacks).set_index("partition")
     assert rule.loc["pool1", "ssim_attacker"] == "deconv" and rule.loc["pool1", "dpd_attacker"] == "fc"
-    assert rule.loc["pool1", "dpd"] == pytest.approx(0.20) and rule.loc["pool1", "mse"] == pytest.approx(0.010)
+    assert rule.loc["pool1", "dpd"] == pytest.approx(0.20) and rule.loc["pool1", "mse"] == pytest.approx(
+        0.010
+    )
 
     from analysis.tables import worst_case
 
