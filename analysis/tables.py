@@ -87,6 +87,7 @@ class Results:
     root: str
     sweep: str | None = None
     _store: ResultStore | None = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # models_with_worst, computed once
 
     def joined(self) -> pd.DataFrame:
         """Attack rows with their model's columns; clashing model columns get a ``_model`` suffix:
@@ -99,6 +100,13 @@ class Results:
         partition as ``partition_model``), a Wilson interval of its test accuracy
         (``test_acc_ci_lo/_ci_hi``) and the columns of :func:`worst_case`. An undefended model
         appears at every partition; a model never attacked appears once, at its own partition."""
+        key = ("models_with_worst", id(self.models), id(self.attacks))  # (tables replaced: computed anew)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = self._models_with_worst()
+        return self._cache[key].copy()
+
+    def _models_with_worst(self) -> pd.DataFrame:
         m = self.models.rename(columns={"partition": "partition_model"})
         m = _with_ci(m, "test_acc", [wilson(acc * n, n) for acc, n in zip(m["test_acc"], m["n_test"])])
         mw = m.merge(worst_case(self.attacks), on=KEYS, how="left")

@@ -700,3 +700,18 @@ def test_docs_queries_run_against_a_results_root(root, capsys):
     exec(compile(code, "docs/queries.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "deconv,fc" in printed and "loss is NaN at epoch 2" in printed and "CUDA OOM" in printed
+
+
+@pytest.mark.parametrize("how", ["max", "min"])
+def test_bootstrap_is_scipys_percentile_bootstrap(how):
+    """Our paired percentile bootstrap (indices drawn once per image count) gives scipy's
+    interval for the strongest of several attackers' means."""
+    from analysis.uncertainty import BOOTSTRAP_SEED, N_RESAMPLES, bootstrap, strongest_of_means
+
+    rng = np.random.default_rng(3)
+    for n, k in ((64, 3), (11, 1), (474, 5)):
+        samples = [rng.uniform(size=n) for _ in range(k)]
+        ref = stats.bootstrap(tuple(samples), strongest_of_means(how), paired=True, vectorized=True,
+                              n_resamples=N_RESAMPLES, method="percentile",
+                              rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+        assert bootstrap(samples, strongest_of_means(how)) == pytest.approx((ref.low, ref.high), abs=1e-12)
