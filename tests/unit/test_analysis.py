@@ -711,7 +711,13 @@ def test_bootstrap_is_scipys_percentile_bootstrap(how):
     rng = np.random.default_rng(3)
     for n, k in ((64, 3), (11, 1), (474, 5)):
         samples = [rng.uniform(size=n) for _ in range(k)]
-        ref = stats.bootstrap(tuple(samples), strongest_of_means(how), paired=True, vectorized=True,
-                              n_resamples=N_RESAMPLES, method="percentile",
-                              rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+        ref = stats.bootstrap(
+            tuple(samples),
+            strongest_of_means(how),
+            paired=True,
+            vectorized=True,
+            n_resamples=N_RESAMPLES,
+            method="percentile",
+            rng=np.random.default_rng(BOOTSTRAP_SEED),
+        ).confidence_interval
         assert bootstrap(samples, strongest_of_means(how)) == pytest.approx((ref.low, ref.high), abs=1e-12)
