@@ -72,3 +72,13 @@ def check_local_gpus(sweep: SweepSpec, address: str | None, num_gpus: int | None
             f"SweepSpec.resources: a model needs {need:g} GPU (--gpus-per-trial / --num-workers) but "
             f"this machine has {have}; lower --gpus-per-trial, or train on CPUs (--no-gpu)"
         )
+
+
+def process_device(use_gpu: bool) -> str:
+    """The one device rule for trials, Train workers, attacker actors and DP pixelation: CUDA
+    only when the sweep trains on GPUs and this process holds a GPU share. Ray 2.60 no longer
+    hides GPUs from a process that holds none, so ``torch.cuda.is_available()`` alone would put
+    a zero-GPU attacker actor, or a --no-gpu trial, on a card it never reserved."""
+    if not use_gpu or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda" if ray.get_gpu_ids() else "cpu"

@@ -32,13 +32,14 @@ def get_pool(sweep: str):
 class AttackerWorker:
     """Trains attackers one at a time. Science only: ``pipeline.run_attack``."""
 
-    def __init__(self, results_uri: str, threads: float) -> None:
+    def __init__(self, results_uri: str, threads: float, use_gpu: bool = False) -> None:
         import torch
 
         from pp_cluster.results.store import ResultStore
 
         torch.set_num_threads(max(1, int(threads)))
         self.store = ResultStore(results_uri)
+        self.use_gpu = use_gpu
 
     def pid(self) -> int:
         import os
@@ -46,7 +47,6 @@ class AttackerWorker:
         return os.getpid()
 
     def run(self, job: dict[str, Any], inputs: Any, net_state: dict, judge: Any = None) -> dict[str, Any]:
-        import torch
 
         from pp_cluster import pipeline
         from pp_cluster.results.rows import attack_row
@@ -55,7 +55,9 @@ class AttackerWorker:
         spec = ModelSpec.from_dict(job["model"])
         attack = AttackSpec(**job["attack"])
         image_shape, num_classes, value_range = job["shape"]
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from pp_cluster.farm.capacity import process_device
+
+        device = process_device(self.use_gpu)
         net = pipeline.build_classifier(spec, tuple(image_shape), num_classes)
         net.load_state_dict(net_state)
         net.to(device).eval()
@@ -71,8 +73,9 @@ class AttackerWorker:
             n_keep=n_keep,
             judge=judge,
         )
+        prov = {**provenance(), **({"gpu": None} if device == "cpu" else {})}  # the device used
         row = attack_row(
-            row, sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"], prov=provenance()
+            row, sweep=job["sweep"], model_id=job["model_id"], attack_id=job["attack_id"], prov=prov
         )
         self.store.write("attacks", job["sweep"], job["attack_id"], [row])
         if n_keep:
@@ -98,7 +101,9 @@ class AttackPool:
             self._add_worker()
 
     def _add_worker(self) -> None:
-        w = AttackerWorker.options(**self._options).remote(self._results_uri, self._threads)
+        w = AttackerWorker.options(**self._options).remote(
+            self._results_uri, self._threads, self._options["num_gpus"] > 0
+        )
         self._workers.append(w)
         self._idle.put_nowait(w)
 

@@ -47,6 +47,9 @@ TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     "RAY_TRAIN_METRICS_ENABLED": "0",
+    # A process that holds no GPU sees none (CUDA_VISIBLE_DEVICES="" for zero-GPU tasks and
+    # actors, Ray's pre-2.60 behaviour); capacity.process_device is the rule either way.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
 }
 
 

@@ -42,11 +42,12 @@ def state_uri(storage: str, model_id: str) -> str:
     return f"{storage.rstrip('/')}/train-{model_id}/{STATE_FILE}"
 
 
-def _device(local_mode: bool) -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    # Local mode: the trial's process sees only the GPU Ray gave it.
-    return "cuda" if local_mode else str(ray.train.torch.get_device())
+def _device(local_mode: bool, use_gpu: bool) -> str:
+    """``capacity.process_device``; a DDP worker that holds a GPU takes the one Train gave it."""
+    from pp_cluster.farm.capacity import process_device
+
+    device = process_device(use_gpu)
+    return device if device == "cpu" or local_mode else str(ray.train.torch.get_device())
 
 
 def _backend(use_gpu: bool) -> str:
@@ -112,7 +113,7 @@ def train_worker(config: dict[str, Any]) -> None:
     wrap = None
     if world > 1:
         wrap = ray.train.torch.prepare_model
-    device = _device(local_mode)
+    device = _device(local_mode, bool(config["use_gpu"]))
     model, result = pipeline.train_model(
         spec, ds, device, on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
     )
@@ -169,6 +170,7 @@ def fit_model(
             "checkpoint_interval_s": resources.checkpoint_interval_s,
             "state_uri": state_uri(storage_path, model_id),
             "local_mode": local_mode,
+            "use_gpu": use_gpu,
         },
         scaling_config=scaling,
         torch_config=ray.train.torch.TorchConfig(backend=_backend(use_gpu)),

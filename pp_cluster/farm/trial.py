@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import ray
 import ray.tune as tune
-import torch
 
 from pp_cluster import pipeline
 from pp_cluster.config import SweepSpec, content_id
 from pp_cluster.data.base import Split
+from pp_cluster.farm.capacity import process_device
 from pp_cluster.farm.pool import get_pool
 from pp_cluster.farm.train import fit_model
 from pp_cluster.nets import split
@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
         model_row = _write_model(store, sweep, spec, model_id, final, history, started)
     if final["status"] == rules.OK:
         todo = {i: pa for i, pa in attacks.items() if i not in {r["attack_id"] for r in done_rows}}
-        done_rows += _attack(store, sweep, spec, model_id, net_state, todo, refs)
+        done_rows += _attack(store, sweep, spec, model_id, net_state, todo, refs, bool(config["use_gpu"]))
     tune.report(trial_metrics(model_row, done_rows, model_id, skipped=False))
 
 
@@ -75,13 +75,14 @@ def _attack(
     net_state: dict,
     todo: dict[str, tuple[str, Any]],
     refs: list,
+    use_gpu: bool,
 ) -> list[dict]:
     """Run ``todo`` on the sweep's attacker pool (DP pixelation too, for an undefended model);
     the pool's actors write the successful rows, this the failed ones. Returns every row."""
     ds = ray.get(refs[0])
     model = pipeline.build_model(spec, ds)
     model.net.load_state_dict(net_state)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = process_device(use_gpu)
     model.net.to(device)
     if spec.lam == 0 and sweep.dp_epsilons:  # once per undefended model, not per partition
         _write_dp_pixelation(store, sweep, spec, model_id, model.net, ds, device)
