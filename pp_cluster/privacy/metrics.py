@@ -265,11 +265,13 @@ def dpd(
     if not path.is_file():
         from torchvision.models import AlexNet_Weights
 
+        # (The reason lands in result rows that travel between machines: no local path in it.)
         return None, (
-            f"DPD needs torchvision's ImageNet AlexNet weights at {path} (not present; no download "
-            f"attempted). Put {path.name} from {AlexNet_Weights.IMAGENET1K_V1.url} there, e.g. by running "
-            "torchvision.models.alexnet(weights='IMAGENET1K_V1') once on a machine with internet and "
-            "copying $TORCH_HOME/hub/checkpoints; TORCH_HOME selects the cache directory."
+            f"DPD needs torchvision's ImageNet AlexNet weights at $TORCH_HOME/hub/checkpoints/{path.name} "
+            "(TORCH_HOME defaults to ~/.cache/torch; not present on the machine that ran the attack; no "
+            f"download attempted). Put {path.name} from {AlexNet_Weights.IMAGENET1K_V1.url} there, e.g. by "
+            "running torchvision.models.alexnet(weights='IMAGENET1K_V1') once on a machine with internet "
+            "and copying its $TORCH_HOME/hub/checkpoints."
         )
     try:
         model = _lpips_model(path, x.device)
