@@ -86,12 +86,16 @@ def paired_images(lists: Sequence[object]) -> list[np.ndarray] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _resample_indices(n: int) -> np.ndarray:
-    """The image indices of every resample for ``n`` images: the draws scipy.stats.bootstrap
-    makes (paired, all resamples at once) from the fixed seed, made once per ``n``."""
+def _resample_weights(n: int) -> np.ndarray:
+    """Per resample, how often each of ``n`` images is drawn, divided by ``n`` (N_RESAMPLES × n):
+    the draws scipy.stats.bootstrap makes (paired, all resamples at once) from the fixed seed,
+    made once per ``n``. A resample's mean is then one row of ``weights @ values``."""
     idx = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, (N_RESAMPLES, n))
-    idx.setflags(write=False)
-    return idx
+    counts = np.zeros((N_RESAMPLES, n))
+    np.add.at(counts, (np.arange(N_RESAMPLES)[:, None], idx), 1.0)
+    counts /= n
+    counts.setflags(write=False)
+    return counts
 
 
 def bootstrap(
@@ -100,11 +104,15 @@ def bootstrap(
     """Percentile interval of ``statistic`` with the image indices resampled jointly for all
     ``samples`` (paired: every attack, of one model or of two, was scored on the same images).
 
-    The same interval as ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` with
-    the fixed seed (tests/unit/test_analysis.py compares them), without its per-call set-up:
-    the resample indices depend only on the number of images, so they are drawn once."""
-    idx = _resample_indices(len(samples[0]))
-    theta = statistic(*(np.asarray(s, dtype="float64")[idx] for s in samples), axis=-1)
+    ``statistic`` must depend on the samples only through their means (every statistic here
+    does: ``strongest_of_means`` and differences of two of them); it is called with each
+    resample's means as ``(N_RESAMPLES, 1)`` arrays. The interval is the one
+    ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` gives with the fixed seed
+    (tests/unit/test_analysis.py compares them), without its per-call set-up: the resamples depend only on the number of
+    images, so they are drawn once, and every resample's mean is one matrix product."""
+    weights = _resample_weights(len(samples[0]))
+    means = weights @ np.stack([np.asarray(s, dtype="float64") for s in samples], axis=1)  # resamples × k
+    theta = statistic(*(means[:, [j]] for j in range(means.shape[1])), axis=-1)
     alpha = (1 - level) / 2
     lo, hi = np.percentile(theta, [100 * alpha, 100 * (1 - alpha)])
     return float(lo), float(hi)
