@@ -135,6 +135,42 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
+def _gender(folder: Path, o: dict[str, Any]) -> tuple[Path | None, Any]:
+    """The gender lists' folder (the option, else a ``gender`` folder beside the images) and
+    the lists read from it; (None, None) when there are none."""
+    if o["gender_root"] is not None:
+        gender_root = Path(o["gender_root"])
+    elif (folder.parent / "gender").is_dir():
+        gender_root = folder.parent / "gender"
+    else:
+        return None, None
+    if not gender_root.is_dir():
+        raise FileNotFoundError(f"lfw option gender_root: {gender_root} is not a folder")
+    return gender_root, read_gender_lists(gender_root)
+
+
+def _disjoint_people(people: dict[str, list[str]], folder: Path, o: dict[str, Any]) -> dict[str, list[str]]:
+    """The people outside the classifier's identities, chosen (and their absence reported)
+    before anything is decoded: a seeded subsample of at most disjoint_max of their images
+    bounds memory."""
+    others = [p for p, files in people.items() if len(files) < o["min_faces"]]
+    if not others:
+        raise ValueError(
+            f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
+            f"{o['min_faces']} images, so no one is left for the disjoint split"
+        )
+    files = [(p, f) for p in others for f in people[p]]
+    if o["disjoint_max"] is not None and len(files) > o["disjoint_max"]:
+        pick = np.sort(
+            np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False)
+        )
+        files = [files[i] for i in pick]
+    sub: dict[str, list[str]] = {}
+    for p, f in files:
+        sub.setdefault(p, []).append(f)
+    return sub
+
+
 def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
     if root is None:
         raise ValueError(
@@ -152,18 +188,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
             f"(need >= 2; the most images of one person is {most})"
         )
 
-    gender_root = (
-        Path(o["gender_root"])
-        if o["gender_root"] is not None
-        else folder.parent / "gender"
-        if (folder.parent / "gender").is_dir()
-        else None
-    )
-    gender = None
-    if gender_root is not None:
-        if not gender_root.is_dir():
-            raise FileNotFoundError(f"lfw option gender_root: {gender_root} is not a folder")
-        gender = read_gender_lists(gender_root)
+    gender_root, gender = _gender(folder, o)
 
     # Split before decoding: a bad test_fraction fails in milliseconds, and the split does
     # not depend on which files turn out corrupt (those just drop out of their side).
@@ -172,24 +197,7 @@ def load(root: Path | None, opts: dict[str, Any]) -> Dataset:
         np.repeat(np.arange(len(classes)), counts), o["test_fraction"], o["split_seed"], f"lfw under {folder}"
     )
 
-    # The disjoint people are chosen (and their absence reported) before anything is decoded:
-    # a seeded subsample of at most disjoint_max of their images bounds memory.
-    sub: dict[str, list[str]] = {}
-    if o["disjoint"]:
-        others = [p for p, files in people.items() if len(files) < o["min_faces"]]
-        if not others:
-            raise ValueError(
-                f"lfw option disjoint=True: everyone under {folder} has >= min_faces="
-                f"{o['min_faces']} images, so no one is left for the disjoint split"
-            )
-        files = [(p, f) for p in others for f in people[p]]
-        if o["disjoint_max"] is not None and len(files) > o["disjoint_max"]:
-            pick = np.sort(
-                np.random.default_rng(o["split_seed"]).choice(len(files), o["disjoint_max"], replace=False)
-            )
-            files = [files[i] for i in pick]
-        for p, f in files:
-            sub.setdefault(p, []).append(f)
+    sub = _disjoint_people(people, folder, o) if o["disjoint"] else {}
 
     def load_split(groups: dict[str, list[str]], labels: list[int], kind: str) -> tuple[Split, Any]:
         """Decode (or read from the cache) these people's images as one split."""
