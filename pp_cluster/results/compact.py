@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pp_cluster.config import content_id
@@ -51,9 +52,9 @@ def _compact_table(store: ResultStore, table: str, sweep: str, rows_per_file: in
     if table == "attacks":  # failed rows stay replaceable by a resumed sweep
         rows = rows.filter(pc.equal(rows.column("status"), OK))
     index = store.compacted_index(table, sweep)
-    packed_before = store._table(table, store.compacted(table, sweep))
-    if packed_before is not None:  # a key already packed keeps its small file (the reader's choice)
-        rows = rows.filter(pc.invert(pc.is_in(rows.column(key), value_set=pc.unique(packed_before.column(key)))))
+    packed_before = store.keys_in(table, store.compacted(table, sweep))
+    if packed_before:  # a key already packed keeps its small file (the reader's choice)
+        rows = rows.filter(pc.invert(pc.is_in(rows.column(key), value_set=pa.array(sorted(packed_before)))))
     rows = rows.drop_columns(["sweep"]).select(FILE_SCHEMAS[table].names).cast(FILE_SCHEMAS[table])
     rows = rows.sort_by([(key, "ascending")])
     for start in range(0, rows.num_rows, rows_per_file):

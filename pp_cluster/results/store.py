@@ -493,11 +493,15 @@ class ResultStore:
         files = self._files(table, sweep)
         small = {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in files}
         packed = [p for p in files if p.rsplit("/", 1)[1].startswith(COMPACT_PREFIX)]
-        keys = set()
-        if packed:
-            col = KEY_COLUMN[table]
-            keys = set(self._dataset(table, packed).to_table(columns=[col]).column(col).to_pylist())
+        keys = self.keys_in(table, packed)
         return (small | keys) - {EMPTY_KEY} - {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in packed}
+
+    def keys_in(self, table: str, files: list[str]) -> set[str]:
+        """The keys whose rows ``files`` hold (their key column only)."""
+        if not files:
+            return set()
+        col = KEY_COLUMN[table]
+        return set(self._dataset(table, files).to_table(columns=[col]).column(col).to_pylist())
 
     def read(self, table: str, sweep: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
         """One sweep's rows, or every sweep's, as a DataFrame with the documented dtypes and
@@ -509,7 +513,8 @@ class ResultStore:
         else:
             files = self._files(table, sweep)
             packed = [f for f in files if f.rsplit("/", 1)[1].startswith(COMPACT_PREFIX)]
-            files = [f for f in files if f not in set(packed)]
+            packed_set = set(packed)
+            files = [f for f in files if f not in packed_set]
         small, packed_rows = self._table(table, files), self._table(table, packed, keys)
         if small is not None and packed_rows is not None:
             # A key both in a small file and a compacted one (a compaction cut short before it
@@ -570,7 +575,15 @@ class ResultStore:
         moved = []
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for table in tables:
-            for path in self._files(table, sweep):
+            files = self._files(table, sweep)
+            if not files:
+                continue
+            try:  # one read of the whole table; file by file only when something fails
+                self._dataset(table, files).to_table()
+                continue
+            except (OSError, pa.ArrowException):
+                pass
+            for path in files:
                 if self._readable(table, path, warn=False):
                     continue
                 dest = f"{self.base}/_quarantine/{table}/sweep={sweep}/{path.rsplit('/', 1)[1]}.{stamp}"
