@@ -15,6 +15,12 @@ MNIST_ATTACKERS = tuple(f"mnist_a{i}" for i in range(1, 9))
 MNIST_DEFENDERS = tuple(f"mnist_d{i}" for i in range(1, 5))
 # The paper's single MNIST defender is "a two-layer ReLU-based neural network": attacker ①'s shape.
 MNIST_SINGLE = ("mnist_a1",)
+# The decoders Appendices B and C list (nets/paper_decoders.py): the paper profiles' defender and
+# attackers. The other profiles keep the derived rules (deconv, fc, sparse_fc), which build for
+# any image size and width: the paper_* networks exist only for the paper's nets and images.
+PAPER_DEFENDERS = (("paper_deconv",),)
+PAPER_ATTACKERS = ("paper_deconv", "paper_fc", "paper_sparse_fc")
+DERIVED_DEFENDERS = (("deconv",),)
 
 LFW_GRID = SweepSpec(
     name="lfw_grid",
@@ -23,8 +29,8 @@ LFW_GRID = SweepSpec(
     arch="face_cnn",
     partitions=("pool1", "pool2", "pool3"),
     lams=(0.0, 0.1),
-    defender_suites=(("deconv",),),
-    attackers=("deconv", "fc", "sparse_fc"),
+    defender_suites=PAPER_DEFENDERS,
+    attackers=PAPER_ATTACKERS,
     seeds=(0,),
     epochs=250,
     batch_size=32,
@@ -43,6 +49,7 @@ LFW_GRID_QUICK = LFW_GRID.with_(
     seeds=(0, 1),
     epochs=30,
     attack_epochs=10,
+    defender_suites=DERIVED_DEFENDERS,
     attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
@@ -67,6 +74,7 @@ LFW_GRID_CPU = LFW_GRID.with_(
     epochs=30,
     attack_epochs=10,
     attributes=True,
+    defender_suites=DERIVED_DEFENDERS,
     attackers=("deconv", "fc", "sparse_fc", "resdec", "mean_image"),
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
@@ -111,8 +119,8 @@ CIFAR_VGG = SweepSpec(
     arch="vgg19_bn",
     partitions=("pool1", "pool2", "pool3"),
     lams=(0.0, 0.1),
-    defender_suites=(("deconv",),),
-    attackers=("deconv", "fc", "sparse_fc"),
+    defender_suites=PAPER_DEFENDERS,
+    attackers=PAPER_ATTACKERS,
     seeds=(0,),
     epochs=150,
     batch_size=128,
@@ -121,6 +129,8 @@ CIFAR_VGG = SweepSpec(
 CIFAR_VGG_QUICK = CIFAR_VGG.with_(
     name="cifar_vgg_quick",
     arch_options={"width_mult": 0.125},
+    defender_suites=DERIVED_DEFENDERS,
+    attackers=("deconv", "fc", "sparse_fc"),
     epochs=2,
     attack_epochs=3,
     dataset_options={"limit_train": 2000},

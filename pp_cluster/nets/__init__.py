@@ -2,6 +2,8 @@
 and attackers, and the activation-noise defense. Plain PyTorch: nothing here imports Ray.
 A new network or decoder registers with :func:`register_net` / :func:`register_decoder`."""
 
+# Registers the appendices' decoders (paper_deconv, paper_fc, paper_sparse_fc) with the zoo.
+from pp_cluster.nets import paper_decoders  # noqa: F401
 from pp_cluster.nets.classifiers import (
     ARCHS,
     NET_REGISTRY,

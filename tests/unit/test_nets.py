@@ -119,6 +119,8 @@ def _decoder_cases():
         for name in DECODERS:
             if name in BASELINES:
                 continue  # no weights, no H: see test_mean_image_baseline
+            if name.startswith("paper_"):
+                continue  # the appendices' nets and image sizes only: tests/unit/test_paper_decoders.py
             if arch == "mnist_mlp" or not name.startswith("mnist_"):
                 yield arch, partition, name
 
