@@ -1,4 +1,4 @@
-"""Command line: ``pp-farm sweep|status|data`` and the shared flags of ``sweeps/*.py``.
+"""Command line: ``pp-farm sweep|status|compact|export|data`` and the shared flags of ``sweeps/*.py``.
 
 Thin on purpose: flags become a ``SweepSpec``, the spec is validated, the farm runs it.
 """
@@ -352,6 +352,39 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Write one trained model's local partition (``models.export_local``); bad input fails
+    before the data set is read or anything is written."""
+    from pp_cluster.results.fs import is_remote
+
+    if not is_remote(args.out) and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"pp-farm: error: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
+    from pp_cluster.models import EXPORT_META, export_local, load_model
+
+    try:
+        model = load_model(
+            args.results,
+            args.model_id,
+            partition=args.partition,
+            storage=args.storage,
+            data_root=args.data_root,
+        )
+        meta = export_local(model, args.out)
+    except (ValueError, OSError, RuntimeError) as e:  # models.ModelLoadError is a ValueError
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    print(
+        f"model {meta['model_id']} ({model.spec.arch}, λ = {model.spec.lam:g}, test acc "
+        f"{meta['final']['test_acc']}): local partition up to {meta['partition']}, input "
+        f"{meta['input_shape']} in {meta['value_range']}, activation {meta['activation_shape']}, "
+        f"TorchScript by {meta['torchscript']}"
+    )
+    for name in (*meta["files"].values(), EXPORT_META):
+        print(f"  {redact(args.out.rstrip('/'))}/{name}")
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from pp_cluster.data.fetch import fetch_dataset
 
@@ -385,6 +418,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     co.add_argument("results", help="results root (local path or s3://...)")
     co.add_argument("--sweep", help="only this sweep (default: every sweep)")
+    ex = sub.add_parser(
+        "export",
+        help="write a trained model's local partition (state dict, TorchScript, export.json) for a device",
+    )
+    ex.add_argument("results", help="results root (local path or s3://...)")
+    ex.add_argument("model_id", help="the model's id (the models table's model_id; pp-farm status)")
+    ex.add_argument("--out", required=True, help="folder to write into (local path or s3://...)")
+    ex.add_argument(
+        "--partition",
+        help="where to cut the local partition (default: where the model was defended; an undefended "
+        "model: its arch's default split point)",
+    )
+    ex.add_argument("--storage", help="the sweep's --storage-path, if it had one (default: <results>/_ray)")
+    ex.add_argument(
+        "--data-root",
+        help="the model's data set on this machine, if not where it was trained (real data only)",
+    )
     da = sub.add_parser("data", help="data sets")
     da_sub = da.add_subparsers(dest="data_command", required=True)
     fe = da_sub.add_parser("fetch", help="download a public data set into its standard layout")
@@ -397,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "compact":
         return _compact(args)
+    if args.command == "export":
+        return _export(args)
     return _fetch(args)
 
 

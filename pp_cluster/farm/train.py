@@ -32,14 +32,9 @@ import torch
 
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec, Resources
-from pp_cluster.results.fs import read_bytes, write_bytes
-
-STATE_FILE = "state.pt"
-
-
-def state_uri(storage: str, model_id: str) -> str:
-    """Where a model's training state lives, beside Tune's experiment state."""
-    return f"{storage.rstrip('/')}/train-{model_id}/{STATE_FILE}"
+from pp_cluster.models import read_state as _load
+from pp_cluster.models import state_uri
+from pp_cluster.results.fs import write_bytes
 
 
 def _device(local_mode: bool, use_gpu: bool) -> str:
@@ -61,22 +56,6 @@ def _save(uri: str, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes(uri, buf.getvalue())
-
-
-def _load(uri: str) -> dict[str, Any] | None:
-    """The saved state, read as data: ``weights_only`` unpickles tensors, containers and numbers
-    only, so a file planted under the results root cannot run code (it fails to load instead)."""
-    data = read_bytes(uri)
-    if data is None:
-        return None
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for foreign objects, or a damaged file
-        raise RuntimeError(
-            f"training state {uri} is not a pp_cluster state file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); move it aside to retrain "
-            "this model"
-        ) from None
 
 
 def train_worker(config: dict[str, Any]) -> None:
