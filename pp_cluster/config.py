@@ -392,7 +392,7 @@ class SweepSpec:
             _bad("distance", f"unknown distance {self.distance!r}; choose from {', '.join(DISTANCES)}")
 
     def _check_zoo(self) -> None:
-        from pp_cluster.nets import BASELINES, DECODERS, MNIST_ONLY
+        from pp_cluster.nets import BASELINES, DECODERS, MNIST_ONLY, WHITE_BOX
 
         if not self.defender_suites or not all(self.defender_suites):
             _bad("defender_suites", "every defender suite needs at least one defender (Algorithm 1)")
@@ -406,6 +406,12 @@ class SweepSpec:
                         role,
                         f"{n!r} is a no-information baseline (it ignores H): an attacker only, "
                         "nothing a defender could learn from",
+                    )
+                if role == "defender_suites" and n in WHITE_BOX:
+                    _bad(
+                        role,
+                        f"{n!r} is a white-box inversion (it optimises images through the local "
+                        "partition, no decoder is trained): an attacker only",
                     )
                 if n in MNIST_ONLY and self.arch != "mnist_mlp":
                     _bad(role, f"{n!r} is an Appendix A MNIST network, for mnist_mlp only, not {self.arch}")

@@ -130,7 +130,10 @@ def finetune(model: Model, spec: ModelSpec, ds: Dataset, device: str = "cpu") ->
 
 def describe(module: nn.Module) -> str:
     """A one-line architecture string for the ``attacker_arch`` column, e.g.
-    ``ConvTranspose2d(64→32)→ReLU→…``, so analysts can tell zoo members apart."""
+    ``ConvTranspose2d(64→32)→ReLU→…``, so analysts can tell zoo members apart. A module
+    with its own ``describe()`` (the white-box ``rmle``: its hyperparameters) says it itself."""
+    if callable(getattr(module, "describe", None)):
+        return module.describe()
     parts = []
     for m in module.modules():
         if next(m.children(), None) is not None:

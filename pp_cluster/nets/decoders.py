@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from pp_cluster.nets.classifiers import PartitionedNet, activation_shape, split
+from pp_cluster.nets.inversion import WhiteBoxInversion
 from pp_cluster.nets.noise import GaussianNoise
 from pp_cluster.plugins import Registry
 
@@ -217,6 +218,13 @@ def _mean_image(
     return MeanImage(net.image_shape)
 
 
+def _rmle(
+    net: PartitionedNet, partition: str, act_shape: tuple[int, ...], out_act: nn.Module, **options
+) -> nn.Module:
+    value_range = next(r for r, act in _OUTPUT_ACTIVATIONS.items() if isinstance(out_act, act))
+    return WhiteBoxInversion(split(net, partition)[0], net.image_shape, value_range, **options)
+
+
 # --- the registry ---------------------------------------------------------------------
 
 
@@ -226,6 +234,7 @@ class Decoder(NamedTuple):
     options: tuple[str, ...] = ()  # keyword options a caller may set
     mnist_only: bool = False
     baseline: bool = False  # a no-information reference: an attacker only, never a defender or "the best"
+    white_box: bool = False  # reads the local partition's weights: an attacker only, never a defender
 
 
 DECODER_REGISTRY: Registry[Decoder] = Registry("decoder")
@@ -239,16 +248,20 @@ def register_decoder(
     options: tuple[str, ...] = (),
     mnist_only: bool = False,
     baseline: bool = False,
+    white_box: bool = False,
 ):
     """Register decoder ``name``: ``builder(net, partition, act_shape, out_act, **fixed,
     **options) -> nn.Module`` maps ``B×act_shape`` activations to ``B×net.image_shape``
     images and ends in ``out_act`` (the data's value range). ``options`` are the keywords a
     caller may pass to :func:`build_decoder`; ``baseline`` marks an attacker that reads
-    nothing from H (never a defender, never the worst case). Without ``builder``, a decorator.
+    nothing from H (never a defender, never the worst case); ``white_box`` one that needs the
+    local partition's weights rather than training pairs (never a defender). Without
+    ``builder``, a decorator.
     """
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        DECODER_REGISTRY.register(name, Decoder(fn, dict(fixed or {}), tuple(options), mnist_only, baseline))
+        entry = Decoder(fn, dict(fixed or {}), tuple(options), mnist_only, baseline, white_box)
+        DECODER_REGISTRY.register(name, entry)
         return fn
 
     return add if builder is None else add(builder)
@@ -259,6 +272,7 @@ register_decoder("fc", _dense, options=("hidden",))
 register_decoder("sparse_fc", _dense, fixed={"dropout": 0.5}, options=("hidden",))
 register_decoder("resdec", _resdec, options=("width",))
 register_decoder("mean_image", _mean_image, baseline=True)
+register_decoder("rmle", _rmle, options=("steps", "lr", "tv"), white_box=True)
 # App. A writes "800 → Relu → 800 → Sigmoid" for Linear(d, 800) → ReLU → Linear(800, image)
 # → Sigmoid; the last number is the 28×28 image size, taken here from the net's image_shape.
 _APPENDIX_A = {
@@ -286,6 +300,8 @@ def _zoo_order(name: str) -> tuple[bool, str]:
 DECODERS = DECODER_REGISTRY.names(key=_zoo_order)
 # Attackers that read nothing from H: reported beside the others, excluded from every worst case.
 BASELINES = DECODER_REGISTRY.names(where=lambda d: d.baseline, key=_zoo_order)
+# Attackers that invert the local partition's weights (no decoder to train): never defenders.
+WHITE_BOX = DECODER_REGISTRY.names(where=lambda d: d.white_box, key=_zoo_order)
 # Appendix A's MNIST networks: only for ``mnist_mlp``.
 MNIST_ONLY = DECODER_REGISTRY.names(where=lambda d: d.mnist_only, key=_zoo_order)
 

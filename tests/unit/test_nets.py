@@ -11,6 +11,7 @@ from pp_cluster.nets import (
     ARCHS,
     BASELINES,
     DECODERS,
+    WHITE_BOX,
     activation_shape,
     build_decoder,
     build_net,
@@ -119,6 +120,8 @@ def _decoder_cases():
         for name in DECODERS:
             if name in BASELINES:
                 continue  # no weights, no H: see test_mean_image_baseline
+            if name in WHITE_BOX:
+                continue  # no weights, optimises images: tests/unit/test_inversion.py
             if name.startswith("paper_"):
                 continue  # the appendices' nets and image sizes only: tests/unit/test_paper_decoders.py
             if arch == "mnist_mlp" or not name.startswith("mnist_"):
