@@ -66,6 +66,7 @@ from pp_cluster.privacy.steps import (
     UPDATES,
     StepContext,
     StepFn,
+    StepStats,
     check_defense,
     step_function,
 )
@@ -245,11 +246,6 @@ def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
     return torch.load(buf, map_location="cpu", weights_only=True)
 
 
-def _all_finite(modules: Sequence[nn.Module]) -> bool:
-    params = [p.detach().flatten() for m in modules for p in m.parameters()]
-    return bool(torch.isfinite(torch.cat(params)).all()) if params else True
-
-
 def _batches_per_epoch(n: int, batch_size: int) -> int:
     """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm
     cannot train on it) unless it is all there is. The training loop and the per-batch
@@ -295,6 +291,10 @@ def _check_inputs(
         raise ValueError(f"resume state has {len(resume['defenders'])} defenders, this run {len(defenders)}")
     if resume is not None and not 0 <= resume["epoch"] <= cfg.epochs:
         raise ValueError(f"resume state is at epoch {resume['epoch']}, outside 0..{cfg.epochs}")
+    if resume is not None and len(_saved_rngs(resume)) not in (1, world):
+        raise ValueError(
+            f"resume state holds the random state of {len(_saved_rngs(resume))} ranks, this run has {world}"
+        )
 
 
 @dataclass
@@ -308,6 +308,7 @@ class _Run:
     schedulers: list[Any]  # saved and restored; all stepped per epoch but batch_scheduler
     batch_scheduler: Any  # one-cycle: stepped per batch, else None
     order_gen: torch.Generator  # the data order (same on every shard)
+    rng_group: Any  # under a process group: the gloo group that gathers the ranks' RNG states
     device: torch.device
     x_train: Tensor  # on the device
     y_train: Tensor
@@ -379,6 +380,12 @@ def _setup(
 
     order_gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    # An object collective over NCCL needs each rank's CUDA device set as current, which a
+    # caller's wrapper need not have done: the ranks' RNG states travel over gloo.
+    rng_group = None
+    if distributed and dist.get_backend() != "gloo":
+        rng_group = dist.new_group(backend="gloo")
     ctx = StepContext(
         cfg=cfg,
         model=model,
@@ -389,7 +396,8 @@ def _setup(
         value_range=value_range,
         use_amp=use_amp,
         device_type=device.type,
-        distributed=world > 1 and dist.is_available() and dist.is_initialized(),
+        distributed=distributed,
+        stats_on_device=True,
     )
     run = _Run(
         cfg=cfg,
@@ -399,6 +407,7 @@ def _setup(
         schedulers=schedulers,
         batch_scheduler=batch_scheduler,
         order_gen=order_gen,
+        rng_group=rng_group,
         device=device,
         x_train=train.x.to(device).contiguous(memory_format=fmt),
         y_train=train.y.to(device),
@@ -414,14 +423,24 @@ def _setup(
     return run
 
 
+def _saved_rngs(resume: dict) -> list[dict]:
+    """A snapshot's random states by rank (a dict in files written before they were per rank:
+    the saving rank's alone)."""
+    rng = resume["rng"]
+    return rng if isinstance(rng, list) else [rng]
+
+
 def _restore(run: _Run, resume: dict) -> None:
-    """Optimiser, schedule and RNG states of a :func:`_state` snapshot; the weights are
-    loaded before wrapping, in :func:`_setup`."""
+    """Optimiser, schedule and RNG states of a :func:`_state` snapshot, the RNG this rank's
+    (or the one entry's, in a state saved without a process group); the weights are loaded
+    before wrapping, in :func:`_setup`."""
     for o, s in zip(run.optimizers, [resume["optimizer"], *resume["defender_optimizers"]]):
         o.load_state_dict(s)
     for sch, s in zip(run.schedulers, resume["schedulers"]):
         sch.load_state_dict(s)
-    rng = resume["rng"]
+    rngs = _saved_rngs(resume)
+    rank, world = run.shard
+    rng = rngs[rank] if len(rngs) == world else rngs[0]
     run.order_gen.set_state(rng["order"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
@@ -429,8 +448,26 @@ def _restore(run: _Run, resume: dict) -> None:
     run.start = resume["epoch"] + 1
 
 
-def _state(run: _Run, epoch: int) -> dict[str, Any]:
-    """A CPU snapshot after ``epoch``: what ``resume=`` continues from."""
+def _rng_states(run: _Run) -> list[dict[str, Any]]:
+    """The random state of every rank, by rank (of this process alone without a process group):
+    the data order's generator (the same on every shard) and the global ones that dropout,
+    augmentation and noise draw from (seeded per rank). Under a process group a collective:
+    every rank calls it after every epoch."""
+    own = {
+        "order": run.order_gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+    if not run.ctx.distributed:
+        return [own]
+    states: list[Any] = [None] * run.shard[1]
+    dist.all_gather_object(states, own, group=run.rng_group)
+    return states
+
+
+def _state(run: _Run, epoch: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A CPU snapshot after ``epoch``, with the ranks' random states ``rngs`` of that moment:
+    what ``resume=`` continues from."""
     return _snapshot(
         {
             "epoch": epoch,
@@ -439,27 +476,44 @@ def _state(run: _Run, epoch: int) -> dict[str, Any]:
             "optimizer": run.ctx.optimizer.state_dict(),
             "defender_optimizers": [o.state_dict() for o in run.ctx.defender_optimizers],
             "schedulers": [s.state_dict() for s in run.schedulers],
-            "rng": {
-                "order": run.order_gen.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rngs,
         }
     )
 
 
-def _on_every_shard(finite: bool, run: _Run) -> bool:
-    """Under DDP, finite only if finite on every shard: they stop together, or the others
-    would wait forever."""
+def _batch_vector(stats: StepStats, device: torch.device) -> Tensor:
+    """A batch's statistics as one float32 vector on the device, no host read: task loss,
+    correct, the distance and the best defender where the defense has them, then the loss and
+    the defenders' losses (read for divergence only). A host number (a defender index the
+    step read, or a plugin's own StepStats) is filled in on the device, not copied there:
+    a copy from pageable host memory waits for the device."""
+    values = [stats.task_loss, stats.correct, *(v for v in (stats.distance, stats.best) if v is not None)]
+    values += [stats.loss, *stats.defender_losses]
+    return torch.stack(
+        [v.float() if isinstance(v, Tensor) else torch.full((), float(v), device=device) for v in values]
+    )
+
+
+def _epoch_to_host(run: _Run, batches: list[Tensor]) -> list[list[float]] | None:
+    """The epoch's :func:`_batch_vector` rows on the host, in the epoch's one read; None if
+    training diverged: a value or a weight not finite, on any shard (they stop together,
+    or the others would wait forever)."""
+    table = torch.stack(batches)
+    finite = torch.isfinite(table).all()
+    params = [p.detach().flatten() for m in (run.net, *run.defenders) for p in m.parameters()]
+    if params:
+        finite &= torch.isfinite(torch.cat(params)).all()
+    finite = finite.float().view(1)
     if run.ctx.distributed:
-        flag = torch.tensor(float(finite), device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        finite = bool(flag)
-    return finite
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    flag, *values = torch.cat([finite, table.flatten()]).tolist()
+    width = table.shape[1]
+    return [values[i : i + width] for i in range(0, len(values), width)] if flag else None
 
 
 def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
-    """One epoch of ``step`` over this shard's batches: the history row, or None if diverged."""
+    """One epoch of ``step`` over this shard's batches: the history row, or None if diverged
+    (checked at the epoch's end: a diverged epoch runs to it)."""
     cfg, t_epoch = run.cfg, time.perf_counter()
     rank, world = run.shard
     run.ctx.model.train()
@@ -469,10 +523,7 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
     order = torch.randperm(len(run.x_train), generator=run.order_gen)[: run.n_used][rank::world].to(
         run.device
     )
-    task_sum = dist_sum = 0.0
-    correct = seen = 0
-    has_distance = False  # whether the defense reports a distance: d(x, D_best(h)) or dCor
-    best_counts = [0] * len(run.defenders)
+    batches, seen = [], 0
     for b in range(run.per_epoch):
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x, y = run.x_train[idx], run.y_train[idx]
@@ -481,20 +532,26 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
         stats = step(run.ctx, x, y)
         if run.batch_scheduler is not None:
             run.batch_scheduler.step()
-        if not _on_every_shard(stats.finite, run):
-            return None
-        task_sum += stats.task_loss
-        if stats.distance is not None:
-            has_distance, dist_sum = True, dist_sum + stats.distance
-        if stats.best is not None:
-            best_counts[stats.best] += 1
-        correct += stats.correct
+        batches.append(_batch_vector(stats, run.device))
         seen += stats.n
     for sch in run.schedulers:
         if sch is not run.batch_scheduler:
             sch.step()
-    if not _all_finite([run.net, *run.defenders]):
+    table = _epoch_to_host(run, batches)
+    if table is None:
         return None
+    # whether the defense reports a distance (d(x, D_best(h)) or dCor) and picks a defender
+    has_distance, has_best = stats.distance is not None, stats.best is not None
+    task_sum = dist_sum = 0.0
+    correct = 0
+    best_counts = [0] * len(run.defenders)
+    for values in table:
+        task_sum += values[0]
+        correct += int(values[1])
+        if has_distance:
+            dist_sum += values[2]
+        if has_best:
+            best_counts[int(values[2 + has_distance])] += 1
     row = {
         "epoch": epoch,
         "task_loss": task_sum / run.per_epoch,
@@ -531,6 +588,8 @@ def train_defended(
     trimming it to a multiple of ``world``); dropout and augmentation use the global RNG
     seeded with ``cfg.seed + rank``. ``on_epoch(row, state_fn)`` runs after each epoch;
     ``state_fn()`` returns a CPU snapshot that ``resume=`` continues from the next epoch.
+    Under a process group it holds every rank's random state (gathered after each epoch on
+    every rank), so one rank may save it for all; resumed, each rank takes its own.
     A row's ``train_acc`` is the running accuracy over the epoch's batches (train mode,
     free); the result's ``train_acc`` is measured on the whole split in eval mode.
     ``wrap`` (e.g. DDP) wraps the x -> (h, logits) module and each defender.
@@ -544,7 +603,10 @@ def train_defended(
     undefended model); ``distance`` is None, as without defenders.
 
     Each batch is one call of the step function of ``(cfg.defense, cfg.update)``
-    (:data:`pp_cluster.privacy.steps.STEPS`); this function only drives the epochs.
+    (:data:`pp_cluster.privacy.steps.STEPS`); this function only drives the epochs. The
+    steps' statistics stay on the device and move to the host once per epoch (with the
+    divergence check: a diverged epoch runs to its end); the row's test accuracy is one more
+    read (``tests/unit/test_host_syncs.py`` counts them).
     """
     _check_inputs(local, defenders, train, test, value_range, cfg, resume, shard)
     step = step_function(cfg.defense, cfg.update)
@@ -556,8 +618,9 @@ def train_defended(
         if row is None:
             return TrainResult("diverged", epoch, None, None, None, None, rows, time.perf_counter() - t_start)
         rows.append(row)
+        rngs = _rng_states(run)  # on every rank, whether or not anyone saves: a collective
         if on_epoch is not None:
-            on_epoch(row, lambda e=epoch: _state(run, e))
+            on_epoch(row, lambda e=epoch, r=rngs: _state(run, e, r))
 
     device = run.device
     last = rows[-1] if rows else {}

@@ -15,9 +15,15 @@ defense            ``update="alternating"``                ``update="simultaneou
 
 A step function is ``step(ctx, x, y) -> StepStats``: it runs the forward pass, every
 optimiser step of the batch, and returns a :class:`StepStats`, the batch's statistics by
-name, on the host. ``ctx`` (:class:`StepContext`) holds what stays fixed over a run: the
+name. ``ctx`` (:class:`StepContext`) holds what stays fixed over a run: the
 x -> (h, logits) module, the defenders, their optimisers, the config, the autocast switch.
 A step never touches the data order, a schedule, or the history: the driver does.
+
+A step reads nothing back from the device: under the driver its statistics stay there
+(``ctx.stats_on_device``) and an epoch's move to the host at once, so a GPU never waits for
+the host between batches. The one exception is Algorithm 1's step 3 with a suite at λ > 0
+(:func:`partition_alternating_step`): it differentiates the best defender's graph alone, and
+which graph to run is the host's decision.
 
 Adding a defense (here or in a plugin module: README, "Extending")
 --------------------------------------------------------------------
@@ -59,19 +65,22 @@ UPDATES = ("alternating", "simultaneous")
 
 @dataclass(frozen=True)
 class StepStats:
-    """One batch's statistics, on the host (one device sync per batch)."""
+    """One batch's statistics. Host numbers when a step runs on its own (one transfer per
+    batch); under the driver (``StepContext.stats_on_device``) 0-d tensors left on the
+    device, which it stacks and moves once per epoch (``n`` is always a host int)."""
 
-    loss: float  # the objective the classifier stepped on
-    task_loss: float  # CE(y, f(x))
-    correct: int  # images of the batch classified right (train mode, before the step)
+    loss: float | Tensor  # the objective the classifier stepped on
+    task_loss: float | Tensor  # CE(y, f(x))
+    correct: int | Tensor  # images of the batch classified right (train mode, before the step)
     n: int  # images in the batch
-    distance: float | None = None  # d(x, D_best(h)), dCor(x, h); None: the defense has none
-    defender_losses: tuple[float, ...] = ()  # each defender's d(x, D_k(h)) in its own step
-    best: int | None = None  # index of the best defender, when the defense has defenders
+    distance: float | Tensor | None = None  # d(x, D_best(h)), dCor(x, h); None: the defense has none
+    defender_losses: tuple[float | Tensor, ...] = ()  # each defender's d(x, D_k(h)) in its own step
+    best: int | Tensor | None = None  # index of the best defender, when the defense has defenders
 
     @property
     def finite(self) -> bool:
-        """False once any loss or distance is NaN or infinite: the run has diverged."""
+        """False once any loss or distance is NaN or infinite: the run has diverged (host
+        numbers; the driver checks its device statistics itself)."""
         values = (
             self.loss,
             self.task_loss,
@@ -95,6 +104,7 @@ class StepContext:
     use_amp: bool
     device_type: str
     distributed: bool  # under DDP: the best defender is the argmin on the global batch
+    stats_on_device: bool = False  # record() leaves the statistics on the device (the driver's)
 
     def amp(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp)
@@ -111,6 +121,7 @@ class Forward:
     h: Tensor  # f_local(x), the activation the defenders (and an attacker) see
     logits: Tensor
     task: Tensor  # CE(y, f(x)), with the config's label smoothing
+    stats_on_device: bool = False  # the context's: what record() does with the statistics
 
 
 StepFn = Callable[[StepContext, Tensor, Tensor], StepStats]
@@ -120,7 +131,7 @@ def forward(ctx: StepContext, x: Tensor, y: Tensor) -> Forward:
     with ctx.amp():
         h, logits = ctx.model(x)
         task = F.cross_entropy(logits, y, label_smoothing=ctx.cfg.label_smoothing)
-    return Forward(h, logits, task)
+    return Forward(h, logits, task, ctx.stats_on_device)
 
 
 def classifier_step(ctx: StepContext, loss: Tensor) -> None:
@@ -137,34 +148,48 @@ def record(
     *,
     defender_losses: Sequence[Tensor] = (),
     distance: Tensor | None = None,
-    best: int | None = None,
+    best: int | Tensor | None = None,
 ) -> StepStats:
-    """The batch's :class:`StepStats`, moved to the host in one transfer."""
+    """The batch's :class:`StepStats`: left on the device under the driver
+    (``fwd.stats_on_device``), else moved to the host in one transfer."""
     named = {"loss": loss, "task_loss": fwd.task, "correct": (fwd.logits.argmax(dim=1) == y).sum()}
     named |= {f"defender_{k}": v for k, v in enumerate(defender_losses)}
     if distance is not None:
         named["distance"] = distance
-    values = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
+    if isinstance(best, Tensor):
+        named["best"] = best
+    stacked = torch.stack([v.detach().float() for v in named.values()])
+    if fwd.stats_on_device:
+        values = dict(zip(named, stacked.unbind()))
+    else:
+        values = dict(zip(named, stacked.tolist()))
+        values |= {k: int(values[k]) for k in ("correct", "best") if k in values}
     return StepStats(
         loss=values["loss"],
         task_loss=values["task_loss"],
-        correct=int(values["correct"]),
+        correct=values["correct"],
         n=len(y),
         distance=values.get("distance"),
-        best=best,
+        best=values.get("best", best),
         defender_losses=tuple(values[f"defender_{k}"] for k in range(len(defender_losses))),
     )
 
 
-def best_defender(dists: Sequence[Tensor], distributed: bool) -> int:
-    """Index of the smallest distance; under DDP summed over shards first, so every shard
-    picks the same defender (the argmin on the global batch)."""
+def best_defender(dists: Sequence[Tensor], distributed: bool) -> int | Tensor:
+    """Index of the smallest distance: 0 for a lone defender, else a 0-d tensor on the device
+    (no host read); under DDP summed over shards first, so every shard picks the same
+    defender (the argmin on the global batch)."""
     if len(dists) == 1:
         return 0
     values = torch.stack([v.detach() for v in dists])
     if distributed:
         dist.all_reduce(values)
-    return int(values.argmin())
+    return values.argmin()
+
+
+def pick(values: Sequence[Tensor], best: int | Tensor) -> Tensor:
+    """``values[best]``; selected on the device when ``best`` is a device index."""
+    return values[best] if isinstance(best, int) else torch.stack(list(values))[best]
 
 
 # --- the step functions -------------------------------------------------------------------
@@ -222,10 +247,15 @@ def partition_alternating_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepSt
 
     # 3. "Update the model parameters θ via SGD using the gradient ∇_θ 1/B Σ_i
     #    l(y_i, f_θ(x_i)) − λ·d(x_i, f_θd(f_θl(x_i)))": the λ-term reaches the local
-    #    partition through h; the remote partition gets the task gradient alone.
-    loss = fwd.task - lam * dists[best]
+    #    partition through h; the remote partition gets the task gradient alone. Only the
+    #    best defender's graph is differentiated, so the host reads which one it is (a
+    #    suite's one host read per batch; at λ = 0 nothing is differentiated through it).
+    if lam > 0:
+        best = int(best)
+    d_best = pick(dists, best)
+    loss = fwd.task - lam * d_best
     classifier_step(ctx, loss)
-    return record(fwd, y, loss, defender_losses=defender_losses, distance=dists[best], best=best)
+    return record(fwd, y, loss, defender_losses=defender_losses, distance=d_best, best=best)
 
 
 def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
@@ -249,15 +279,16 @@ def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepS
     for opt in ctx.defender_optimizers:  # step 1
         opt.step()
     best = best_defender(dists, ctx.distributed)  # step 2, on the distances before step 1
-    loss = fwd.task - lam * dists[best].detach()
+    d_best = pick([d.detach() for d in dists], best)  # on the device: no host read
+    loss = fwd.task - lam * d_best
     if lam > 0:  # step 3: CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
-        h_grad = -lam * inputs[best].grad
+        h_grad = -lam * pick([h_k.grad for h_k in inputs], best)
         ctx.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward([fwd.task, fwd.h], [torch.ones_like(fwd.task), h_grad])
         ctx.optimizer.step()
     else:
         classifier_step(ctx, loss)
-    return record(fwd, y, loss, defender_losses=dists, distance=dists[best], best=best)
+    return record(fwd, y, loss, defender_losses=dists, distance=d_best, best=best)
 
 
 # --- the registry: the one place a defense plugs in (module docstring) -----------------
