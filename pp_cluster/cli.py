@@ -79,6 +79,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attacker-fraction", type=float, help="fraction of the attacker's data set used (0, 1]")
     g.add_argument("--attack-epochs", type=int, help="epochs per attacker")
+    g.add_argument(
+        "--tune-attackers",
+        type=int,
+        metavar="N",
+        help="per model and attacker an Optuna search of N candidates (lr, epochs, weight decay, width) "
+        "on the attacker's own validation split keeps the strongest (default 0: fixed hyperparameters)",
+    )
     g.add_argument("--search", choices=("grid", "optuna"), help="grid over partitions × λ × seeds, or Optuna")
     g.add_argument("--lam-range", type=_floats, help="optuna: λ range 'low,high' (searched on a log scale)")
     g.add_argument("--num-samples", type=int, help="optuna: trial budget")
@@ -179,6 +186,7 @@ _SPEC_FLAGS = (
     "dp_epsilons",
     "dp_cell",
     "dp_neighbourhood",
+    "tune_attackers",
     "recipe",
     "plugins",
 )

@@ -34,6 +34,14 @@ def content_id(*parts: Any) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def tunable(attacker: str) -> bool:
+    """Whether ``attacker`` trains on pairs, so that tuning has hyperparameters to search: not
+    a no-information baseline (fitted in closed form) nor a white-box inversion."""
+    from pp_cluster.nets import BASELINES, WHITE_BOX
+
+    return attacker not in BASELINES and attacker not in WHITE_BOX
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that determines one defended model (and hence its ``model_id``).
@@ -94,10 +102,18 @@ class AttackSpec:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
+    # > 0: an Optuna search of this many candidates (privacy.tuning) picks the attacker's
+    # lr, epochs, weight decay and width on its own validation split; 0: these as they are.
+    tune_trials: int = 0
 
     def attack_id(self, model_id: str, partition: str) -> str:
-        """Id of this attack on ``model_id`` split at ``partition``."""
-        return content_id("attack", model_id, partition, asdict(self))
+        """Id of this attack on ``model_id`` split at ``partition``. A field at its default
+        that attacks had no field for before (``tune_trials = 0``) is left out, so the ids of
+        attacks written before it was added still match."""
+        fields = asdict(self)
+        if not fields["tune_trials"]:
+            del fields["tune_trials"]
+        return content_id("attack", model_id, partition, fields)
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,7 @@ class SweepSpec:
     attack_epochs: int = 20
     attack_batch_size: int = 64
     attack_lr: float = 1e-3
+    tune_attackers: int = 0  # per (model, attacker) an Optuna budget of this many candidates; 0: fixed
     results: str = "results"
     storage_path: str | None = None
     search: str = "grid"
@@ -221,6 +238,7 @@ class SweepSpec:
                 epochs=self.attack_epochs,
                 batch_size=self.attack_batch_size,
                 lr=self.attack_lr,
+                tune_trials=self.tune_attackers if tunable(a) else 0,
             )
             for a in self.attackers
         )
@@ -354,6 +372,12 @@ class SweepSpec:
         ):
             if not isinstance(value, int) or value < 1:
                 _bad(name, f"must be an integer >= 1, got {value!r}")
+        if (
+            isinstance(self.tune_attackers, bool)
+            or not isinstance(self.tune_attackers, int)
+            or self.tune_attackers < 0
+        ):
+            _bad("tune_attackers", f"must be an integer >= 0 (0: no tuning), got {self.tune_attackers!r}")
 
     def _check_defense_and_evaluations(self) -> None:
         from pp_cluster.privacy.defense import DEFENSES

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pp_cluster.config import AttackSpec, ModelSpec
+from pp_cluster.config import AttackSpec, ModelSpec, tunable
 from pp_cluster.data import Dataset, load_dataset
 from pp_cluster.data.attacker import attacker_data
 from pp_cluster.data.base import Split
 from pp_cluster.nets import build_decoder, build_net, split
+from pp_cluster.nets.decoders import width_of
 from pp_cluster.privacy.attack import (
     AttackConfig,
     AttackResult,
@@ -200,7 +201,9 @@ def run_attack(
     n_keep: int = 0,
     judge: Any = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Train one attacker of the zoo on cached activations and evaluate it.
+    """Train one attacker of the zoo on cached activations and evaluate it. With
+    ``attack.tune_trials`` an Optuna search (``privacy.tuning``) picks its hyperparameters on
+    its validation split first; the row records the hyperparameters used either way.
 
     ``ds_shape`` is (image_shape, num_classes, value_range): the attacker only needs the
     shapes, not the data set. With ``judge`` (a ``privacy.attributes.AttributeJudge``) every
@@ -209,15 +212,37 @@ def run_attack(
     """
     image_shape, _, value_range = ds_shape
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    attacker = build_decoder(attack.attacker, net, spec.partition, value_range)
     cfg = AttackConfig(
         epochs=attack.epochs, batch_size=attack.batch_size, lr=attack.lr, seed=seed, device=device
     )
     h_train, x_train, h_eval, x_eval, y_eval = map(
         _tensor, (inputs.h_train, inputs.x_train, inputs.h_eval, inputs.x_eval, inputs.y_eval)
     )
-    attacker, history = train_attacker(attacker, h_train, x_train, value_range, cfg)
+
+    def build(options: dict[str, Any]) -> nn.Module:
+        return build_decoder(attack.attacker, net, spec.partition, value_range, **options)
+
+    width = width_of(attack.attacker, net)
+    if attack.tune_trials and tunable(attack.attacker):
+        from pp_cluster.privacy.tuning import tune_attacker  # (Optuna: only where tuning runs)
+
+        # Selection on the attacker's own validation pairs; the test images are scored below, once.
+        attacker, history, chosen = tune_attacker(
+            build, h_train, x_train, value_range, cfg, attack.tune_trials, width=width
+        )
+    else:
+        torch.manual_seed(seed)
+        attacker, history = train_attacker(build({}), h_train, x_train, value_range, cfg)
+        chosen = (
+            {
+                "lr": cfg.lr,
+                "epochs": cfg.epochs,
+                "weight_decay": cfg.weight_decay,
+                "width": width and width[1],
+            }
+            if tunable(attack.attacker)
+            else {}  # fitted in closed form or white-box: attacker_arch names its settings
+        )
     n_eval = len(x_eval)
     result = evaluate_attack(
         attacker,
@@ -245,6 +270,13 @@ def run_attack(
         attacker_data=attack.attacker_data,
         attacker_fraction=attack.attacker_fraction,
         best_epoch=int(history["best_epoch"]),
+        attacker_lr=chosen.get("lr"),
+        attacker_epochs=chosen.get("epochs"),
+        attacker_batch_size=cfg.batch_size if chosen else None,
+        attacker_weight_decay=chosen.get("weight_decay"),
+        attacker_width=chosen.get("width"),
+        best_val_mse=history["best_val_mse"],
+        tune_trials=chosen.get("trials", 0),
         train_seconds=time.perf_counter() - t0,
     )
     return row, result

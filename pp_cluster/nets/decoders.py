@@ -10,6 +10,7 @@ activation that matches the data's value range (sigmoid for (0, 1), tanh for (-1
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from math import ceil, log2, prod
 from typing import NamedTuple
@@ -304,6 +305,22 @@ BASELINES = DECODER_REGISTRY.names(where=lambda d: d.baseline, key=_zoo_order)
 WHITE_BOX = DECODER_REGISTRY.names(where=lambda d: d.white_box, key=_zoo_order)
 # Appendix A's MNIST networks: only for ``mnist_mlp``.
 MNIST_ONLY = DECODER_REGISTRY.names(where=lambda d: d.mnist_only, key=_zoo_order)
+
+
+def width_of(name: str, net: PartitionedNet) -> tuple[str, int] | None:
+    """(option, default value) of the option that sets decoder ``name``'s width — ``width``
+    (channels) or ``hidden`` (a dense layer) — or None for a fixed architecture."""
+    entry = DECODER_REGISTRY[name]
+    option = next((o for o in ("width", "hidden") if o in entry.options), None)
+    if option is None:
+        return None
+    param = inspect.signature(entry.builder).parameters.get(option)
+    default = entry.fixed.get(option, None if param is None else param.default)
+    if default is None and option == "hidden":
+        default = _fc_hidden(net.image_shape)
+    if not isinstance(default, int):
+        return None  # a plugin's width without an integer default: not searched
+    return option, default
 
 
 def build_decoder(

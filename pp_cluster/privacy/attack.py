@@ -28,6 +28,7 @@ class AttackConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
+    weight_decay: float = 0.0  # L2, as torch's Adam applies it
     optimizer: str = "adam"
     val_fraction: float = 0.1
     seed: int = 0
@@ -42,6 +43,8 @@ class AttackConfig:
                 raise ValueError(f"AttackConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"AttackConfig.lr must be > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"AttackConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"AttackConfig.optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
@@ -120,8 +123,8 @@ def attacker_optimizer(cfg: AttackConfig, params) -> torch.optim.Optimizer:
     """
     params = list(params)
     if cfg.optimizer == "adam" and torch.device(cfg.device).type in _FUSED_ADAM_DEVICES:
-        return torch.optim.Adam(params, lr=cfg.lr, fused=True)
-    return build_optimizer(cfg.optimizer, params, cfg.lr)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_attacker(

@@ -136,6 +136,17 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("n_ti", pa.int64(), "Table III #TI: total reconstructed images examined; null if not counted"),
         _col("n_eval", pa.int64(), "held-out images the attack was scored on; null if it failed"),
         _col("best_epoch", pa.int64(), "attacker epoch with the best validation MSE; null if it failed"),
+        _col("best_val_mse", pa.float64(), "the attacker's MSE on its own validation split (held out of its "
+             "training pairs, never the test images) at best_epoch; null for closed-form and white-box attackers"),
+        _col("attacker_lr", pa.float64(), "the attacker's learning rate (tuned: the chosen one); null if it "
+             "does not train"),
+        _col("attacker_epochs", pa.int64(), "epochs the attacker was given (tuned: the chosen number)"),
+        _col("attacker_batch_size", pa.int64(), "the attacker's training batch size"),
+        _col("attacker_weight_decay", pa.float64(), "the attacker's L2 weight decay (tuned: the chosen one)"),
+        _col("attacker_width", pa.int64(), "the value of the attacker's width option (`width` channels or "
+             "`hidden` units; tuned: the chosen one); null for fixed architectures"),
+        _col("tune_trials", pa.int64(), "candidates an Optuna search tried to pick the attacker's "
+             "hyperparameters (on its validation split); 0: the sweep's fixed hyperparameters"),
         _TRAIN_SECONDS,
         _col("status", pa.string(), "outcome of the attack", null=False),
         _ERROR, _HOST, _GPU, _FINISHED_AT,
