@@ -33,18 +33,21 @@ from analysis.uncertainty import (
     wilson,
 )
 from pp_cluster.results.fs import resolve
-from pp_cluster.results.rules import (  # the shared rules: strongest attacker, baselines, Pareto
-    MODEL_KEYS as KEYS,
-)
 from pp_cluster.results.rules import (
+    FAMILIES,
     OK,
     STRONGEST,
     WORST_KEYS,
     competing,
+    family,
     is_baseline,
+    label_tuned,
     pareto_mask,
     strongest,
     succeeded,
+)
+from pp_cluster.results.rules import (  # the shared rules: strongest attacker, baselines, Pareto
+    MODEL_KEYS as KEYS,
 )
 from pp_cluster.results.store import ResultStore
 
@@ -65,6 +68,7 @@ RUN_CI = {
     "mse": "bootstrap",
     "ssim_baseline": "bootstrap",
     "mse_baseline": "bootstrap",
+    **{f"step{k}": "bootstrap" for k in range(1, 5)},  # leakage_by_family: worst-case SSIM per step
     "n_cg": "wilson",
     "n_df": "wilson",
 }
@@ -140,6 +144,7 @@ def load(root: str, sweep: str | None = None) -> Results:
         raise FileNotFoundError(f"results root {root!r} does not exist")
     store = ResultStore(str(root))
     tables = {t: _plain_sweep(store.read(t, sweep)) for t in ("models", "attacks", "epochs")}
+    tables["attacks"] = label_tuned(tables["attacks"])
     if sweep is not None and tables["models"].empty:
         known = sorted(_plain_sweep(store.read("models"))["sweep"].dropna().unique())
         raise ValueError(f"sweep {sweep!r} has no models under {root!r}; sweeps there: {known}")
@@ -223,6 +228,41 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
         baseline = _strongest_with_ci(base, metric, f"{metric}_baseline", level)
         out = out.merge(baseline.drop(columns=f"{metric}_baseline_attacker"), on=WORST_KEYS, how="left")
     return out
+
+
+def leakage_by_family(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """How the worst case grows with what the attacker knows: per partition and setting, the
+    strongest SSIM over the attackers of the first k steps of :data:`FAMILIES` — (1) the
+    defenders' own family, (2) + decoder families the defense never trained against, (3) + the
+    white-box inversion, (4) + tuned attackers — over seeds with intervals (a single run: the
+    bootstrap over the images of that step's strongest attacker).
+
+    Columns: CONFIG, SETTING, then per step k = 1..4 ``step<k>_mean``/``_ci_lo``/``_ci_hi``/
+    ``_n`` (seeds) and ``step<k>_attackers`` (who is in that step; empty: the step adds no one,
+    and its value repeats the step before). "The defenders' family" is every decoder a model
+    of the sweep was defended with, so undefended models are judged by the same ladder.
+    """
+    j = res.joined()
+    j = j[succeeded(j) & (j["status_model"] == OK) & j["partition"].notna()]
+    names = sorted({d for ds in res.models["defenders"].dropna() for d in str(ds).split(",") if d})
+    j = j.assign(family=family(j, names)).dropna(subset=["family"])
+    if j.empty:
+        raise Missing("Leakage by attacker knowledge: no successful attacks to rank")
+    rows = _attacked(res)[[*CONFIG, *SETTING, "seed", "model_id"]]
+    steps = []
+    for k in range(1, len(FAMILIES) + 1):
+        sub = j[j["family"].isin(FAMILIES[:k])]
+        who = sorted(j.loc[j["family"] == FAMILIES[k - 1], "attacker"].astype(str).unique(), key=natural_key)
+        steps.append(", ".join(who))
+        if sub.empty:
+            rows = rows.assign(
+                **{f"step{k}": math.nan, f"step{k}_ci_lo": math.nan, f"step{k}_ci_hi": math.nan}
+            )
+            continue
+        best = _strongest_with_ci(sub, "ssim", f"step{k}", level).drop(columns=f"step{k}_attacker")
+        rows = rows.merge(best, on=WORST_KEYS, how="left")
+    out = summarise(rows, [*CONFIG, *SETTING], [f"step{k}" for k in range(1, len(FAMILIES) + 1)], level)
+    return out.assign(**{f"step{k}_attackers": who for k, who in enumerate(steps, start=1)})
 
 
 def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:

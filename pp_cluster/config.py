@@ -230,7 +230,10 @@ class SweepSpec:
         return (model.partition,) if model.partition is not None else tuple(self.partitions)
 
     def attack_specs(self) -> tuple[AttackSpec, ...]:
-        return tuple(
+        """Every attack of a model at one partition: each attacker with the sweep's fixed
+        hyperparameters and, with ``tune_attackers``, a tuned twin of each attacker that trains
+        (so the report shows how much tuning adds, on the same model)."""
+        fixed = [
             AttackSpec(
                 attacker=a,
                 attacker_data=self.attacker_data,
@@ -238,10 +241,11 @@ class SweepSpec:
                 epochs=self.attack_epochs,
                 batch_size=self.attack_batch_size,
                 lr=self.attack_lr,
-                tune_trials=self.tune_attackers if tunable(a) else 0,
             )
             for a in self.attackers
-        )
+        ]
+        tuned = [replace(a, tune_trials=self.tune_attackers) for a in fixed if tunable(a.attacker)]
+        return tuple(fixed + (tuned if self.tune_attackers else []))
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The distinct models of a grid sweep as Tune configs, in a stable order. λ = 0 has no

@@ -10,6 +10,9 @@
   to the alphabetically first attacker, so the answer is deterministic.
 - An attack joins its model on (``sweep``, ``model_id``) and is *where* it split the model by
   ``attacks.partition`` (``models.partition`` is null for an undefended model).
+- A *tuned* attacker (``tune_trials`` > 0) is reported as ``<name> (tuned)``; every attack has a
+  place in the knowledge ladder ``FAMILIES`` (defender's own family, unseen families, white-box,
+  tuned).
 - The *Pareto set*: no other model has accuracy ≥ and worst-case leakage ≤, one of them strict.
 """
 
@@ -85,6 +88,57 @@ def worst_of(attacks: pd.DataFrame) -> dict[str, float | None]:
         vals = real[metric].dropna().astype("float64") if metric in real else pd.Series(dtype="float64")
         out[f"worst_{metric}"] = (float(vals.max() if how == "max" else vals.min())) if len(vals) else None
     return out
+
+
+# A tuned attacker (``tune_trials`` > 0) is shown as its zoo name plus this, beside its
+# fixed-hyperparameter twin (``SweepSpec.tune_attackers``).
+TUNED = " (tuned)"
+# The white-box attackers built in; a plugin's (register_decoder(..., white_box=True)) count too.
+WHITE_BOX_ATTACKERS: tuple[str, ...] = ("rmle",)
+# What an attacker knows, in the order the report adds it to the worst case (issue: "leakage by
+# knowledge and family"): the defenders' own architectures, decoder families the defense never
+# trained against, the local partition's weights (white-box), and a hyperparameter search.
+FAMILIES = ("defender's family", "unseen families", "white-box", "tuned")
+
+
+def white_box_attackers() -> tuple[str, ...]:
+    nets = sys.modules.get("pp_cluster.nets")
+    extra = tuple(nets.WHITE_BOX) if nets is not None else ()
+    return tuple(dict.fromkeys(WHITE_BOX_ATTACKERS + extra))
+
+
+def tuned(attacks: pd.DataFrame) -> pd.Series:
+    """Rows of tuned attackers (tables from before tuning existed have no such column: none)."""
+    if "tune_trials" not in attacks:
+        return pd.Series(False, index=attacks.index)
+    return attacks["tune_trials"].fillna(0).astype("int64") > 0
+
+
+def label_tuned(attacks: pd.DataFrame) -> pd.DataFrame:
+    """``attacks`` with each tuned attacker named ``<zoo name> (tuned)``: per-attacker tables
+    then show it beside the fixed one instead of mixing the two."""
+    is_tuned = tuned(attacks)
+    if not is_tuned.any():
+        return attacks
+    names = attacks["attacker"].where(~is_tuned, attacks["attacker"].astype(str) + TUNED)
+    return attacks.assign(attacker=names)
+
+
+def family(attacks: pd.DataFrame, defenders: Sequence[str]) -> pd.Series:
+    """Each attack's place in :data:`FAMILIES`, given the names of the decoders the sweep's
+    defenses trained against: tuned first, then white-box, then the defenders' own names.
+    Baselines and DP rows get null (they are not attackers of the ladder)."""
+    name = attacks["attacker"].astype(str).str.removesuffix(TUNED)
+    out = pd.Series(
+        np.select(
+            [tuned(attacks), name.isin(white_box_attackers()), name.isin(list(defenders))],
+            [FAMILIES[3], FAMILIES[2], FAMILIES[0]],
+            FAMILIES[1],
+        ),
+        index=attacks.index,
+        dtype=object,
+    )
+    return out.mask(is_baseline(attacks) | (name == "dp_pixelation"))
 
 
 def pareto_mask(acc: Sequence[float], leak: Sequence[float]) -> np.ndarray:

@@ -639,6 +639,7 @@ def test_report_command_writes_markdown_figures_and_csv(root, tmp_path):
         "Figure 5 —",
         "Figure 7 —",
         "Defended minus undefended",
+        "Leakage by attacker knowledge",
         "Accuracy–privacy frontier",
         "Training curves",
     ):
@@ -660,6 +661,7 @@ def test_report_command_writes_markdown_figures_and_csv(root, tmp_path):
         "figure5",
         "figure7",
         "paired_differences",
+        "leakage_by_family",
         "frontier",
         "hypervolume",
         "models_worst_case",

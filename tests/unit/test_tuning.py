@@ -122,11 +122,14 @@ def test_tuning_keeps_old_attack_ids_and_applies_to_trained_attackers_only(tmp_p
         tune_attackers=6,
         results=str(tmp_path),
     ).validate()
+    # The fixed attackers, and a tuned twin of each one that trains.
     assert [(a.attacker, a.tune_trials) for a in sweep.attack_specs()] == [
-        ("fc", 6),
+        ("fc", 0),
         ("rmle", 0),
         ("mean_image", 0),
+        ("fc", 6),
     ]
+    assert len({a.attack_id("m", "pool1") for a in sweep.attack_specs()}) == 4
     for bad in (-1, 1.5, True):
         with pytest.raises(SpecError, match="tune_attackers"):
             sweep.with_(tune_attackers=bad).validate()
