@@ -162,6 +162,15 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         dest="checkpoint_interval_s",
         help="seconds between mid-training checkpoints (default 60; 0 = every epoch)",
     )
+    g.add_argument(
+        "--callbacks",
+        action="append",
+        metavar="mlflow[:URI]",
+        help="log every trial's per-epoch and final metrics to MLflow (pip install 'pp_cluster[track]') "
+        "at a tracking URI (default sqlite:///<results>/_mlflow/mlflow.db); repeatable. TensorBoard "
+        "files are in <storage>/<name> when tensorboardX is installed; other Tune callbacks (e.g. "
+        "ray.air.integrations.wandb.WandbLoggerCallback) go to run_sweep(callbacks=[...]) from Python",
+    )
 
 
 _SPEC_FLAGS = (
@@ -267,6 +276,23 @@ def resume_command(argv: Sequence[str] | None = None) -> str:
     return redact(shlex.join(head + rest))
 
 
+def tune_callbacks(values: Sequence[str], spec: SweepSpec) -> list:
+    """``--callbacks`` as Tune callbacks, built before Ray starts (a missing package is a usage
+    error). The command line knows ``mlflow[:<tracking uri>]``."""
+    from pp_cluster.farm.sweep import mlflow_callback
+
+    out = []
+    for value in values:
+        name, _, uri = value.partition(":")
+        if name != "mlflow":
+            raise SpecError(
+                f"--callbacks {value}: the command line knows mlflow[:<tracking uri>]; pass other Tune "
+                "callbacks (TensorBoard, wandb, ...) to pp_cluster.farm.sweep.run_sweep(callbacks=[...])"
+            )
+        out.append(mlflow_callback(spec, uri or None))
+    return out
+
+
 def _run(args: argparse.Namespace, driver: str) -> int:
     from pp_cluster.farm.sweep import Interrupted, run_sweep
 
@@ -275,7 +301,10 @@ def _run(args: argparse.Namespace, driver: str) -> int:
         return 2
     try:
         spec = spec_from_args(args, driver).validate()
-        outcome = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus)
+        callbacks = tune_callbacks(args.callbacks or (), spec)
+        outcome = run_sweep(
+            spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus, callbacks=callbacks
+        )
     except Interrupted as e:
         print(
             f"[pp-farm] {e}"

@@ -73,7 +73,7 @@ class Signals:
 
 
 class Progress(tune.Callback):
-    """One live line: trials done / running / failed, attacks done / total."""
+    """One live line: trials done / running (each one's last epoch) / failed, attacks done / total."""
 
     def __init__(self, sweep: SweepSpec, n_trials: int | None, signals: Signals | None = None) -> None:
         self.signals = signals
@@ -81,6 +81,7 @@ class Progress(tune.Callback):
         self.n_attackers = len(sweep.attackers)
         self.done = self.failed = 0
         self.running: set[str] = set()
+        self.epoch: dict[str, int] = {}  # running trial -> its last epoch reported
         self._last = 0.0
         self._t0 = time.time()
         self._stats: dict | None = None
@@ -93,13 +94,19 @@ class Progress(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result:  # (a trial's last report, after its attacks, has none)
+            self.epoch[trial.trial_id] = int(result["epoch"])
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+        self.epoch.pop(trial.trial_id, None)
         self.done += 1
         self._print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+        self.epoch.pop(trial.trial_id, None)
         self.failed += 1
         self._print(force=True)
 
@@ -113,11 +120,19 @@ class Progress(tune.Callback):
         self._last = now
         total = f"/{self.n_trials}" if self.n_trials else ""
         print(
-            f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running, "
-            f"{self.failed} failed | {self._attacks()}",
+            f"[pp-farm {now - self._t0:6.0f}s] trials {self.done}{total} done, {len(self.running)} running"
+            f"{self._epochs()}, {self.failed} failed | {self._attacks()}",
             file=sys.stderr,
             flush=True,
         )
+
+    def _epochs(self, most: int = 6) -> str:
+        """' (epoch 3/20, 20/20)': where the running trials are in training (20/20: attacking)."""
+        now = sorted(self.epoch.values())
+        if not now:
+            return ""
+        shown = ", ".join(f"{e}/{self.sweep.epochs}" for e in now[:most])
+        return f" (epoch {shown}{f', +{len(now) - most} more' if len(now) > most else ''})"
 
     def _attacks(self) -> str:
         """The pool's counters, without ever blocking Tune's loop: ask, and read the answer

@@ -5,15 +5,24 @@ sample of a multi-objective Optuna search; the attacker pool (``pool``) serves e
 trial's attacks. Before anything expensive: the spec is validated, the root checked
 writable and claimed (``lease``, ``manifest``), the data loaded. Resuming reruns the same
 grid over the tables (``trial`` skips what exists); Tune's state is never restored.
+
+The console is the farm's: ``[pp-farm]`` lines, and the errors of trials (Tune logs each
+failed trial's traceback). Ray's start-up notices and Tune's console reporter are off
+(``TUNE_DRIVER_ENV``, ``_without_token_notice``); Tune's result files and the logger
+callbacks a caller passes (``callbacks=``, ``mlflow_callback``) get every epoch's report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,7 +46,7 @@ from pp_cluster.farm.trial import attack_plan, read_model_row, run_trial
 from pp_cluster.plugins import PLUGINS_ENV
 from pp_cluster.plugins import runtime_env as plugin_runtime_env
 from pp_cluster.results import rules
-from pp_cluster.results.fs import is_shared, redact, storage_args, strip_credentials
+from pp_cluster.results.fs import is_remote, is_shared, redact, storage_args, strip_credentials
 from pp_cluster.results.store import ResultStore
 
 # Ray Train settings for many short runs: poll the workers often (a run's end is noticed
@@ -51,6 +60,13 @@ TRAIN_ENV = {
     # actors, Ray's pre-2.60 behaviour); capacity.process_device is the rule either way.
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
 }
+
+# Read by Tune in the driver while it runs. Its console reporter prints a configuration box
+# and a TensorBoard hint even at verbose=0; the legacy one prints nothing at verbose=0 (the
+# progress line is the farm's, and Tune still logs every failed trial's traceback). A search's
+# metrics are in a trial's last report only, which Tune's strict check would demand of every
+# epoch's report too (Optuna learns from the last one: multi-objective, it ignores the rest).
+TUNE_DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 def train_runtime_env(
@@ -103,9 +119,12 @@ def run_sweep(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     verbose: bool = True,
+    callbacks: Sequence[tune.Callback] = (),
 ) -> SweepOutcome:
     """Validate, claim the results root, load the data, start (or join) Ray, run the Tuner,
-    mark the Pareto set.
+    mark the Pareto set. ``callbacks``: more Tune callbacks (run in this process), which see
+    every trial's per-epoch reports and its last one: ``mlflow_callback(sweep)``, or Tune's
+    TensorBoard and Weights & Biases loggers. ``verbose=False``: no output of Ray workers.
 
     What a results root must be trusted for: its tables, manifest and lease are JSON and
     Parquet, read as data; training state is read with ``weights_only``; Tune's experiment
@@ -139,20 +158,21 @@ def run_sweep(
         ds, judge = _prepare(sweep, store, resume)
         if not ray.is_initialized():
             # address None: a new local cluster, never one that happens to run on this machine.
-            ray.init(
-                address=address or "local",
-                num_cpus=num_cpus if address is None else None,
-                num_gpus=num_gpus if address is None else None,
-                runtime_env=train_runtime_env(sweep.plugins, secret_env),
-                include_dashboard=False,
-                log_to_driver=verbose,
-                configure_logging=False,
-            )
+            with _without_token_notice():
+                ray.init(
+                    address=address or "local",
+                    num_cpus=num_cpus if address is None else None,
+                    num_gpus=num_gpus if address is None else None,
+                    runtime_env=train_runtime_env(sweep.plugins, secret_env),
+                    include_dashboard=False,
+                    log_to_driver=verbose,
+                    configure_logging=False,
+                )
             started_ray = True
         signals.install()  # ray.init installed its own SIGTERM handler
         pool_holder: list = []
         try:
-            outcome = _tune(sweep, store, ds, judge, address, signals, pool_holder)
+            outcome = _tune(sweep, store, ds, judge, address, signals, pool_holder, callbacks)
         finally:
             pool = pool_holder[0] if pool_holder else None
     except KeyboardInterrupt:
@@ -221,7 +241,14 @@ def _prepare(sweep: SweepSpec, store: ResultStore, resume: bool):
 
 
 def _tune(
-    sweep: SweepSpec, store: ResultStore, ds, judge, address: str | None, signals: Signals, pool_holder: list
+    sweep: SweepSpec,
+    store: ResultStore,
+    ds,
+    judge,
+    address: str | None,
+    signals: Signals,
+    pool_holder: list,
+    callbacks: Sequence[tune.Callback],
 ) -> tuple[int, int]:
     """Inside Ray: check the cluster, start the attacker pool, run Tune. Returns (trials, errored)."""
     if not is_shared(sweep.results) and address is not None and alive_nodes() == 1:
@@ -261,7 +288,7 @@ def _tune(
         name=sweep.name,
         failure_config=tune.FailureConfig(max_failures=r.max_failures),
         # The reaper frees what Train runs killed with a node leave reserved (train.py).
-        callbacks=[Progress(sweep, n_trials, signals), PlacementGroupReaper()],
+        callbacks=[Progress(sweep, n_trials, signals), PlacementGroupReaper(), *callbacks],
         verbose=0,
         **storage_args(sweep.storage()),
     )
@@ -271,10 +298,66 @@ def _tune(
         tune_config=_tune_config(sweep, concurrency),
         run_config=run_config,
     )
-    grid = tuner.fit()
+    with _environment(TUNE_DRIVER_ENV):
+        grid = tuner.fit()
     if sweep.search == "optuna":
         mark_pareto(store, sweep.name)
     return n_trials, sum(1 for res in grid if res.error is not None)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment for the block, where the caller has not set it."""
+    added = {k: v for k, v in env.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def _without_token_notice() -> Iterator[None]:
+    """Ray turns token authentication on for every new local cluster whose ``RAY_AUTH_MODE``
+    is unset, and logs a warning saying so each time: that notice is dropped (its warning
+    that a cluster runs *without* authentication is kept)."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def notice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
+
+
+def mlflow_callback(sweep: SweepSpec, tracking_uri: str | None = None) -> tune.Callback:
+    """Tune's ``MLflowLoggerCallback`` for ``sweep`` (the ``track`` extra): an MLflow experiment
+    named after the sweep, one run per trial with its grid point as parameters, every epoch's
+    report and the last as metrics. It runs in the driver, so the tracking URI is the driver's:
+    by default a SQLite file ``<results>/_mlflow/mlflow.db`` (MLflow 3 refuses new file
+    stores unless told to), which needs a results root on a path the driver can write."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise SpecError(
+            "MLflow tracking needs MLflow: pip install 'pp_cluster[track]' (or mlflow-skinny)"
+        ) from None
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    if tracking_uri is None:
+        if is_remote(sweep.results):
+            raise SpecError(
+                f"MLflow tracking: results {redact(sweep.results)!r} are not on this machine; give a "
+                "tracking URI, e.g. --callbacks mlflow:http://host:5000 or mlflow:sqlite:////path/mlflow.db"
+            )
+        folder = Path(sweep.results_uri().removeprefix("file://")) / "_mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=sweep.name)
 
 
 def _check_job_plugins(plugins: tuple[str, ...]) -> None:

@@ -15,11 +15,19 @@ restarted worker group (the file is on the sweep's shared storage) continues fro
 finished model's file holds its final weights, so a trial that died during its attacks
 does not train again. The state is the farm's own file rather than a Train checkpoint
 because local mode keeps checkpoints in memory only.
+
+Every epoch is reported to Tune (``epoch_metrics``) as it ends, without a checkpoint: in local
+mode with ``ray.tune.report`` (the train function runs in the trial's Tune session); in a
+worker group every rank calls ``ray.train.report`` (a barrier) and Train V2's
+``TuneReportCallback``, running in the Train controller, hands rank 0's row to the trial's
+session, whose Tune loop reports it. The trial's last report (``trial.trial_metrics``) comes
+after the attacks.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import time
 from typing import Any
@@ -29,12 +37,17 @@ import ray.train
 import ray.train.torch
 import ray.tune as tune
 import torch
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec, Resources
 from pp_cluster.models import read_state as _load
 from pp_cluster.models import state_uri
 from pp_cluster.results.fs import write_bytes
+
+# Train V2 logs an INFO line inviting bug reports for every local-mode ScalingConfig: one per
+# trial in the sweep's output. The module logs nothing else.
+logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
 
 
 def _device(local_mode: bool, use_gpu: bool) -> str:
@@ -56,6 +69,15 @@ def _save(uri: str, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes(uri, buf.getvalue())
+
+
+EPOCH_METRICS = ("epoch", "task_loss", "distance", "train_acc", "test_acc", "lr")
+
+
+def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch's report to Tune: its history row's numbers (``distance`` only where a defense
+    measures one); ``seconds`` becomes ``epoch_seconds`` beside Tune's own timings."""
+    return {**{k: row[k] for k in EPOCH_METRICS if row.get(k) is not None}, "epoch_seconds": row["seconds"]}
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -81,6 +103,13 @@ def train_worker(config: dict[str, Any]) -> None:
 
     interval = float(config["checkpoint_interval_s"])
     last_save = time.monotonic()
+    report = tune.report if local_mode else ray.train.report
+    if not local_mode:
+        # Train V2 logs each rank's every report at INFO through a logger named by its file path,
+        # which its LoggingConfig (for "ray.train.*") does not reach.
+        context = sys.modules.get("ray.train.v2._internal.execution.context")
+        if context is not None:
+            logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
     def on_epoch(row: dict, state_fn) -> None:
         nonlocal last_save
@@ -88,6 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0 and time.monotonic() - last_save >= interval:
             _save(uri, {"train_state": state_fn(), "history": history, "done": False})
             last_save = time.monotonic()
+        report(epoch_metrics(row))
 
     wrap = None
     if world > 1:
@@ -126,9 +156,10 @@ def fit_model(
 ) -> tuple[dict, list[dict], dict]:
     """Train one model with a ``TorchTrainer``; returns (final metrics, epoch rows, net state).
 
-    One worker: local mode, in this (the trial's) process. Several: a worker group with DDP.
-    Tune hears only the trial's final report (accuracy and worst-case attack metrics); the
-    per-epoch curves go to the ``epochs`` table.
+    One worker: local mode, in this (the trial's) process. Several: a worker group with DDP,
+    whose epochs reach Tune through ``TuneReportCallback`` and whose Train INFO logs (worker
+    group start, DDP wrapping) stay in Train's log files. Call it from a Tune trial: each
+    epoch is reported there as it ends (and kept in the ``epochs`` table).
     """
     from pp_cluster.results.fs import storage_args
 
@@ -156,6 +187,8 @@ def fit_model(
         run_config=ray.train.RunConfig(
             name=f"train-{model_id}",
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            callbacks=[] if local_mode else [TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             **storage_args(storage_path),
         ),
     )

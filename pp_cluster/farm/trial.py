@@ -6,6 +6,10 @@ once per partition, fans the attacker zoo out to the sweep's attacker pool, writ
 (``results.rows``), and reports the test accuracy and the strongest attacker's metrics
 (``results.rules``) to Tune. Every row is keyed by content, so a retried or resumed trial
 skips what is already written and never duplicates a row; it reads only its own rows.
+
+Tune hears from a trial once per epoch while it trains (``train.epoch_metrics``) and once at
+the end (``trial_metrics``): a search, ``ResultGrid`` and Tune's metric/mode use that last
+report; logger callbacks (``run_sweep(callbacks=...)``) get every one.
 """
 
 from __future__ import annotations
