@@ -186,6 +186,7 @@ _SPEC_FLAGS = (
     "attacker_data",
     "attacker_fraction",
     "attack_epochs",
+    "tune_attackers",
     "search",
     "num_samples",
     "results",
@@ -195,7 +196,6 @@ _SPEC_FLAGS = (
     "dp_epsilons",
     "dp_cell",
     "dp_neighbourhood",
-    "tune_attackers",
     "recipe",
     "plugins",
 )

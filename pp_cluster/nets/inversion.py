@@ -10,7 +10,9 @@ image ``x̂`` that the local partition maps closest to ``h``, under a smoothness
 Here the search is Adam on the pixels in [0, 1] (projected back into the range after every
 step), every image of a batch optimised at once but independently (the loss is a sum of
 per-image losses), starting from the mean image of the attacker's training data: the only
-thing it reads from that data. The residual is relative (divided by ‖h‖²) so one ``tv``
+thing it reads from that data. Where the CPU has bf16 matrix units (``pp_cluster.precision``)
+the local forward runs under bf16 autocast, the residual in fp32: on real LFW at pool1 (16
+images, 60 steps) SSIM 0.894 against fp32's 0.895, 2.3x faster. The residual is relative (divided by ‖h‖²) so one ``tv``
 weight means the same at every split point; TV is the mean absolute difference of
 neighbouring pixels (anisotropic total variation).
 
@@ -29,6 +31,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from pp_cluster import precision
 from pp_cluster.nets.noise import GaussianNoise
 
 # Defaults measured on real LFW (benchmarks/rmle_defaults.py; benchmarks/README.md).
@@ -58,6 +61,7 @@ class WhiteBoxInversion(nn.Module):
         steps: int = STEPS,
         lr: float = LR,
         tv: float = TV,
+        amp: bool | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(steps, int) and steps >= 1):
@@ -71,6 +75,7 @@ class WhiteBoxInversion(nn.Module):
         self.local.requires_grad_(False)
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.steps, self.lr, self.tv = steps, float(lr), float(tv)
+        self.amp = amp  # bf16 autocast of the local forward; None: pp_cluster.precision's default
         self.register_buffer("start", torch.full(tuple(image_shape), 0.5))  # in [0, 1]
 
     def train(self, mode: bool = True) -> WhiteBoxInversion:
@@ -83,9 +88,13 @@ class WhiteBoxInversion(nn.Module):
         lo, hi = self.value_range
         self.start.copy_(((x.float().mean(dim=0) - lo) / (hi - lo)).clamp(0, 1).to(self.start.device))
 
+    def _amp(self) -> bool:
+        return precision.resolve(self.start.device, self.amp, False)[0]
+
     def describe(self) -> str:
         """The ``attacker_arch`` entry: the attack and its hyperparameters."""
-        return f"rmle(steps={self.steps},lr={self.lr:g},tv={self.tv:g},adam,start=mean_image)"
+        bf16 = ",bf16" if self._amp() else ""
+        return f"rmle(steps={self.steps},lr={self.lr:g},tv={self.tv:g},adam,start=mean_image{bf16})"
 
     def forward(self, h: Tensor) -> Tensor:
         lo, hi = self.value_range
@@ -93,9 +102,12 @@ class WhiteBoxInversion(nn.Module):
         norm = target.flatten(1).pow(2).sum(dim=1).clamp_min(1e-12)
         u = self.start.unsqueeze(0).repeat(len(target), *([1] * self.start.ndim)).requires_grad_(True)
         optimizer = torch.optim.Adam([u], lr=self.lr)
+        device, amp = self.start.device, self._amp()
         with torch.enable_grad():
             for _ in range(self.steps):
-                residual = (self.local(lo + (hi - lo) * u) - target).flatten(1).pow(2).sum(dim=1) / norm
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.local(lo + (hi - lo) * u)
+                residual = (out.float() - target).flatten(1).pow(2).sum(dim=1) / norm
                 loss = (residual + self.tv * total_variation(u)).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
