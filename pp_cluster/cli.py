@@ -1,4 +1,4 @@
-"""Command line: ``pp-farm sweep|status|compact|export|data`` and the shared flags of ``sweeps/*.py``.
+"""Command line: ``pp-farm sweep|status|compact|export|attack|data`` and the shared flags of ``sweeps/*.py``.
 
 Thin on purpose: flags become a ``SweepSpec``, the spec is validated, the farm runs it.
 """
@@ -422,6 +422,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack(args: argparse.Namespace) -> int:
+    """Attack a finished sweep's models with more attackers (``reattack``); the plan is checked
+    (and printed with --dry-run) before any model is loaded."""
+    from pp_cluster.reattack import plan, reattack
+    from pp_cluster.results.store import ResultStore
+
+    try:
+        jobs = plan(
+            ResultStore(args.results),
+            args.sweep,
+            args.attackers,
+            tune_trials=args.tune_attackers,
+            epochs=args.attack_epochs,
+            batch_size=args.attack_batch_size,
+            lr=args.attack_lr,
+            models=args.models,
+        )
+    except (ValueError, OSError) as e:  # SpecError is a ValueError
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    pairs = len({(j.model_id, j.partition) for j in jobs})
+    print(f"[pp-farm] {len(jobs)} attacks to run on {pairs} (model, partition) pairs of sweep {args.sweep!r}")
+    if args.dry_run or not jobs:
+        return 0
+    try:
+        reattack(args.results, args.sweep, jobs, storage=args.storage, data_root=args.data_root)
+    except (ValueError, OSError) as e:  # a model that cannot be loaded
+        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from pp_cluster.data.fetch import fetch_dataset
 
@@ -472,6 +504,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-root",
         help="the model's data set on this machine, if not where it was trained (real data only)",
     )
+    at = sub.add_parser(
+        "attack",
+        help="attack a finished sweep's models with more attackers (e.g. rmle, tuned ones), without "
+        "training them again; attacks whose rows exist are skipped",
+    )
+    at.add_argument("results", help="results root (local path or s3://...)")
+    at.add_argument("sweep", help="the sweep whose models to attack")
+    at.add_argument(
+        "--attackers", type=_names, required=True, help="comma-separated zoo names, e.g. rmle,resdec"
+    )
+    at.add_argument(
+        "--tune-attackers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also a tuned twin of each attacker that trains: an Optuna search of N candidates",
+    )
+    at.add_argument("--attack-epochs", type=int, default=20, help="epochs per attacker (use the sweep's)")
+    at.add_argument("--attack-batch-size", type=int, default=64, help="attacker batch size (use the sweep's)")
+    at.add_argument("--attack-lr", type=float, default=1e-3, help="attacker learning rate (use the sweep's)")
+    at.add_argument("--models", type=_names, help="only these model ids (default: every finished model)")
+    at.add_argument("--storage", help="the sweep's --storage-path, if it had one (default: <results>/_ray)")
+    at.add_argument(
+        "--data-root", help="the models' data set on this machine, if not where they were trained"
+    )
+    at.add_argument("--dry-run", action="store_true", help="print how many attacks would run, run none")
     da = sub.add_parser("data", help="data sets")
     da_sub = da.add_subparsers(dest="data_command", required=True)
     fe = da_sub.add_parser("fetch", help="download a public data set into its standard layout")
@@ -486,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _compact(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "attack":
+        return _attack(args)
     return _fetch(args)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec
+from pp_cluster.data import Dataset
 from pp_cluster.nets import NET_REGISTRY, PartitionedNet, split
 from pp_cluster.results.fs import read_bytes, redact, write_bytes
 from pp_cluster.results.rules import OK
@@ -88,6 +89,7 @@ def load_model(
     partition: str | None = None,
     storage: str | None = None,
     data_root: str | None = None,
+    dataset: Dataset | None = None,
 ) -> TrainedModel:
     """The model ``model_id`` of the results root ``results``, split at ``partition``.
 
@@ -95,7 +97,8 @@ def load_model(
     trained whole and attacked at every partition) is split at its arch's default one.
     ``storage``: the sweep's ``--storage-path`` if it had one. The model's data set is read
     for its image shape, classes and value range (the embedded ones need no files; real data
-    from the spec's ``data_root``, or ``data_root`` where it lives on this machine).
+    from the spec's ``data_root``, or ``data_root`` where it lives on this machine), unless
+    ``dataset`` is that data set, already loaded (a caller loading many models of one sweep).
     Raises :class:`ModelLoadError` naming what is missing before the data set is read.
     """
     store = ResultStore(results)
@@ -141,7 +144,7 @@ def load_model(
     if data_root is not None:
         spec = replace(spec, data_root=data_root)
     try:
-        ds = pipeline.load_data(spec)
+        ds = dataset if dataset is not None else pipeline.load_data(spec)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise ModelLoadError(
             f"{e}; the model's data set gives its image shape and classes: pass data_root= "
