@@ -11,11 +11,12 @@ from pp_cluster.config import SpecError, SweepSpec
 def trial_resources(r, use_gpu: bool) -> dict[str, float]:
     """What a Tune trial holds. A one-worker model trains inside the trial (Ray Train's local
     mode, ``train.py``), so the trial holds that worker's CPU and GPU share. With DDP the
-    trial is a light driver: no CPU (its Train workers hold theirs), a token of memory, and
-    a sliver of GPU when there is one so that it can compute the activations there."""
+    trial is a light driver: no CPU and no GPU (its Train workers hold theirs; a sliver of GPU
+    would leave a node with exactly ``num_workers`` GPUs unable to place them), a token of
+    memory; it computes the attackers' activations on the CPU, and the attacks run in the pool."""
     if r.num_workers == 1:
         return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
-    return {"CPU": 0, "memory": 1, **({"GPU": 0.01} if use_gpu else {})}
+    return {"CPU": 0, "memory": 1}
 
 
 def cluster_has_gpu() -> bool:

@@ -26,6 +26,9 @@ after the attacks.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import io
 import logging
 import sys
@@ -63,6 +66,20 @@ def _backend(use_gpu: bool) -> str:
     NCCL refuses to start without a CUDA device (a node advertising logical GPUs, or GPUs the
     driver cannot see). Decided in the trial, which runs on a GPU node when ``use_gpu``."""
     return "nccl" if use_gpu and torch.cuda.is_available() else "gloo"
+
+
+@dataclasses.dataclass
+class _TorchConfig(ray.train.torch.TorchConfig):
+    """Ray's ``TorchConfig``, except that a model trained on the CPU gets no CUDA device: Ray's
+    train-function context calls ``torch.cuda.set_device`` in any process that can see a card,
+    so a ``--no-gpu`` trial on a GPU node would open a CUDA context on a card it never reserved
+    (and where the card is only believed in, fail)."""
+
+    cuda: bool = True
+
+    @property
+    def train_func_context(self):
+        return super().train_func_context if self.cuda else contextlib.nullcontext
 
 
 def _save(uri: str, state: dict[str, Any]) -> None:
@@ -119,10 +136,12 @@ def train_worker(config: dict[str, Any]) -> None:
             last_save = time.monotonic()
         report(epoch_metrics(row))
 
+    device = _device(local_mode, bool(config["use_gpu"]))
     wrap = None
     if world > 1:
-        wrap = ray.train.torch.prepare_model
-    device = _device(local_mode, bool(config["use_gpu"]))
+        # DDP on the device this rank chose: a worker holding a logical GPU with no CUDA behind
+        # it trains on the CPU (Train's own choice of device would be a card it cannot use).
+        wrap = functools.partial(ray.train.torch.prepare_model, move_to_device=torch.device(device))
     model, result = pipeline.train_model(
         spec, ds, device, on_epoch=on_epoch, resume=resume, wrap=wrap, shard=(rank, world)
     )
@@ -147,6 +166,7 @@ def train_worker(config: dict[str, Any]) -> None:
         "final_task_loss": result.final_task_loss,
         "final_distance": result.final_distance,
         "train_seconds": result.seconds,
+        "device": device,  # where it trained: the models row names a GPU only if it was used
     }
     _save(uri, {"train_state": None, "history": history, "done": True, "final": final, "net": net_state})
 
@@ -183,7 +203,7 @@ def fit_model(
             "use_gpu": use_gpu,
         },
         scaling_config=scaling,
-        torch_config=ray.train.torch.TorchConfig(backend=_backend(use_gpu)),
+        torch_config=_TorchConfig(backend=_backend(use_gpu), cuda=use_gpu and torch.cuda.is_available()),
         run_config=ray.train.RunConfig(
             name=f"train-{model_id}",
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
