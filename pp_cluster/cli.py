@@ -8,20 +8,28 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
+from typing import Any
 
-from pp_cluster.config import SpecError, SweepSpec
+from pp_cluster.config import Resources, SpecError, SweepSpec
 from pp_cluster.results.fs import redact
 
 
 def _floats(s: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in s.split(",") if v.strip())
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers, e.g. 0,0.1; got {s!r}") from None
 
 
 def _ints(s: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in s.split(",") if v.strip())
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 0,1,2; got {s!r}") from None
 
 
 def _names(s: str) -> tuple[str, ...]:
@@ -33,9 +41,9 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    from pp_cluster.privacy.defense import UPDATES
-    from pp_cluster.privacy.recipes import RECIPE_NAMES
-
+    """The flags every sweep driver shares. No ``choices=`` that a registry owns (recipes,
+    updates, defenses): naming them would import torch into ``--help``; the spec's validation
+    checks them, with the valid names in its message."""
     g = p.add_argument_group("what to run")
     g.add_argument(
         "--profile",
@@ -48,8 +56,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true", help="the same as --profile quick")
     g.add_argument(
         "--recipe",
-        choices=RECIPE_NAMES,
-        help="training recipe: the paper's, or our fast one (AdamW, one-cycle, label smoothing, "
+        help="training recipe: paper (the paper's) or fast (ours: AdamW, one-cycle, label smoothing, "
         "crop+flip; see privacy/recipes.py)",
     )
     g.add_argument("--name", help="sweep name (the `sweep` column and the Tune experiment name)")
@@ -111,8 +118,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--update",
-        choices=UPDATES,
-        help="Algorithm 1's order (alternating, the paper's) or simultaneous: one defender "
+        help="Algorithm 1's order: alternating (the paper's) or simultaneous: one defender "
         "forward + backward per batch, the λ-gradient from the pre-update defender (faster)",
     )
     g.add_argument(
@@ -143,6 +149,12 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="start the sweep, or continue it if it was interrupted (finished work is not redone)",
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the spec and the data as a run would, print the spec, the grid and its work "
+        "(models, attacks, epochs, images), and stop: no Ray, nothing written to the results root",
     )
     g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
@@ -260,9 +272,147 @@ def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
     return replace(spec, **changes)
 
 
+# A profile's fields as the flags that set them, in the order ``--help`` lists them: these for
+# every profile, the _EXTRA ones where a profile differs from SweepSpec's default.
+_PROFILE_FLAGS = (
+    ("partitions", "--partitions"),
+    ("lams", "--lams"),
+    ("seeds", "--seeds"),
+    ("epochs", "--epochs"),
+    ("batch_size", "--batch-size"),
+    ("recipe", "--recipe"),
+    ("defender_suites", "--defenders"),
+    ("attackers", "--attackers"),
+    ("attack_epochs", "--attack-epochs"),
+)
+_PROFILE_EXTRA_FLAGS = (
+    ("attacker_data", "--attacker-data"),
+    ("attacker_fraction", "--attacker-fraction"),
+    ("tune_attackers", "--tune-attackers"),
+    ("search", "--search"),
+    ("lam_range", "--lam-range"),
+    ("num_samples", "--num-samples"),
+    ("defense", "--defense"),
+    ("finetune_epochs", "--finetune-epochs"),
+    ("attributes", "--attributes"),
+    ("dp_epsilons", "--dp-epsilons"),
+    ("dp_cell", "--dp-cell"),
+    ("dp_neighbourhood", "--dp-m"),
+    ("save_reconstructions", "--save-reconstructions"),
+    ("plugins", "--plugins"),
+)
+_RESOURCE_FLAG_NAMES = {
+    "num_workers": "--num-workers",
+    "gpus_per_trial": "--gpus-per-trial",
+    "pool_size": "--pool-size",
+    "attacker_cpus": "--attacker-cpus",
+    "attacker_gpus": "--attacker-gpus",
+    "max_concurrent_trials": "--max-concurrent",
+    "checkpoint_interval_s": "--checkpoint-interval",
+}
+# Not in a profile's flags: its head line (sweep name, data set, net) and the user's own paths.
+_NOT_PROFILE = (
+    "name",
+    "dataset",
+    "dataset_options",
+    "arch",
+    "arch_options",
+    "data_root",
+    "results",
+    "storage_path",
+)
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _text(v: Any) -> str:
+    """A value as the command line writes it: 0.1 not 0.10000000000000001, tuples with commas,
+    defender suites with ';'."""
+    if isinstance(v, float):
+        return f"{v:g}" if float(f"{v:g}") == v else repr(v)
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
+        return ";".join(",".join(s) for s in v)
+    if isinstance(v, tuple):
+        return ",".join(_text(x) for x in v)
+    if isinstance(v, Mapping):
+        return ", ".join(
+            f"{k}=({_text(x)})" if isinstance(x, tuple) else f"{k}={_text(x)}" for k, x in v.items()
+        )
+    return str(v)
+
+
+def profile_flags(spec: SweepSpec) -> tuple[list[str], list[str]]:
+    """(the flags that set ``spec``'s sweep fields, a note for each field that differs from
+    SweepSpec's default and has no flag). Given on top of another profile, the flags make its
+    fields ``spec``'s (a test checks it)."""
+    items, notes = [], []
+    extra = [(n, flag) for n, flag in _PROFILE_EXTRA_FLAGS if getattr(spec, n) != _default(SweepSpec, n)]
+    for name, flag in (*_PROFILE_FLAGS, *extra):
+        v = getattr(spec, name)
+        items.append(flag if v is True else f"{flag} {shlex.quote(_text(v))}")
+    for k, v in spec.train_overrides.items():
+        if k in ("lr", "update"):
+            items.append(f"--{k} {shlex.quote(_text(v))}")
+        else:
+            notes.append(f"train_overrides {k}={_text(v)}")
+    for f in fields(spec.resources):
+        v = getattr(spec.resources, f.name)
+        if v == f.default:
+            continue
+        if f.name == "use_gpu":
+            items.append("--gpu" if v else "--no-gpu")
+        elif f.name in _RESOURCE_FLAG_NAMES:
+            items.append(f"{_RESOURCE_FLAG_NAMES[f.name]} {_text(v)}")
+        else:
+            notes.append(f"resources.{f.name} {_text(v)}")
+    flagged = {n for n, _ in (*_PROFILE_FLAGS, *_PROFILE_EXTRA_FLAGS)}
+    flagged |= {"train_overrides", "resources", *_NOT_PROFILE}
+    for f in fields(spec):
+        if f.name not in flagged and getattr(spec, f.name) != _default(SweepSpec, f.name):
+            notes.append(f"{f.name} {_text(getattr(spec, f.name))}")
+    return items, notes
+
+
+def profiles_help(drivers: Sequence[str]) -> str:
+    """``--help``'s epilog: each profile of ``drivers`` as its data set, net and flags."""
+    from pp_cluster.profiles import PROFILES
+
+    lines = ["profiles (--profile NAME; --quick = --profile quick; a flag you give replaces its value):"]
+    pad = "  " if len(drivers) > 1 else ""  # pp-farm sweep --help: the profiles under each driver
+    for driver in drivers:
+        if pad:
+            lines.append(f"  {driver}")
+        for name, spec in PROFILES[driver].items():
+            head = f"{name}{' (the default)' if name == 'paper' else ''}: sweep {spec.name}, {spec.dataset}"
+            head += f" ({_text(spec.dataset_options)})" if spec.dataset_options else ""
+            head += f", {spec.arch}" + (f" ({_text(spec.arch_options)})" if spec.arch_options else "")
+            lines += textwrap.wrap(head, 100, initial_indent=pad + "  ", subsequent_indent=pad + "      ")
+            row = pad + "     "
+            flags, notes = profile_flags(spec)
+            for item in flags + [f"({note})" for note in notes]:
+                if len(row) + len(item) > 100 and row.strip():
+                    lines.append(row)
+                    row = pad + "     "
+                row += " " + item
+            lines.append(row)
+    return "\n".join(lines)
+
+
+def _add_version(p: argparse.ArgumentParser) -> None:
+    from pp_cluster import __version__
+
+    p.add_argument("--version", action="version", version=f"pp_cluster {__version__}")
+
+
 def sweep_main(driver: str, doc: str | None, argv: Sequence[str] | None = None) -> int:
     """Entry point of every ``sweeps/*.py`` driver: ``driver`` names its profiles in ``PROFILES``."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc, epilog=profiles_help([driver]), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_version(p)
     add_sweep_args(p)
     args = p.parse_args(argv)
     return _run(args, driver)
@@ -276,11 +426,8 @@ def resume_command(argv: Sequence[str] | None = None) -> str:
     return redact(shlex.join(head + rest))
 
 
-def tune_callbacks(values: Sequence[str], spec: SweepSpec) -> list:
-    """``--callbacks`` as Tune callbacks, built before Ray starts (a missing package is a usage
-    error). The command line knows ``mlflow[:<tracking uri>]``."""
-    from pp_cluster.farm.sweep import mlflow_callback
-
+def _callback_uris(values: Sequence[str]) -> list[str | None]:
+    """``--callbacks`` values checked: the tracking URI of each (None: the default one)."""
     out = []
     for value in values:
         name, _, uri = value.partition(":")
@@ -289,18 +436,175 @@ def tune_callbacks(values: Sequence[str], spec: SweepSpec) -> list:
                 f"--callbacks {value}: the command line knows mlflow[:<tracking uri>]; pass other Tune "
                 "callbacks (TensorBoard, wandb, ...) to pp_cluster.farm.sweep.run_sweep(callbacks=[...])"
             )
-        out.append(mlflow_callback(spec, uri or None))
+        out.append(uri or None)
     return out
 
 
-def _run(args: argparse.Namespace, driver: str) -> int:
-    from pp_cluster.farm.sweep import Interrupted, run_sweep
+def tune_callbacks(values: Sequence[str], spec: SweepSpec) -> list:
+    """``--callbacks`` as Tune callbacks, built before Ray starts (a missing package is a usage
+    error). The command line knows ``mlflow[:<tracking uri>]``."""
+    uris = _callback_uris(values)
+    from pp_cluster.farm.sweep import mlflow_callback
 
+    return [mlflow_callback(spec, uri) for uri in uris]
+
+
+def dry_run(spec: SweepSpec) -> str:
+    """What a run of the validated ``spec`` would do, for ``--dry-run``: the data set is loaded
+    as a run loads it (a bad root fails with the same message), then the resolved spec, the
+    grid and its work as counts. No Ray, nothing written to the results root. The counts are
+    not turned into a time: seconds per image depend on the network, the split, the defenders
+    and the machine (measured ones are in benchmarks/README.md)."""
+    from pp_cluster.config import tunable
+    from pp_cluster.data.attacker import attacker_data
+    from pp_cluster.nets import BASELINES, WHITE_BOX
+    from pp_cluster.pipeline import load_data
+
+    ds = load_data(spec.model_spec(spec.partitions[0], 0.0, spec.seeds[0]))
+    try:  # the attacker's images, as pipeline.attack_inputs takes them
+        attacker_train, _ = attacker_data(ds, spec.attacker_data, spec.attacker_fraction, spec.seeds[0])
+    except ValueError as e:
+        raise SpecError(f"SweepSpec.attacker_data: {e}") from None
+    n_train, n_test, n_att = len(ds.train), len(ds.test), len(attacker_train)
+
+    values = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "resources"}
+    values["results"] = spec.results_uri()  # where a run puts them (it pins relative paths)
+    values["storage_path"] = spec.storage() + ("" if spec.storage_path else " (the default)")
+    values.update({f"resources.{r.name}": getattr(spec.resources, r.name) for r in fields(Resources)})
+    width = max(map(len, values)) + 2
+    out = [
+        f"dry run of sweep {spec.name!r}: nothing started, nothing written to the results root",
+        "",
+        "spec",
+    ]
+    out += [f"  {k:<{width}}{redact(_text(v)) or '-'}" for k, v in values.items()]
+    shape = "×".join(map(str, ds.image_shape))
+    out += [
+        "",
+        f"data: {ds.name}, {n_train} training and {n_test} test images ({shape}, {ds.num_classes} classes); "
+        f"the attackers train on {n_att} ({spec.attacker_data}, fraction {_text(spec.attacker_fraction)})",
+    ]
+
+    attacks = spec.attack_specs()
+    if spec.search == "grid":
+        models = [spec.model_spec(**point) for point in spec.grid_points()]
+        pairs = sum(len(spec.attack_partitions(m)) for m in models)
+        n_def = sum(m.lam > 0 for m in models)
+        out += [
+            "",
+            f"grid: {len(models)} models ({n_def} defended, {len(models) - n_def} undefended), attacked at "
+            f"{pairs} (model, partition) pairs by {len(attacks)} attacks each: {pairs * len(attacks)} attacks",
+        ]
+        rows = [("partition", "λ", "seed", "defense", "defenders", "attacked at", "attacks")]
+        for m in models:
+            at = spec.attack_partitions(m)
+            cells = (m.partition or "-", _text(m.lam), str(m.seed), m.defense, ",".join(m.defenders) or "-")
+            rows.append((*cells, ",".join(at), str(len(at) * len(attacks))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    else:  # each trial: one model, defended at the λ and partition Optuna draws
+        models = [spec.model_spec(spec.partitions[0], spec.lam_range[1], spec.seeds[0])] * spec.num_samples
+        pairs = len(models)
+        lo, hi = spec.lam_range
+        out += [
+            "",
+            f"optuna search: {len(models)} trials, each a model defended ({spec.defense}) at a λ drawn "
+            f"log-uniformly from [{_text(lo)}, {_text(hi)}] and a partition from {_text(spec.partitions)}, "
+            f"seed {spec.seeds[0]}, attacked there by {len(attacks)} attacks: {pairs * len(attacks)} attacks",
+        ]
+
+    model_epochs = sum(m.epochs for m in models)
+    defender_epochs = sum(m.epochs * len(m.defenders) for m in models)
+    trained = [a for a in attacks if tunable(a.attacker) and not a.tune_trials]
+    tuned = [a for a in attacks if a.tune_trials]
+    baselines = [a.attacker for a in attacks if a.attacker in BASELINES]
+    white_box = [a.attacker for a in attacks if a.attacker in WHITE_BOX]
+    work = [
+        f"training     {len(models)} models: {model_epochs:,} model-epochs = {model_epochs * n_train:,} "
+        "training images through the network"
+        + (f", and {defender_epochs:,} defender-epochs beside them" if defender_epochs else "")
+    ]
+    if spec.finetune_epochs:
+        fe = len(models) * spec.finetune_epochs
+        work.append(f"fine-tuning  {fe:,} epochs of the remote partition = {fe * n_train:,} images")
+    work.append(
+        f"activations  {pairs} (model, partition) pairs: {pairs * (n_att + n_test):,} images through a "
+        "local partition (once per pair, whatever the attackers)"
+    )
+    if trained:
+        att_epochs = pairs * sum(a.epochs for a in trained)
+        work.append(
+            f"attackers    {pairs * len(trained)} decoders: {att_epochs:,} attacker-epochs = "
+            f"{att_epochs * n_att:,} images"
+        )
+    if tuned:
+        e = tuned[0].epochs
+        work.append(
+            f"tuning       {pairs * len(tuned)} tuned twins: each up to {spec.tune_attackers} candidates of "
+            f"{-(-e // 2)}-{2 * e} epochs on the attacker's images"
+        )
+    if white_box:
+        work.append(
+            f"white-box    {pairs * len(white_box)} inversions ({', '.join(white_box)}): each optimises the "
+            f"{n_test} test images through the local partition"
+        )
+    if baselines:
+        work.append(f"baselines    {pairs * len(baselines)} ({', '.join(baselines)}): closed form")
+    if spec.dp_epsilons:
+        n_plain = sum(m.lam == 0 for m in models)
+        work.append(
+            f"DP           {n_plain} undefended models × {len(spec.dp_epsilons)} ε: "
+            f"{n_plain * len(spec.dp_epsilons) * n_test:,} pixelated test images evaluated"
+        )
+    if spec.attributes:
+        work.append(
+            "Table III    a face detector and a gender classifier fitted once; every attack's "
+            "reconstructions of the test images judged"
+        )
+    out += [
+        "",
+        "work (counts; no time estimate: it depends on the net, the split, the defenders and the machine)",
+    ]
+    for w in work:
+        out += textwrap.wrap(w, 100, initial_indent="  ", subsequent_indent=" " * 15)
+    out.append("")
+    out += textwrap.wrap(
+        "a real run also checks, before Ray starts: the results root's manifest and lease (a rerun needs "
+        "--resume), the GPUs asked for, --callbacks' packages, and (--attributes) the gender lists",
+        100,
+    )
+    return "\n".join(out)
+
+
+def _bad_input(e: Exception) -> int:
+    print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, driver: str) -> int:
+    """Validate (exit 2 on bad input, before Ray is imported); print the plan (``--dry-run``)
+    or run the sweep: 0, 1 when a trial failed, 130/143 when interrupted."""
     if args.gpus_per_trial is not None and not args.use_gpu:
         print("pp-farm: error: --gpus-per-trial applies to GPU training only: add --gpu", file=sys.stderr)
         return 2
     try:
         spec = spec_from_args(args, driver).validate()
+        _callback_uris(args.callbacks or ())
+        if args.dry_run:
+            print(dry_run(spec))
+            return 0
+    except KeyboardInterrupt:
+        print("[pp-farm] interrupted before the sweep started", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # SpecError is a ValueError
+        return _bad_input(e)
+    return _sweep(args, spec)
+
+
+def _sweep(args: argparse.Namespace, spec: SweepSpec) -> int:
+    from pp_cluster.farm.sweep import Interrupted, run_sweep
+
+    try:
         callbacks = tune_callbacks(args.callbacks or (), spec)
         outcome = run_sweep(
             spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus, callbacks=callbacks
@@ -316,9 +620,8 @@ def _run(args: argparse.Namespace, driver: str) -> int:
     except KeyboardInterrupt:  # before the sweep began: nothing was written
         print("[pp-farm] interrupted before the sweep started", file=sys.stderr)
         return 130
-    except (SpecError, FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
-        print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # SpecError is a ValueError
+        return _bad_input(e)
     return 0 if outcome.n_errored == 0 else 1
 
 
@@ -470,10 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pp_cluster.profiles import PROFILES
 
     p = argparse.ArgumentParser(prog="pp-farm", description="privacy-partitioning sweep and attack farm")
+    _add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser(
         "sweep",
         help="run a sweep profile (the same as python sweeps/<profile>.py)",
+        epilog=profiles_help(sorted(PROFILES)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sp.add_argument("driver", choices=sorted(PROFILES), help="which sweep (sweeps/<driver>.py)")

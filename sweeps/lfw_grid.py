@@ -3,6 +3,7 @@ with the photo-to-id CNN, partitions pool1/pool2/pool3 × λ ∈ {0, 0.1}, attac
 deconv, fc and sparse-fc attackers.
 
   python sweeps/lfw_grid.py --quick                      # embedded LFW subset, minutes on a laptop
+  python sweeps/lfw_grid.py --quick --dry-run            # its spec, grid and work; runs nothing
   python sweeps/lfw_grid.py --data-root DATA/lfw-deepfunneled --results s3://bucket/pp --address auto
 """
 
