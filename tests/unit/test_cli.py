@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -62,8 +63,6 @@ def _run(args: list[str], env: dict | None = None, cwd: Path = REPO) -> subproce
 @pytest.fixture(scope="module")
 def no_ray_env(tmp_path_factory) -> dict:
     """An environment in which ``import ray`` raises (a ``ray`` package first on the path)."""
-    import os
-
     shim = tmp_path_factory.mktemp("no_ray")
     (shim / "ray").mkdir()
     (shim / "ray" / "__init__.py").write_text("raise ImportError('this test blocks ray')\n")
