@@ -162,10 +162,10 @@ def _write_model(
     final: dict,
     history: list[dict],
     started: dt.datetime,
-    if final.get("device") == "cpu":  # trained on the CPU, whatever card this process could see
-        row["gpu"] = None
 ) -> dict:
     row = rows.model_row(_model_base(sweep, spec, model_id, started), final)
+    if final.get("device") == "cpu":  # trained on the CPU, whatever card this process could see
+        row["gpu"] = None
     store.write("models", sweep.name, model_id, [row])
     if history:
         store.write("epochs", sweep.name, model_id, rows.epoch_rows(sweep.name, model_id, history))
