@@ -32,6 +32,7 @@ from analysis.tables import (
     load,
     natural_key,
     paired_differences,
+    partition_suites,
     settings,
     table_i,
     table_ii,
@@ -184,6 +185,27 @@ def family_md(t: pd.DataFrame) -> str:
     )
 
 
+def partition_suites_md(t: pd.DataFrame) -> str:
+    """One row per suite model setting and partition: its worst-case SSIM and accuracy beside
+    those of the models defended at that partition alone."""
+    body = t[["sweep", "dataset", "partition_suite", "partition"]].copy()
+    body.insert(4, "configuration", [config_label(*s) for s in t[SETTING].itertuples(index=False)])
+    rows = [r for _, r in t.iterrows()]
+    for m, kind, name in (("ssim", "value", "worst-case SSIM"), ("test_acc", "rate", "test acc., %")):
+        for who in ("suite", "single"):
+            body[f"{name}, {who}"] = [
+                interval(r[f"{who}_{m}_mean"], r[f"{who}_{m}_ci_lo"], r[f"{who}_{m}_ci_hi"], kind)
+                for r in rows
+            ]
+    body["seeds"] = t["seeds"]
+    return (
+        f"{md_table(body)}\n\nSection IV-F: one network defended at every partition of its suite at once "
+        "(λ the same at each), attacked at each; *single* is the model defended at that partition alone, "
+        "same defenders and λ, over the same seeds (– where there is none). Mean over the seeds and 95 % "
+        "interval (method in the CSV)."
+    )
+
+
 def frontier_md(points: pd.DataFrame, hv: pd.DataFrame) -> str:
     front = points[points["on_frontier"]].sort_values(
         ["sweep", "dataset", "test_acc"], ascending=[True, True, False]
@@ -327,6 +349,11 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
         "Leakage by attacker knowledge — own family, unseen families, white-box, tuned",
         table(leakage_by_family, family_md, "leakage_by_family"),
     )
+    if res.models["partition_suite"].notna().any():  # a sweep axis of its own: shown where swept
+        artefact(
+            "Partition suites — defended at several partitions at once",
+            table(partition_suites, partition_suites_md, "partition_suites"),
+        )
     artefact("Accuracy–privacy frontier", front)
     artefact("Training curves", curves)
     worst = res.models_with_worst().drop(columns=["config_json"], errors="ignore")

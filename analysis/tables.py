@@ -388,10 +388,14 @@ def n_defenders(defenders: pd.Series) -> pd.Series:
     return defenders.fillna("").map(lambda s: len([d for d in s.split(",") if d.strip()])).astype("int64")
 
 
-def _attacked(res: Results) -> pd.DataFrame:
-    """Finished models at each partition they were attacked at (:meth:`Results.models_with_worst`)."""
+def _attacked(res: Results, suites: bool = False) -> pd.DataFrame:
+    """Finished models at each partition they were attacked at (:meth:`Results.models_with_worst`),
+    single-partition and undefended ones; with ``suites`` the partition-suite models instead
+    (Section IV-F, :func:`partition_suites`). The other tables leave those out: at one of its
+    partitions a suite model has the setting of that partition's own model, and averaged with
+    it would count a seed twice."""
     mw = res.models_with_worst()
-    return mw[succeeded(mw) & mw["partition"].notna()]
+    return mw[succeeded(mw) & mw["partition"].notna() & (mw["partition_suite"].notna() == suites)]
 
 
 def _paper_rows(res: Results) -> pd.DataFrame:
@@ -401,10 +405,15 @@ def _paper_rows(res: Results) -> pd.DataFrame:
 
 
 def _paper_attacks(res: Results) -> pd.DataFrame:
-    """Successful attacks (baselines included) on finished models of :data:`PAPER_DEFENSES`."""
+    """Successful attacks (baselines included) on finished models of :data:`PAPER_DEFENSES`
+    (partition suites left out, as in :func:`_attacked`)."""
     j = res.joined()
     return j[
-        succeeded(j) & (j["status_model"] == OK) & j["defense"].isin(PAPER_DEFENSES) & j["partition"].notna()
+        succeeded(j)
+        & (j["status_model"] == OK)
+        & j["defense"].isin(PAPER_DEFENSES)
+        & j["partition"].notna()
+        & j["partition_suite"].isna()
     ]
 
 
@@ -718,6 +727,44 @@ def _one_pair_ci(pair: pd.Series, metric: str, images: dict, level: float) -> tu
         return (math.nan, math.nan), "newcombe"
     lo, hi = newcombe(k, n, k_u, n_u, level)
     return (lo * scale, hi * scale), "newcombe"
+
+
+# -- partition suites (Section IV-F) ------------------------------------------------------
+
+SUITE_METRICS = ("ssim", "test_acc")
+
+
+def partition_suites(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Each partition-suite model at each of its partitions beside the models defended at that
+    partition alone in the same setting (defense, defenders, λ), over the seeds both have (a
+    partition no single model of the setting was defended at keeps the suite's seeds and has no
+    single numbers): worst-case SSIM and test accuracy, mean over seeds with intervals.
+
+    Columns: CONFIG, ``partition_suite``, SETTING, ``seeds``, then per metric of
+    :data:`SUITE_METRICS` ``suite_<metric>_mean/_std/_n/_ci_lo/_ci_hi/_ci_method`` and the
+    same for the ``single_`` models.
+    """
+    suites = _attacked(res, suites=True)
+    if suites.empty:
+        raise Missing("Partition suites: no partition-suite model was trained and attacked")
+    cols = [c for m in SUITE_METRICS for c in (m, f"{m}_ci_lo", f"{m}_ci_hi")]
+    keys = [*PAIR, *SETTING]  # PAIR: the partition, the seed and how the model was trained
+    group = [*CONFIG, "partition_suite", *SETTING]
+    rows = suites[[*keys, "partition_suite", *cols]].merge(
+        _attacked(res)[[*keys, *cols]], on=keys, how="left", suffixes=("", "_single"), indicator=True
+    )
+    paired = rows["_merge"] == "both"
+    rows = rows[paired | ~paired.groupby([rows[c] for c in group]).transform("any")]
+    singles = rows[rows["_merge"] == "both"].drop(columns=cols)
+    singles = singles.rename(columns={f"{c}_single": c for c in cols})
+
+    def summary(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+        out = summarise(df, group, SUITE_METRICS, level)
+        return out.rename(columns={c: f"{prefix}_{c}" for c in out.columns if c not in group})
+
+    out = summary(rows, "suite").merge(summary(singles, "single"), on=group, how="left")
+    seeds = rows.groupby(group, observed=True)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    return out.merge(seeds.rename("seeds").reset_index(), on=group, how="left")
 
 
 # -- labels and order ---------------------------------------------------------------------

@@ -40,6 +40,11 @@ def _suites(s: str) -> tuple[tuple[str, ...], ...]:
     return tuple(_names(suite) for suite in s.split(";") if suite.strip())
 
 
+def _partition_suites(s: str) -> tuple[tuple[str, ...], ...]:
+    """'pool1+pool2,pool1+pool3' -> (('pool1', 'pool2'), ('pool1', 'pool3'))."""
+    return tuple(tuple(_names(suite.replace("+", ","))) for suite in _names(s))
+
+
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     """The flags every sweep driver shares. No ``choices=`` that a registry owns (recipes,
     updates, defenses): naming them would import torch into ``--help``; the spec's validation
@@ -66,6 +71,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         "(e.g. ../shared/data/lfw/lfw-deepfunneled); without it --quick uses the embedded data",
     )
     g.add_argument("--partitions", type=_names, help="comma-separated split points, e.g. pool1,pool2,pool3")
+    g.add_argument(
+        "--partition-suites",
+        type=_partition_suites,
+        help="partition suites (Sec. IV-F): each one network per λ > 0 and seed, defended at all its "
+        "partitions at once and attacked at each, e.g. pool1+pool2,pool1+pool3 ('+' joins a suite's "
+        "partitions, in the network's order; ',' separates suites)",
+    )
     g.add_argument("--lams", type=_floats, help="comma-separated defender weights λ, e.g. 0,0.1")
     g.add_argument("--seeds", type=_ints, help="comma-separated seeds (the paper averaged 5)")
     g.add_argument("--epochs", type=int, help="training epochs per model")
@@ -189,6 +201,7 @@ _SPEC_FLAGS = (
     "name",
     "data_root",
     "partitions",
+    "partition_suites",
     "lams",
     "seeds",
     "epochs",

@@ -48,7 +48,11 @@ class ModelSpec:
 
     ``partition`` is None for an undefended model (λ = 0): plain training does not depend on
     the split, so one such model per (data, arch, recipe, seed) is attacked at every partition
-    of its grid (:meth:`SweepSpec.attack_partitions`)."""
+    of its grid (:meth:`SweepSpec.attack_partitions`).
+
+    ``partition_suite`` (Section IV-F) names the partitions, in the network's order, that one
+    network is defended at together, a defender suite at each (``partition`` is then None); it
+    is attacked at each of them. Empty for every other model, and then left out of the id."""
 
     dataset: str
     arch: str
@@ -66,10 +70,12 @@ class ModelSpec:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     arch_options: Mapping[str, Any] = field(default_factory=dict)
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    partition_suite: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["defenders"] = list(self.defenders)
+        d["partition_suite"] = list(self.partition_suite)
         d["dataset_options"] = dict(self.dataset_options)
         d["arch_options"] = dict(self.arch_options)
         d["train_overrides"] = dict(self.train_overrides)
@@ -79,16 +85,21 @@ class ModelSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         kw = dict(d)
         kw["defenders"] = tuple(kw.get("defenders", ()))
+        kw["partition_suite"] = tuple(kw.get("partition_suite", ()))
         return cls(**kw)
 
     def at(self, partition: str) -> ModelSpec:
-        """This model seen at ``partition``: where an attacker splits it (the id is unchanged)."""
+        """This model seen at ``partition``: where an attacker splits it (the id is unchanged;
+        a suite model keeps its suite)."""
         return replace(self, partition=partition)
 
     def model_id(self, sweep: str) -> str:
-        # data_root is where the data lives, not what it is: moving it keeps the id.
+        # data_root is where the data lives, not what it is: moving it keeps the id. A field
+        # models had no field for before (no partition suite) is left out, so their ids hold.
         d = self.to_dict()
         d.pop("data_root")
+        if not d["partition_suite"]:
+            del d["partition_suite"]
         return content_id("model", sweep, d)
 
 
@@ -143,6 +154,9 @@ class SweepSpec:
     arch: str
     partitions: tuple[str, ...]
     lams: tuple[float, ...] = (0.0,)
+    # Section IV-F: each suite is one network per λ > 0, defender suite and seed, defended at
+    # all its partitions at once (listed in the network's order), besides the single-partition grid.
+    partition_suites: tuple[tuple[str, ...], ...] = ()
     defender_suites: tuple[tuple[str, ...], ...] = (("deconv",),)
     attackers: tuple[str, ...] = ("deconv", "fc", "sparse_fc")
     seeds: tuple[int, ...] = (0,)
@@ -195,16 +209,27 @@ class SweepSpec:
             return self.results
         return str(Path(self.results).expanduser().resolve())
 
-    def model_spec(self, partition: str | None, lam: float, seed: int, suite: int = 0) -> ModelSpec:
+    def model_spec(
+        self,
+        partition: str | None,
+        lam: float,
+        seed: int,
+        suite: int = 0,
+        partition_suite: tuple[str, ...] = (),
+    ) -> ModelSpec:
         # λ = 0 is plain training: no defender is trained (Algorithm 1 with λ = 0 only
         # spends compute on defenders whose feedback is multiplied by zero), and the model does
         # not depend on the partition: its identity has none (attacked at every partition).
+        # A partition suite's model (λ > 0 only) is defended at each of its partitions.
         from pp_cluster.privacy.steps import trains_defenders
 
         defense = self.defense if lam > 0 else "none"
-        if lam > 0 and partition is None:
+        if lam > 0 and partition is None and not partition_suite:
             raise SpecError("a defended model (λ > 0) needs the partition it is defended at")
+        if partition is not None and partition_suite:
+            raise SpecError("a model is defended at one partition or at a partition suite, not both")
         partition = partition if lam > 0 else None
+        partition_suite = tuple(partition_suite) if lam > 0 else ()
         defenders = self.defender_suites[suite] if trains_defenders(defense) else ()
         return ModelSpec(
             dataset=self.dataset,
@@ -223,11 +248,29 @@ class SweepSpec:
             defense=defense,
             finetune_epochs=self.finetune_epochs,
             recipe=self.recipe,
+            partition_suite=partition_suite,
         )
 
+    def point_spec(self, point: Mapping[str, Any]) -> ModelSpec:
+        """The model of a grid point (:meth:`grid_points`) or of an Optuna trial's config."""
+        return self.model_spec(
+            point["partition"],
+            point["lam"],
+            point.get("seed", self.seeds[0]),
+            point.get("suite", 0),
+            tuple(point.get("partition_suite", ())),
+        )
+
+    def grid_partitions(self) -> tuple[str, ...]:
+        """Every partition of the grid: the swept ones, then those only a partition suite has."""
+        return tuple(dict.fromkeys([*self.partitions, *(p for s in self.partition_suites for p in s)]))
+
     def attack_partitions(self, model: ModelSpec) -> tuple[str, ...]:
-        """Where ``model``'s attackers split it: its own partition, or (undefended) every one."""
-        return (model.partition,) if model.partition is not None else tuple(self.partitions)
+        """Where ``model``'s attackers split it: its own partition, each partition of its
+        suite, or (undefended) every partition of the grid."""
+        if model.partition_suite:
+            return tuple(model.partition_suite)
+        return (model.partition,) if model.partition is not None else self.grid_partitions()
 
     def attack_specs(self) -> tuple[AttackSpec, ...]:
         """Every attack of a model at one partition: each attacker with the sweep's fixed
@@ -254,10 +297,16 @@ class SweepSpec:
 
         Models with more defenders come first (each defender about doubles a step's cost):
         longest first, so the last trials to start are the short ones and a sweep does not
-        end with one long model training alone while the other cores idle."""
+        end with one long model training alone while the other cores idle.
+
+        A partition suite adds, per λ > 0, defender suite and seed, one model defended at all
+        its partitions (``partition`` None, ``partition_suite`` its partitions)."""
         points, seen, defenders = [], set(), []
-        for p in self.partitions:
+        wheres = [(p, ()) for p in self.partitions] + [(None, tuple(s)) for s in self.partition_suites]
+        for p, partition_suite in wheres:
             for lam in self.lams:
+                if partition_suite and lam == 0:
+                    continue  # an undefended model has no suite: it is the λ = 0 point above
                 for k in range(len(self.defender_suites) if lam > 0 else 1):
                     for seed in self.seeds:
                         point = {
@@ -266,12 +315,15 @@ class SweepSpec:
                             "seed": int(seed),
                             "suite": k,
                         }
-                        model = self.model_spec(**point)
+                        if partition_suite:
+                            point["partition_suite"] = list(partition_suite)
+                        model = self.point_spec(point)
                         key = model.model_id(self.name)
                         if key not in seen:
                             seen.add(key)
                             points.append(point)
-                            defenders.append(len(model.defenders))
+                            # (a suite trains its defender suite at each of its partitions)
+                            defenders.append(len(model.defenders) * max(1, len(model.partition_suite)))
         order = sorted(range(len(points)), key=lambda i: -defenders[i])  # stable
         return [points[i] for i in order]
 
@@ -382,6 +434,45 @@ class SweepSpec:
             or self.tune_attackers < 0
         ):
             _bad("tune_attackers", f"must be an integer >= 0 (0: no tuning), got {self.tune_attackers!r}")
+        self._check_partition_suites()
+
+    def _check_partition_suites(self) -> None:
+        """The suites' shape; that their partitions are the arch's, in its order, is checked
+        with the other split points (:meth:`_validate_partitions`)."""
+        suites = self.partition_suites
+        if isinstance(suites, str) or not all(
+            isinstance(s, (tuple, list)) and all(isinstance(p, str) for p in s) for s in suites
+        ):
+            _bad("partition_suites", f"a tuple of suites, each a tuple of partition names, got {suites!r}")
+        if not suites:
+            return
+        for s in suites:
+            if len(s) < 2:
+                _bad(
+                    "partition_suites",
+                    f"{'+'.join(s) or 'an empty suite'}: a suite defends two or more partitions at once "
+                    "(a single partition belongs in partitions)",
+                )
+            if len(set(s)) != len(s):
+                _bad("partition_suites", f"{'+'.join(s)}: a partition repeats within the suite")
+        if len({tuple(s) for s in suites}) != len(suites):
+            _bad("partition_suites", f"suites repeat: {', '.join('+'.join(s) for s in suites)}")
+        if self.search != "grid":
+            _bad(
+                "partition_suites",
+                f"partition suites are swept on a grid (search 'grid'), not {self.search!r}",
+            )
+        if not any(lam > 0 for lam in self.lams):
+            _bad(
+                "partition_suites",
+                "a suite is defended (λ > 0) and lams has no λ > 0: a λ = 0 model is undefended and "
+                "has no suite",
+            )
+        if self.defense != "partition":
+            _bad(
+                "partition_suites",
+                f"a suite is Algorithm 1 at each of its partitions: defense 'partition', not {self.defense!r}",
+            )
 
     def _check_defense_and_evaluations(self) -> None:
         from pp_cluster.privacy.defense import DEFENSES
@@ -493,6 +584,20 @@ class SweepSpec:
             if p not in valid:
                 raise SpecError(
                     f"SweepSpec.partitions: {p!r} is not a split point of {self.arch}; valid: {', '.join(valid)}"
+                )
+        for s in self.partition_suites:
+            unknown = [p for p in s if p not in valid]
+            if unknown:
+                _bad(
+                    "partition_suites",
+                    f"{'+'.join(s)}: {', '.join(map(repr, unknown))} not a split point of {self.arch}; "
+                    f"valid: {', '.join(valid)}",
+                )
+            if list(s) != sorted(s, key=valid.index):
+                _bad(
+                    "partition_suites",
+                    f"{'+'.join(s)}: list a suite's partitions in the network's order "
+                    f"({'+'.join(sorted(s, key=valid.index))})",
                 )
 
     def _check_results_writable(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,12 +39,15 @@ def load_data(spec: ModelSpec) -> Dataset:
 
 @dataclass
 class Model:
-    """A classifier split at ``partition`` and its defender suite (modules shared, not copied)."""
+    """A classifier split at ``partition`` and its defender suite (modules shared, not copied).
+    A partition-suite model is split at its suite's deepest partition and has a defender suite
+    per partition, ``defended_at`` naming the partition of each defender (empty otherwise)."""
 
     net: nn.Module
     local: nn.Module
     remote: nn.Module
     defenders: list[nn.Module]
+    defended_at: list[str] = field(default_factory=list)
 
 
 def build_classifier(spec: ModelSpec, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -62,11 +65,13 @@ def build_model(spec: ModelSpec, ds: Dataset) -> Model:
     # The seed fixes the initial weights, so a retried trial starts from the same model.
     torch.manual_seed(spec.seed)
     net = build_classifier(spec, ds.image_shape, ds.num_classes)
-    # An undefended model (partition None) trains whole; its halves here are only nominal.
-    partition = spec.partition or net.default_partition
-    local, remote = split(net, partition)
-    defenders = [build_decoder(d, net, partition, ds.value_range) for d in spec.defenders]
-    return Model(net, local, remote, defenders)
+    # An undefended model (partition None) trains whole; its halves here are only nominal. A
+    # suite lists its partitions in the network's order: it is cut at the last, the deepest.
+    partitions = list(spec.partition_suite) or [spec.partition or net.default_partition]
+    local, remote = split(net, partitions[-1])
+    defenders = [build_decoder(d, net, p, ds.value_range) for p in partitions for d in spec.defenders]
+    defended_at = [p for p in partitions for _ in spec.defenders] if spec.partition_suite else []
+    return Model(net, local, remote, defenders, defended_at)
 
 
 # TrainConfig fields the ModelSpec itself decides: never a train_overrides key
@@ -114,6 +119,7 @@ def train_model(
         resume=resume,
         wrap=wrap,
         shard=shard,
+        defended_at=model.defended_at,
     )
     return model, result
 

@@ -408,11 +408,12 @@ def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
     attacks = store.done_keys("attacks", sweep.name)
     out = []
     for point in sweep.grid_points():
-        spec = sweep.model_spec(point["partition"], point["lam"], point["seed"], point.get("suite", 0))
+        spec = sweep.point_spec(point)
         model_id = spec.model_id(sweep.name)
         ids = list(attack_plan(sweep, spec, model_id))
         left = sum(1 for i in ids if i not in attacks)
-        where = f"{point['partition'] or 'undefended'} λ={point['lam']:g} seed={point['seed']}"
+        place = point["partition"] or "+".join(point.get("partition_suite", ())) or "undefended"
+        where = f"{place} λ={point['lam']:g} seed={point['seed']}"
         if model_id not in models:
             out.append(f"{where}: not trained")
         elif left and read_model_row(store, sweep.name, model_id)["status"] == rules.OK:

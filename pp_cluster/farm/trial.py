@@ -37,10 +37,7 @@ N_RECONSTRUCTIONS = 8
 def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
     """The Tune trainable: one model and its attacks. ``refs`` = [data set, attribute judge
     or None], both in the object store."""
-    point = config["model"] if "model" in config else config
-    spec = sweep.model_spec(
-        point["partition"], point["lam"], point.get("seed", sweep.seeds[0]), point.get("suite", 0)
-    )
+    spec = sweep.point_spec(config["model"] if "model" in config else config)
     model_id = spec.model_id(sweep.name)
     store = ResultStore(sweep.results_uri())
     attacks = attack_plan(sweep, spec, model_id)
@@ -65,7 +62,8 @@ def run_trial(config: dict[str, Any], sweep: SweepSpec, refs: list) -> None:
 
 def attack_plan(sweep: SweepSpec, spec, model_id: str) -> dict[str, tuple[str, Any]]:
     """attack id -> (partition, attack spec): one attack per (partition it splits the model
-    at, attacker); an undefended model is attacked at every partition of the grid."""
+    at, attacker); a partition-suite model is attacked at each partition of its suite, an
+    undefended one at every partition of the grid."""
     return {
         a.attack_id(model_id, p): (p, a) for p in sweep.attack_partitions(spec) for a in sweep.attack_specs()
     }

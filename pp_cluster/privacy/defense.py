@@ -13,6 +13,12 @@ Per mini-batch, with ``h = f_local(x)`` computed once:
 
 With no defender and λ = 0 this is exactly a plain training loop (see the test).
 
+A *partition suite* (Section IV-F, ``train_defended(defended_at=...)``) defends one network
+at several partitions at once: the one forward pass yields the activation at each, every
+partition's defenders take step 1 on its own activation, step 2 picks each partition's best,
+and step 3 is one classifier step on ``CE(y, f(x)) - λ·Σ_p d(x, D_best,p(h_p))`` (the same λ
+for every partition: the paper gives the suite no weights of its own).
+
 ``TrainConfig.update`` = ``"simultaneous"`` runs the same three steps on one forward and
 one backward pass per defender instead of two of each: ``d(x, D_k(h))`` is computed once
 on a detached copy of ``h`` that requires grad, its backward gives the defender's
@@ -197,15 +203,24 @@ class TrainResult:
 
 
 class _Partitioned(nn.Module):
-    """x -> (h, logits): the one module a DDP wrapper needs to sync local + remote."""
+    """x -> (h, logits): the one module a DDP wrapper needs to sync local + remote. With
+    ``taps`` (a partition suite: stage names of ``local``, in order) h is the tuple of those
+    stages' outputs, taken on the way through ``local``."""
 
-    def __init__(self, local: nn.Module, remote: nn.Module) -> None:
+    def __init__(self, local: nn.Module, remote: nn.Module, taps: Sequence[str] = ()) -> None:
         super().__init__()
-        self.local, self.remote = local, remote
+        self.local, self.remote, self.taps = local, remote, tuple(taps)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.local(x)
-        return h, self.remote(h)
+    def forward(self, x: Tensor) -> tuple[Tensor | tuple[Tensor, ...], Tensor]:
+        if not self.taps:
+            h = self.local(x)
+            return h, self.remote(h)
+        hs = []
+        for name, stage in self.local.named_children():
+            x = stage(x)
+            if name in self.taps:
+                hs.append(x)
+        return tuple(hs), self.remote(x)
 
 
 def build_optimizer(
@@ -270,8 +285,10 @@ def _check_inputs(
     cfg: TrainConfig,
     resume: dict | None,
     shard: tuple[int, int],
+    defended_at: Sequence[str],
 ) -> None:
     """ValueError for inputs :func:`train_defended` cannot train on."""
+    _check_suite(local, defenders, cfg, defended_at)
     lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
@@ -294,6 +311,31 @@ def _check_inputs(
     if resume is not None and len(_saved_rngs(resume)) not in (1, world):
         raise ValueError(
             f"resume state holds the random state of {len(_saved_rngs(resume))} ranks, this run has {world}"
+        )
+
+
+def _check_suite(
+    local: nn.Module, defenders: Sequence[nn.Module], cfg: TrainConfig, defended_at: Sequence[str]
+) -> None:
+    """ValueError unless ``defended_at`` is empty or a partition suite the steps can train: one
+    stage of ``local`` per defender, each partition's defenders together, in stage order."""
+    if not defended_at:
+        return
+    if cfg.defense != "partition":
+        raise ValueError(
+            f"a partition suite (defended_at) is Algorithm 1 at each partition: defense 'partition', "
+            f"not {cfg.defense!r}"
+        )
+    if len(defended_at) != len(defenders):
+        raise ValueError(f"defended_at names {len(defended_at)} partitions for {len(defenders)} defenders")
+    stages = [name for name, _ in local.named_children()]
+    unknown = sorted(set(defended_at) - set(stages))
+    if unknown:
+        raise ValueError(f"defended_at: {unknown} are not stages of the local partition {stages}")
+    order = [stages.index(p) for p in defended_at]
+    if order != sorted(order):
+        raise ValueError(
+            f"defended_at {list(defended_at)}: each partition's defenders together, partitions in stage order"
         )
 
 
@@ -351,6 +393,7 @@ def _setup(
     resume: dict | None,
     wrap: Callable[[nn.Module], nn.Module] | None,
     shard: tuple[int, int],
+    defended_at: Sequence[str],
 ) -> _Run:
     """Modules on the device (resumed weights loaded before wrapping), optimisers, schedules,
     the seeded generators, the data on the device."""
@@ -365,7 +408,8 @@ def _setup(
         net.load_state_dict(resume["net"])
         for d, s in zip(defenders, resume["defenders"]):
             d.load_state_dict(s)
-    classifier = _Partitioned(local, remote)
+    taps = tuple(dict.fromkeys(defended_at))
+    classifier = _Partitioned(local, remote, taps)
     model = wrap(classifier) if wrap else classifier
     wrapped_defenders = [wrap(d) if wrap else d for d in defenders]
 
@@ -398,6 +442,7 @@ def _setup(
         device_type=device.type,
         distributed=distributed,
         stats_on_device=True,
+        defended_at=tuple(taps.index(p) for p in defended_at),
     )
     run = _Run(
         cfg=cfg,
@@ -481,13 +526,21 @@ def _state(run: _Run, epoch: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def _bests(stats: StepStats) -> tuple[int | Tensor, ...]:
+    """The batch's best defender indices: none, one, or a partition suite's one per partition."""
+    if stats.best is None:
+        return ()
+    return stats.best if isinstance(stats.best, tuple) else (stats.best,)
+
+
 def _batch_vector(stats: StepStats, device: torch.device) -> Tensor:
     """A batch's statistics as one float32 vector on the device, no host read: task loss,
-    correct, the distance and the best defender where the defense has them, then the loss and
-    the defenders' losses (read for divergence only). A host number (a defender index the
+    correct, the distance and the best defender(s) where the defense has them, then the loss
+    and the defenders' losses (read for divergence only). A host number (a defender index the
     step read, or a plugin's own StepStats) is filled in on the device, not copied there:
     a copy from pageable host memory waits for the device."""
-    values = [stats.task_loss, stats.correct, *(v for v in (stats.distance, stats.best) if v is not None)]
+    values = [stats.task_loss, stats.correct, *(() if stats.distance is None else (stats.distance,))]
+    values += _bests(stats)
     values += [stats.loss, *stats.defender_losses]
     return torch.stack(
         [v.float() if isinstance(v, Tensor) else torch.full((), float(v), device=device) for v in values]
@@ -540,8 +593,9 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
     table = _epoch_to_host(run, batches)
     if table is None:
         return None
-    # whether the defense reports a distance (d(x, D_best(h)) or dCor) and picks a defender
-    has_distance, has_best = stats.distance is not None, stats.best is not None
+    # whether the defense reports a distance (d(x, D_best(h)) or dCor), and how many best
+    # defenders it picks per batch (one; a partition suite one per partition)
+    has_distance, n_best = stats.distance is not None, len(_bests(stats))
     task_sum = dist_sum = 0.0
     correct = 0
     best_counts = [0] * len(run.defenders)
@@ -550,8 +604,8 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
         correct += int(values[1])
         if has_distance:
             dist_sum += values[2]
-        if has_best:
-            best_counts[int(values[2 + has_distance])] += 1
+        for k in range(n_best):
+            best_counts[int(values[2 + has_distance + k])] += 1
     row = {
         "epoch": epoch,
         "task_loss": task_sum / run.per_epoch,
@@ -580,6 +634,7 @@ def train_defended(
     resume: dict | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     shard: tuple[int, int] = (0, 1),
+    defended_at: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``net`` (= ``remote ∘ local``, modules shared) with Algorithm 1.
 
@@ -607,11 +662,21 @@ def train_defended(
     steps' statistics stay on the device and move to the host once per epoch (with the
     divergence check: a diverged epoch runs to its end); the row's test accuracy is one more
     read (``tests/unit/test_host_syncs.py`` counts them).
+
+    ``defended_at`` makes it a partition suite (Section IV-F; the module docstring): the
+    partition each defender defends, a stage name of ``local`` (an ``nn.Sequential`` of named
+    stages, as :func:`pp_cluster.nets.split` cuts it, here at the suite's deepest partition),
+    each partition's defenders together and in stage order. A row's ``distance`` is then the
+    mean over the partitions of each one's best defender's distance, and
+    ``best_defender_counts`` counts, per defender, the batches it was its partition's best.
+    Empty: every defender reads ``local``'s output.
     """
-    _check_inputs(local, defenders, train, test, value_range, cfg, resume, shard)
+    _check_inputs(local, defenders, train, test, value_range, cfg, resume, shard, defended_at)
     step = step_function(cfg.defense, cfg.update)
     t_start = time.perf_counter()
-    run = _setup(net, local, remote, defenders, train, test, value_range, cfg, resume, wrap, shard)
+    run = _setup(
+        net, local, remote, defenders, train, test, value_range, cfg, resume, wrap, shard, defended_at
+    )
     rows: list[dict[str, Any]] = []
     for epoch in range(run.start, cfg.epochs + 1):
         row = _train_epoch(run, step, epoch)

@@ -25,6 +25,13 @@ the host between batches. The one exception is Algorithm 1's step 3 with a suite
 (:func:`partition_alternating_step`): it differentiates the best defender's graph alone, and
 which graph to run is the host's decision.
 
+A *partition suite* (Section IV-F) defends one network at several partitions at once: the
+forward pass returns the activation at each (``Forward.h`` is then their tuple, in stage
+order), ``ctx.defended_at`` says which partition each defender defends, and the two partition
+steps apply Algorithm 1 per partition: each partition's defenders train on its activation, each
+partition picks its own best defender, and the classifier steps on CE − λ·Σ_p d(x, D_best,p(h_p)).
+With one partition (``defended_at`` empty) they compute exactly what they did before suites.
+
 Adding a defense (here or in a plugin module: README, "Extending")
 --------------------------------------------------------------------
 1. Write its step function: call :func:`forward`, step whatever it trains, step the
@@ -73,9 +80,13 @@ class StepStats:
     task_loss: float | Tensor  # CE(y, f(x))
     correct: int | Tensor  # images of the batch classified right (train mode, before the step)
     n: int  # images in the batch
-    distance: float | Tensor | None = None  # d(x, D_best(h)), dCor(x, h); None: the defense has none
+    # d(x, D_best(h)), dCor(x, h); None: the defense has none. A partition suite: the mean over
+    # its partitions of each one's best defender's distance (the loss weighs their sum).
+    distance: float | Tensor | None = None
     defender_losses: tuple[float | Tensor, ...] = ()  # each defender's d(x, D_k(h)) in its own step
-    best: int | Tensor | None = None  # index of the best defender, when the defense has defenders
+    # Index of the best defender, when the defense has defenders; a partition suite: a tuple,
+    # the index (among all its defenders) of each partition's best, in stage order.
+    best: int | Tensor | tuple[int | Tensor, ...] | None = None
 
     @property
     def finite(self) -> bool:
@@ -105,6 +116,10 @@ class StepContext:
     device_type: str
     distributed: bool  # under DDP: the best defender is the argmin on the global batch
     stats_on_device: bool = False  # record() leaves the statistics on the device (the driver's)
+    # A partition suite's: per defender, the index into the forward's activations (Forward.h,
+    # then a tuple) of the partition it defends, each partition's defenders together and in
+    # stage order. Empty: one partition, every defender reads its activation.
+    defended_at: tuple[int, ...] = ()
 
     def amp(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp)
@@ -118,7 +133,9 @@ class StepContext:
 class Forward:
     """The classifier's forward pass on one batch."""
 
-    h: Tensor  # f_local(x), the activation the defenders (and an attacker) see
+    # f_local(x), the activation the defenders (and an attacker) see; a partition suite's:
+    # the tuple of its activations, one per partition in stage order, from the one forward
+    h: Tensor | tuple[Tensor, ...]
     logits: Tensor
     task: Tensor  # CE(y, f(x)), with the config's label smoothing
     stats_on_device: bool = False  # the context's: what record() does with the statistics
@@ -156,21 +173,22 @@ def record(
     named |= {f"defender_{k}": v for k, v in enumerate(defender_losses)}
     if distance is not None:
         named["distance"] = distance
-    if isinstance(best, Tensor):
-        named["best"] = best
+    bests = best if isinstance(best, tuple) else (best,)
+    named |= {f"best_{k}": b for k, b in enumerate(bests) if isinstance(b, Tensor)}
     stacked = torch.stack([v.detach().float() for v in named.values()])
     if fwd.stats_on_device:
         values = dict(zip(named, stacked.unbind()))
     else:
         values = dict(zip(named, stacked.tolist()))
-        values |= {k: int(values[k]) for k in ("correct", "best") if k in values}
+        values |= {k: int(v) for k, v in values.items() if k == "correct" or k.startswith("best_")}
+    bests = tuple(values.get(f"best_{k}", b) for k, b in enumerate(bests))
     return StepStats(
         loss=values["loss"],
         task_loss=values["task_loss"],
         correct=values["correct"],
         n=len(y),
         distance=values.get("distance"),
-        best=values.get("best", best),
+        best=bests if isinstance(best, tuple) else bests[0],
         defender_losses=tuple(values[f"defender_{k}"] for k in range(len(defender_losses))),
     )
 
@@ -190,6 +208,34 @@ def best_defender(dists: Sequence[Tensor], distributed: bool) -> int | Tensor:
 def pick(values: Sequence[Tensor], best: int | Tensor) -> Tensor:
     """``values[best]``; selected on the device when ``best`` is a device index."""
     return values[best] if isinstance(best, int) else torch.stack(list(values))[best]
+
+
+def activations(fwd: Forward) -> tuple[Tensor, ...]:
+    """The defended activations of a forward pass, in stage order: one, or a suite's."""
+    return fwd.h if isinstance(fwd.h, tuple) else (fwd.h,)
+
+
+def defender_inputs(ctx: StepContext, fwd: Forward) -> list[Tensor]:
+    """The activation each defender reads: its partition's (``ctx.defended_at``)."""
+    hs = activations(fwd)
+    return [hs[k] for k in ctx.defended_at] if ctx.defended_at else [fwd.h] * len(ctx.defenders)
+
+
+def partition_groups(ctx: StepContext) -> list[range]:
+    """The indices of each defended partition's defenders, in stage order (one partition: all)."""
+    at = ctx.defended_at or (0,) * len(ctx.defenders)
+    return [range(at.index(p), len(at) - at[::-1].index(p)) for p in dict.fromkeys(at)]
+
+
+def suite_record(
+    groups: Sequence[range], bests: Sequence[int | Tensor], d_bests: Sequence[Tensor]
+) -> tuple[Tensor, int | Tensor | tuple[int | Tensor, ...]]:
+    """(distance, best) for :func:`record`: with one partition its best defender's distance and
+    index; with a suite the mean of the partitions' distances and each one's best, as an index
+    among all the defenders (on the device where it is)."""
+    if len(groups) == 1:
+        return d_bests[0], bests[0]
+    return torch.stack(d_bests).mean(), tuple(g.start + b for g, b in zip(groups, bests))
 
 
 # --- the step functions -------------------------------------------------------------------
@@ -214,61 +260,71 @@ def nopeek_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
 
 
 def partition_alternating_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
-    """Algorithm 1 of the paper, one mini-batch, its three steps in the paper's order."""
+    """Algorithm 1 of the paper, one mini-batch, its three steps in the paper's order; under a
+    partition suite, per partition (module docstring)."""
     if not ctx.defenders:  # an empty suite (λ = 0 only) is plain training
         return plain_step(ctx, x, y)
     lam = ctx.cfg.lam
     fwd = forward(ctx, x, y)  # h = f_θl(x), computed once for the three steps
+    hs = defender_inputs(ctx, fwd)
 
     # 1. "Update the defender suite parameters θ_d ∈ {θ_d1, …, θ_dD} via SGD using the
     #    gradient ∇_θd 1/m Σ_i d(x_i, f_θd(f_θl(x_i)))": h is detached, so this step never
     #    touches the classifier.
     defender_losses = []
-    for defender, opt in zip(ctx.wrapped_defenders, ctx.defender_optimizers):
+    for defender, opt, h in zip(ctx.wrapped_defenders, ctx.defender_optimizers, hs):
         opt.zero_grad(set_to_none=True)
         with ctx.amp():
-            rec = defender(fwd.h.detach())
+            rec = defender(h.detach())
         d_loss = ctx.distance(x, rec)
         d_loss.backward()
         opt.step()
         defender_losses.append(d_loss.detach())
 
     # 2. "Choose the best defender via θ_d = argmin_{θd ∈ {θd1, …, θdD}} 1/B Σ_i
-    #    d(x_i, f_θd(f_θl(x_i)))", after the update of step 1. The distances are
-    #    differentiable in h only: the defenders' weights enter as constants.
+    #    d(x_i, f_θd(f_θl(x_i)))", after the update of step 1 (a suite: each partition its
+    #    own). The distances are differentiable in h only: the defenders' weights enter as
+    #    constants.
     with torch.set_grad_enabled(lam > 0):
         dists = []
-        for defender in ctx.defenders:
+        for defender, h in zip(ctx.defenders, hs):
             frozen = {k: p.detach() for k, p in defender.named_parameters()}
             with ctx.amp():
-                rec = functional_call(defender, frozen, (fwd.h if lam > 0 else fwd.h.detach(),))
+                rec = functional_call(defender, frozen, (h if lam > 0 else h.detach(),))
             dists.append(ctx.distance(x, rec))
-    best = best_defender(dists, ctx.distributed)
+    groups = partition_groups(ctx)
+    bests = [best_defender(dists[g.start : g.stop], ctx.distributed) for g in groups]
 
     # 3. "Update the model parameters θ via SGD using the gradient ∇_θ 1/B Σ_i
-    #    l(y_i, f_θ(x_i)) − λ·d(x_i, f_θd(f_θl(x_i)))": the λ-term reaches the local
-    #    partition through h; the remote partition gets the task gradient alone. Only the
-    #    best defender's graph is differentiated, so the host reads which one it is (a
-    #    suite's one host read per batch; at λ = 0 nothing is differentiated through it).
+    #    l(y_i, f_θ(x_i)) − λ·d(x_i, f_θd(f_θl(x_i)))" (a suite: −λ·d of each partition's
+    #    best): the λ-term reaches the local partition through h; the remote partition gets
+    #    the task gradient alone. Only the best defender's graph is differentiated, so the
+    #    host reads which one it is (a suite's one host read per batch and partition; at
+    #    λ = 0 nothing is differentiated through it).
     if lam > 0:
-        best = int(best)
-    d_best = pick(dists, best)
-    loss = fwd.task - lam * d_best
+        for p, best in enumerate(bests):
+            bests[p] = int(best)
+    d_bests = [pick(dists[g.start : g.stop], best) for g, best in zip(groups, bests)]
+    loss = fwd.task
+    for d_best in d_bests:
+        loss = loss - lam * d_best
     classifier_step(ctx, loss)
-    return record(fwd, y, loss, defender_losses=defender_losses, distance=d_best, best=best)
+    distance, best = suite_record(groups, bests, d_bests)
+    return record(fwd, y, loss, defender_losses=defender_losses, distance=distance, best=best)
 
 
 def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepStats:
     """Algorithm 1's three steps on one forward and one backward pass per defender
     (simultaneous gradient play; the defense module's docstring): the λ-gradient comes
-    from the defenders as they were at the start of the batch."""
+    from the defenders as they were at the start of the batch. Under a partition suite, per
+    partition (module docstring)."""
     if not ctx.defenders:  # an empty suite (λ = 0 only) is plain training
         return plain_step(ctx, x, y)
     lam = ctx.cfg.lam
     fwd = forward(ctx, x, y)
-    # d(x, D_k(h)) on a detached copy of h that requires grad: one backward gives the
-    # defender's gradient (step 1) and ∂d/∂h (for step 3).
-    inputs = [fwd.h.detach().requires_grad_(lam > 0) for _ in ctx.defenders]
+    # d(x, D_k(h)) on a detached copy of its partition's h that requires grad: one backward
+    # gives the defender's gradient (step 1) and ∂d/∂h (for step 3).
+    inputs = [h.detach().requires_grad_(lam > 0) for h in defender_inputs(ctx, fwd)]
     dists = []
     for defender, opt, h_k in zip(ctx.wrapped_defenders, ctx.defender_optimizers, inputs):
         opt.zero_grad(set_to_none=True)
@@ -278,17 +334,28 @@ def partition_simultaneous_step(ctx: StepContext, x: Tensor, y: Tensor) -> StepS
     torch.stack(dists).sum().backward()
     for opt in ctx.defender_optimizers:  # step 1
         opt.step()
-    best = best_defender(dists, ctx.distributed)  # step 2, on the distances before step 1
-    d_best = pick([d.detach() for d in dists], best)  # on the device: no host read
-    loss = fwd.task - lam * d_best
-    if lam > 0:  # step 3: CE's gradient plus -λ·∂d_best/∂h entering the local partition at h
-        h_grad = -lam * pick([h_k.grad for h_k in inputs], best)
+    groups = partition_groups(ctx)
+    # step 2, per partition, on the distances before step 1
+    bests = [best_defender(dists[g.start : g.stop], ctx.distributed) for g in groups]
+    d_bests = [  # on the device: no host read
+        pick([d.detach() for d in dists[g.start : g.stop]], best) for g, best in zip(groups, bests)
+    ]
+    loss = fwd.task
+    for d_best in d_bests:
+        loss = loss - lam * d_best
+    if lam > 0:  # step 3: CE's gradient plus -λ·∂d_best/∂h entering the local partition at each h
+        h_grads = [
+            -lam * pick([h_k.grad for h_k in inputs[g.start : g.stop]], best)
+            for g, best in zip(groups, bests)
+        ]
+        hs = list(activations(fwd))
         ctx.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward([fwd.task, fwd.h], [torch.ones_like(fwd.task), h_grad])
+        torch.autograd.backward([fwd.task, *hs], [torch.ones_like(fwd.task), *h_grads])
         ctx.optimizer.step()
     else:
         classifier_step(ctx, loss)
-    return record(fwd, y, loss, defender_losses=dists, distance=d_best, best=best)
+    distance, best = suite_record(groups, bests, d_bests)
+    return record(fwd, y, loss, defender_losses=dists, distance=distance, best=best)
 
 
 # --- the registry: the one place a defense plugs in (module docstring) -----------------

@@ -36,6 +36,7 @@ def model_base(sweep: str, spec: ModelSpec, model_id: str, *, trial_id: str, lr:
     return {
         "sweep": sweep, "model_id": model_id, "trial_id": trial_id,
         "seed": spec.seed, "dataset": spec.dataset, "arch": spec.arch, "partition": spec.partition,
+        "partition_suite": "+".join(spec.partition_suite) or None,
         "recipe": spec.recipe, "lam": spec.lam, "defenders": ",".join(spec.defenders), "distance": spec.distance,
         "defense": spec.defense, "epochs": spec.epochs, "lr": lr, "batch_size": spec.batch_size,
         "started_at": started, "finished_at": utcnow(), "config_json": json.dumps(spec.to_dict(), sort_keys=True),

@@ -74,6 +74,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         _col("partition", pa.string(), "split point the model was defended at: the last layer kept local "
              "(`pool1`, `fc1`, ...); null for an undefended model (λ = 0), which does not depend on it and is "
              "attacked at every partition of its grid: `attacks.partition` says where each attack split it"),
+        _col("partition_suite", pa.string(), "a partition suite's split points joined by `+` (`pool1+pool2`): one "
+             "network defended at each of them at once (Sec. IV-F; `partition` is then null) and attacked at each; "
+             "null for a single-partition or undefended model"),
         _col("recipe", pa.string(), "training recipe (`paper`: the paper's; `fast`: ours for CPU budgets, "
              "privacy/recipes.py)"),
         _col("lam", pa.float64(), "strength of the defense (0 = undefended): λ, the weight of the defenders' "
