@@ -135,6 +135,51 @@ def figure4(data: pd.DataFrame, out: Path, n_images: int = 8) -> list[Path]:
     return paths
 
 
+def activation_maps(data: pd.DataFrame, out: Path) -> list[Path]:
+    """Figures 6, 8 and 9: one test image (left) and its hidden activations at each partition,
+    the undefended model's row over the defended one's, the first channels in grey-scale;
+    ``data`` comes from :func:`analysis.report.activation_maps_data`. A row's maps share one
+    grey scale, that model's own darkest to brightest value over the channels drawn, so a
+    channel the defense switched off shows flat and dark beside its active ones (the paper's
+    reading) while two models of different activation scales stay comparable."""
+    paths = []
+    for sweep, dataset, g in _per_dataset(data):
+        rows = sorted(
+            g.itertuples(index=False),
+            key=lambda r: (natural_key(r.partition), r.defense != "none", r.lam, r.defenders),
+        )
+        n_cols = 1 + max(len(r.maps) for r in rows)
+        with rc_context(STYLE):
+            fig = _figure(figsize=(0.9 * n_cols, 1.1 * len(rows)))
+            grid = fig.add_gridspec(
+                len(rows), n_cols, hspace=0.3, wspace=0.06, left=0, right=1, bottom=0, top=1
+            )
+            for i, r in enumerate(rows):
+                first = i == 0 or rows[i - 1].partition != r.partition  # the partition's channels named
+                ax = fig.add_subplot(grid[i, 0], xticks=[], yticks=[])
+                ax.imshow(r.image, cmap="gray" if r.image.ndim == 2 else None, vmin=0, vmax=1)
+                ax.set_ylabel(
+                    f"{r.partition}, {config_label(r.defense, r.defenders, r.lam)}\nseed {r.seed}",
+                    rotation=0,
+                    ha="right",
+                    va="center",
+                    fontsize=10,
+                )
+                lo, hi = float(r.maps.min()), float(r.maps.max())
+                for c, fmap in enumerate(r.maps, start=1):
+                    ax = fig.add_subplot(grid[i, c], xticks=[], yticks=[])
+                    ax.imshow(fmap, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+                    if first:
+                        ax.set_title(f"ch {c - 1}", fontsize=8)
+            fig.suptitle(
+                f"Figures 6, 8, 9 — hidden activations without and with the defense\n{dataset}, sweep {sweep}",
+                y=1 + 0.3 / fig.get_figheight(),  # above the channel names
+                va="bottom",
+            )
+            paths.append(_save(fig, out / f"activations_{_slug(sweep, dataset)}.png"))
+    return paths
+
+
 def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> bool:
     """One bar per setting at each partition with its 95 % interval as whiskers; False (and a
     bare panel) when no setting has a value for ``col``."""

@@ -1,19 +1,23 @@
-"""``python -m analysis.report RESULTS_ROOT [--out DIR] [--sweep NAME] [--markdown PAGE]``
+"""``python -m analysis.report RESULTS_ROOT [--out DIR] [--sweep NAME] [--markdown PAGE] [--activation-maps]``
 
 Writes DIR/report.md (Markdown tables, linked PNG figures), every table as CSV beside it,
 and a "Missing" section naming each artefact the tables hold no input for; with --markdown,
-PAGE, the deterministic results page of :mod:`analysis.results_md` (no figures).
+PAGE, the deterministic results page of :mod:`analysis.results_md` (no figures). The
+activation maps (Figures 6/8/9) are drawn from the models' saved weights, of the embedded
+public data sets only unless --activation-maps.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 
 from analysis.results_md import cell, fmt, interval, md_table, paired_md, write_markdown
 from analysis.tables import (
@@ -39,6 +43,7 @@ from analysis.tables import (
     table_iii,
 )
 from analysis.uncertainty import METHODS
+from pp_cluster.results.fs import redact, resolve
 from pp_cluster.results.rules import succeeded
 
 
@@ -236,6 +241,105 @@ def frontier_md(points: pd.DataFrame, hv: pd.DataFrame) -> str:
     )
 
 
+# -- Figures 6, 8, 9: hidden activations with and without the defense --------------------
+# The tables hold no activations: the models are loaded from the results root (their
+# ``_ray/train-*/state.pt``) and run on one test image.
+
+ACTIVATION_PARTITIONS = ("pool1", "pool2")  # the paper's (V-C(3)): deeper maps are hard to read
+# Activation maps of a face are images of that person: drawn by default only for the embedded
+# public data sets, any other only with --activation-maps (as reconstructions are opt-in).
+PUBLIC_DATASETS = ("lfw-subset", "digits")
+ACTIVATION_CHANNELS = 16
+
+
+def _unit_image(x, value_range: tuple[float, float]):
+    """A C×H×W input in ``value_range`` as an H×W (grey) or H×W×3 array in [0, 1]."""
+    lo, hi = value_range
+    img = ((x - lo) / (hi - lo)).clamp(0, 1).permute(1, 2, 0).numpy()
+    return img[..., 0] if img.shape[-1] == 1 else img
+
+
+def _exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def activation_maps_data(
+    res: Results, allow_people: bool = False, channels: int = ACTIVATION_CHANNELS, image: int = 0
+) -> tuple[pd.DataFrame, list[str]]:
+    """The models and maps of Figures 6, 8 and 9, and why any (sweep, data set) has none.
+
+    Per (sweep, data set) and partition of :data:`ACTIVATION_PARTITIONS` with a finished model
+    defended there (the paper's defense; the largest λ, then the lowest seed), that model and
+    the lowest-seed undefended one, both split at the partition, each with the first
+    ``channels`` channels of its activations of test image ``image`` (the same image for all).
+    Data sets outside :data:`PUBLIC_DATASETS` are left out unless ``allow_people``. One row per
+    drawn model: CONFIG and SETTING, seed, model_id, n_channels, image_index, ``image`` (the
+    input, [0, 1]) and ``maps`` (k×h×w float32)."""
+    import torch
+
+    from pp_cluster.config import ModelSpec
+    from pp_cluster.models import load_model, state_uri
+    from pp_cluster.pipeline import load_data
+
+    storage = f"{res.root.rstrip('/')}/_ray"  # load_model's default: the farm's, without --storage-path
+    models = res.models[succeeded(res.models)]
+    rows, skipped = [], []
+    for (sweep, dataset), g in models.groupby(["sweep", "dataset"], sort=True):
+        where = f"Figures 6/8/9 for {dataset} (sweep `{sweep}`)"
+        if dataset not in PUBLIC_DATASETS and not allow_people:
+            skipped.append(
+                f"{where}: activation maps of its images are images of the people in them; "
+                "drawn only with --activation-maps"
+            )
+            continue
+        plain = g[g["defense"] == "none"].sort_values(["seed", "model_id"])
+        defended = {}
+        for p in ACTIVATION_PARTITIONS:
+            d = g[(g["defense"] == "partition") & (g["partition"] == p) & (g["lam"] > 0)]
+            if len(d):
+                d = d.sort_values(["lam", "seed", "model_id"], ascending=[False, True, True])
+                defended[p] = d.iloc[0]
+        if plain.empty or not defended:
+            skipped.append(
+                f"{where}: needs a finished undefended model and one defended at "
+                f"{' or '.join(ACTIVATION_PARTITIONS)}"
+            )
+            continue
+        ids = [r["model_id"] for r in (plain.iloc[0], *defended.values())]
+        absent = [i for i in ids if not _exists(state_uri(storage, i))]
+        if absent:
+            skipped.append(
+                f"{where}: the maps are drawn from the models' saved weights; no state file for "
+                f"model(s) {', '.join(absent)} under {redact(storage)} (train-<model id>/state.pt)"
+            )
+            continue
+        try:
+            ds = load_data(ModelSpec.from_dict(json.loads(plain.iloc[0]["config_json"])))
+            x = ds.test.x[image : image + 1]
+            for p, d in defended.items():
+                for row in (plain.iloc[0], d):
+                    m = load_model(res.root, row["model_id"], partition=p, dataset=ds)
+                    with torch.no_grad():
+                        h = m.local(x)[0]
+                    if h.ndim != 3:
+                        raise ValueError(f"{p} of {m.spec.arch} is not a stack of maps ({tuple(h.shape)})")
+                    rows.append(
+                        {
+                            **{c: row[c] for c in ("sweep", "dataset", "arch", *SETTING, "seed", "model_id")},
+                            "partition": p,
+                            "n_channels": h.shape[0],
+                            "image_index": image,
+                            "image": _unit_image(x[0], ds.value_range),
+                            "maps": h[:channels].float().numpy(),
+                        }
+                    )
+        except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
+            skipped.append(f"{where}: {e}")
+            rows = [r for r in rows if (r["sweep"], r["dataset"]) != (sweep, dataset)]
+    return pd.DataFrame(rows), skipped
+
+
 def _summary(res: Results) -> str:
     m, a = res.models, res.attacks
     lines = [
@@ -270,8 +374,9 @@ def _summary(res: Results) -> str:
     return "\n".join(lines)
 
 
-def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
-    """Build every artefact the tables allow; returns the path of report.md."""
+def build_report(root: str, out: Path, sweep: str | None = None, activation_maps: bool = False) -> Path:
+    """Build every artefact the tables allow; returns the path of report.md. ``activation_maps``
+    draws Figures 6/8/9 for data sets beyond the embedded public ones (images of people)."""
     from analysis import figures  # matplotlib: only this report draws; the results page does not
 
     res = load(root, sweep)
@@ -318,6 +423,20 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
             f"{csv(t, 'figure7')}"
         )
 
+    def activations() -> str:
+        data, skipped = activation_maps_data(res, allow_people=activation_maps)
+        if data.empty:
+            raise Missing("; ".join(skipped) or "Figures 6/8/9: no finished models")
+        missing.extend(skipped)
+        return (
+            f"{images(figures.activation_maps(data, out))}\n\nOne test image (index "
+            f"{data['image_index'].iloc[0]} of the test split) through each model's local partition: "
+            f"the first {ACTIVATION_CHANNELS} channels of its activation at each partition, per row "
+            "on that model's own grey scale (darkest to brightest value drawn). The defended model "
+            "is the one with the largest λ at that partition, each the lowest seed.\n\n"
+            f"{csv(data.drop(columns=['image', 'maps']), 'activation_maps')}"
+        )
+
     def front() -> str:
         points, hv = frontiers(res)
         return (
@@ -341,6 +460,7 @@ def build_report(root: str, out: Path, sweep: str | None = None) -> Path:
     artefact("Figure 4 — original vs reconstructed images", fig4)
     artefact("Figure 5 — five criteria per partition × defense", fig5)
     artefact("Figure 7 — DP image pixelation against ε", fig7)
+    artefact("Figures 6, 8, 9 — hidden activations without and with the defense", activations)
     artefact(
         "Defended minus undefended, paired by seed",
         table(paired_differences, paired_md, "paired_differences"),
@@ -380,6 +500,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
         "(e.g. docs/results.md)",
     )
+    p.add_argument(
+        "--activation-maps",
+        action="store_true",
+        help="draw Figures 6/8/9 (hidden activation maps) for data sets other than the embedded public "
+        f"ones ({', '.join(PUBLIC_DATASETS)}): maps of a face are images of that person; needs the "
+        "models' state files under the root",
+    )
     return p
 
 
@@ -392,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None:
             print(
-                f"report: {build_report(args.root, args.out, args.sweep)} ({time.perf_counter() - t0:.1f} s)"
+                f"report: {build_report(args.root, args.out, args.sweep, args.activation_maps)} "
+                f"({time.perf_counter() - t0:.1f} s)"
             )
         if args.markdown is not None:
             print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")

@@ -126,13 +126,16 @@ def train_model(
 
 def finetune(model: Model, spec: ModelSpec, ds: Dataset, device: str = "cpu") -> dict[str, Any]:
     """Sections IV-G / V-D(2): fine-tune the remote partition with the local one locked,
-    with the model's own recipe, for ``spec.finetune_epochs``. Returns the accuracy before
+    with the model's own recipe (at the learning rate its schedule ended with, on augmented
+    batches where it augments), for ``spec.finetune_epochs``. Returns the accuracy before
     and after (the attacks keep judging the model as trained: the local partition, hence
     every activation an attacker sees, is unchanged)."""
     from pp_cluster.privacy.finetune import finetune_remote
 
     cfg = train_config(spec, ds, device)
-    return finetune_remote(model.local, model.remote, ds.train, ds.test, cfg, spec.finetune_epochs)
+    return finetune_remote(
+        model.local, model.remote, ds.train, ds.test, cfg, spec.finetune_epochs, ds.value_range
+    )
 
 
 def describe(module: nn.Module) -> str:

@@ -6,8 +6,9 @@ a face, then classify the gender of each detected face, and counts #TI (images),
 (dlib's HOG+SVM detector, a pretrained Wide ResNet) need downloads, so offline we use
 real, trained stand-ins that ship with our dependencies or train in seconds:
 
-- detection: scikit-image's LBP frontal-face cascade, its few knobs calibrated on the
-  *original* test images against real non-face crops (:meth:`FaceDetector.calibrate`);
+- detection: scikit-image's LBP frontal-face cascade, its few knobs calibrated on a
+  sample of the *original* test images stratified by person and gender
+  (:func:`calibration_sample`) against real non-face crops (:meth:`FaceDetector.calibrate`);
 - gender: HOG features + a class-balanced linear SVM trained on original LFW images of
   people who are not among the model's identities (``Dataset.disjoint``), so the
   classifier never saw the faces it is scored on.
@@ -74,6 +75,42 @@ def non_face_crops(side: int) -> np.ndarray:
     at ``side``×``side``: the clutter a face detector must reject, available offline."""
     crops = data.lfw_subset()[100:]
     return np.stack([transform.resize(c, (side, side), order=1, anti_aliasing=True) for c in crops])
+
+
+def calibration_sample(split: Split, n: int, seed: int = 0) -> Tensor:
+    """Sorted indices of ``min(n, len(split))`` images of ``split``: a seeded sample stratified
+    by person (``split.y``) and, where ``attrs["gender"]`` is known, by gender.
+
+    Every person gives one image before anyone gives two (each person's images in a seeded
+    order), so the sample covers ``min(n, people)`` people. Within a round the people are in a
+    seeded order in which each gender (a person's majority known label; unknown is a group of
+    its own) is spread evenly, so a round cut short keeps the genders in their proportion among
+    the people. The detector is calibrated on it because the test split comes sorted by person:
+    its first images are the few people whose names sort first.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the calibration sample size must be an integer >= 1, got {n!r}")
+    if len(split) == 0:
+        raise ValueError("the calibration sample needs a split with at least one image")
+    rng = np.random.default_rng(seed)
+    y = split.y.cpu().numpy()
+    gender = split.attrs["gender"].cpu().numpy() if "gender" in split.attrs else np.full(len(y), -1)
+    people = rng.permutation(np.unique(y))
+    pools = [rng.permutation(np.flatnonzero(y == p)) for p in people]
+
+    def majority(pool: np.ndarray) -> int:
+        known = gender[pool][gender[pool] >= 0]
+        return int(np.bincount(known).argmax()) if len(known) else -1
+
+    genders = np.array([majority(pool) for pool in pools])
+    spread = np.empty(len(people))  # a person's place in the round: evenly through its gender group
+    for g in np.unique(genders):
+        members = np.flatnonzero(genders == g)
+        spread[members] = (np.arange(len(members)) + 0.5) / len(members)
+    pools = [pools[i] for i in np.argsort(spread, kind="stable")]
+    rounds = max(len(pool) for pool in pools)
+    picked = [pool[r] for r in range(rounds) for pool in pools if r < len(pool)][:n]
+    return torch.from_numpy(np.sort(np.array(picked, dtype=np.int64)))
 
 
 class FaceDetector:
@@ -299,9 +336,9 @@ def attribute_metrics(
 @dataclass
 class AttributeJudge:
     """The fixed pipeline that scores every reconstruction of a sweep (Table III): one
-    detector calibrated on original test images and one gender classifier trained on
-    people outside the model's identities, built once per sweep and shipped to the
-    attackers."""
+    detector calibrated on ``n_calibrate`` original test images (:func:`calibration_sample`,
+    seeded with ``seed``) and one gender classifier trained on people outside the model's
+    identities, built once per sweep and shipped to the attackers."""
 
     detector: FaceDetector
     classifier: GenderClassifier
@@ -320,7 +357,7 @@ class AttributeJudge:
                 "attribute inference needs gender labels and a disjoint split of other people "
                 "(lfw: dataset options disjoint=True and the gender lists beside the images)"
             )
-        detector = FaceDetector(value_range).calibrate(test.x[:n_calibrate])
+        detector = FaceDetector(value_range).calibrate(test.x[calibration_sample(test, n_calibrate, seed)])
         return cls(detector, GenderClassifier(value_range, seed=seed).fit(disjoint))
 
     def score(self, reconstructions: Tensor, originals: Split) -> dict[str, float | int]:

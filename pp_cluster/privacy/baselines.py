@@ -2,10 +2,25 @@
 (Fan 2018; Appendix D, Algorithm 2), and its ε sweep (Figure 7).
 
 Instead of sharing features, the image owner shares a pixelated image with Laplace noise:
-each b×b cell is replaced by its mean plus Laplace(255·m/(b²·ε)) noise (0..255 pixel
-units). Changing up to m pixels moves a cell mean by at most 255·m/b², so the release is
-ε-differentially private for m-neighbouring images. Figure 7 shows what that costs:
-SSIM and classification accuracy both fall as ε shrinks.
+each b×b cell is replaced by its mean plus Laplace noise (0..255 pixel units). Figure 7
+shows what that costs: SSIM and classification accuracy both fall as ε shrinks.
+
+The accounting (Appendix D, Theorem 1). Neighbouring images differ in at most m pixels,
+each by at most 255. A changed pixel moves exactly one cell mean, by at most 255/b², so the
+L1 distance between the two pixelated images is at most Δ = 255·m/b², and Laplace noise of
+scale Δ/ε on every cell is ε-DP (the Laplace mechanism: the privacy loss is the L1 change
+over the scale). That is the paper's 255·m/(b²·ε) for a grey image.
+
+An RGB image. A pixel is a location, its three values together: m-neighbourhood is about
+hiding what m pixels show (an object, a face), and the paper gives the images' size as
+M×N, not M×N×3. Changing one RGB pixel can change all three of its values by 255, so it
+moves three cell means (one per channel), each by 255/b²: the L1 sensitivity of the release
+(every channel's cells) triples, Δ = 3·255·m/b², and each channel's cells get Laplace noise
+of scale 3·255·m/(b²·ε). Counting each value as a "pixel" (m values, not m pixels) would
+keep the grey scale but protect a third of what the paper's m promises; noising each
+channel with the grey scale would be 3ε-DP (sequential composition over the channels).
+The paper runs Figure 7 on colour CIFAR-10 without saying which it did; our ε is the whole
+colour image's.
 """
 
 from __future__ import annotations
@@ -37,12 +52,16 @@ def dp_pixelate(
 ) -> Tensor:
     """Algorithm 2 on N×C×H×W ``images`` in ``value_range``; same shape and range out.
 
-    The image is cut into ⌈H/b⌉×⌈W/b⌉ cells, every channel separately (colour images are
-    pixelated and noised per channel). A cell cut short by the border holds n < b² pixels;
-    its mean is over those n, and its noise scale is 255·min(m, n)/(n·ε), the sensitivity
-    of that mean, so border cells keep the ε guarantee too (full cells get the paper's
-    255·m/(b²·ε)). ``eps = math.inf`` gives plain pixelation. Noised cells are clipped to
-    the pixel range, then expanded back to b×b blocks.
+    The image is cut into ⌈H/b⌉×⌈W/b⌉ cells, every channel separately, and ``m`` counts
+    pixels: a C-channel image's cells get Laplace noise of scale C·255·m/(b²·ε) (the module
+    docstring derives it; C = 1 is the paper's 255·m/(b²·ε), C = 3 three times that). A
+    cell cut short by the border holds n < b² pixels; its mean is over those n, and its
+    scale is C·255·m/(n·ε): every changed pixel then costs at most ε/m wherever it lies, so
+    m of them cost at most ε, border cells included. (A scale of the cell's own
+    sensitivity, 255·min(m, n)/n, would not do for m > n: pixels spread over a border cell
+    and a full one would cost more than ε.) ``eps = math.inf`` gives plain pixelation.
+    Noised cells are clipped to the pixel range (post-processing), then expanded back to
+    b×b blocks.
     """
     b, m = _check_int("b", b), _check_int("m", m)
     if not (isinstance(eps, (int, float)) and eps > 0):
@@ -63,7 +82,7 @@ def dp_pixelate(
             ceil_mode=True,
             divisor_override=1,
         )
-        scale = 255.0 * count.clamp(max=m) / (count * eps)
+        scale = images.shape[1] * 255.0 * m / (count * eps)  # C·255·m/(n·ε), n pixels per cell
         # Laplace(scale) is the difference of two Exponential(1/scale) draws; unlike
         # torch.distributions, exponential_ takes a generator.
         draws = torch.empty((2, *cells.shape), dtype=cells.dtype, device=cells.device).exponential_(

@@ -70,5 +70,11 @@ def test_bad_epochs_are_refused(trained, epochs):
     spec, ds, model = trained
     with pytest.raises(ValueError, match="epochs"):
         finetune_remote(
-            model.local, model.remote, ds.train, ds.test, pipeline.train_config(spec, ds, "cpu"), epochs
+            model.local,
+            model.remote,
+            ds.train,
+            ds.test,
+            pipeline.train_config(spec, ds, "cpu"),
+            epochs,
+            ds.value_range,
         )
