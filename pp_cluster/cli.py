@@ -738,6 +738,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        if sep and 0 <= int(i) < int(n):
+            return int(i), int(n)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, e.g. 0/2; got {text!r}")
+
+
 def _attack(args: argparse.Namespace) -> int:
     """Attack a finished sweep's models with more attackers (``reattack``); the plan is checked
     (and printed with --dry-run) before any model is loaded."""
@@ -754,6 +764,8 @@ def _attack(args: argparse.Namespace) -> int:
             batch_size=args.attack_batch_size,
             lr=args.attack_lr,
             models=args.models,
+            partitions=args.partitions,
+            shard=args.shard,
         )
     except (ValueError, OSError) as e:  # SpecError is a ValueError
         print(f"pp-farm: error: {redact(str(e))}", file=sys.stderr)
@@ -843,6 +855,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     at.add_argument("--attack-batch-size", type=int, default=64, help="attacker batch size (use the sweep's)")
     at.add_argument("--attack-lr", type=float, default=1e-3, help="attacker learning rate (use the sweep's)")
     at.add_argument("--models", type=_names, help="only these model ids (default: every finished model)")
+    at.add_argument(
+        "--partitions", type=_names, help="only at these partitions (default: every one attacked)"
+    )
+    at.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="run the I-th of N disjoint shares of the (model, partition) pairs (N processes, no races)",
+    )
     at.add_argument("--storage", help="the sweep's --storage-path, if it had one (default: <results>/_ray)")
     at.add_argument(
         "--data-root", help="the models' data set on this machine, if not where they were trained"

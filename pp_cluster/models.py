@@ -93,8 +93,9 @@ def load_model(
 ) -> TrainedModel:
     """The model ``model_id`` of the results root ``results``, split at ``partition``.
 
-    ``partition`` defaults to the one the model was defended at; an undefended model (λ = 0,
-    trained whole and attacked at every partition) is split at its arch's default one.
+    ``partition`` defaults to the one the model was defended at (a partition suite's first);
+    an undefended model (λ = 0, trained whole and attacked at every partition) is split at
+    its arch's default one.
     ``storage``: the sweep's ``--storage-path`` if it had one. The model's data set is read
     for its image shape, classes and value range (the embedded ones need no files; real data
     from the spec's ``data_root``, or ``data_root`` where it lives on this machine), unless
@@ -127,7 +128,8 @@ def load_model(
             "its weights are not a usable network"
         )
     meta = _net_on_meta(spec)
-    partition = partition or spec.partition or meta.default_partition
+    suite = tuple(getattr(spec, "partition_suite", ()) or ())
+    partition = partition or spec.partition or (suite[0] if suite else None) or meta.default_partition
     if partition not in meta.partitions:
         raise ModelLoadError(
             f"unknown partition {partition!r} for {spec.arch}; valid: {', '.join(meta.partitions)}"

@@ -48,6 +48,15 @@ def _one(values: pd.Series, what: str, sweep: str):
     return distinct[0].item() if hasattr(distinct[0], "item") else distinct[0]
 
 
+def _attacked_at(row, everywhere: list[str]) -> list[str]:
+    """Where the sweep attacked a model: its partition, each partition of its suite, or (an
+    undefended model) every partition the sweep attacked."""
+    suite = getattr(row, "partition_suite", None)
+    if isinstance(suite, str) and suite:
+        return suite.split("+")
+    return [row.partition] if isinstance(row.partition, str) else everywhere
+
+
 def plan(
     store: ResultStore,
     sweep: str,
@@ -58,9 +67,14 @@ def plan(
     batch_size: int = 64,
     lr: float = 1e-3,
     models: Sequence[str] | None = None,
+    partitions: Sequence[str] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Job]:
-    """The attacks still to run, in (model, partition) order. Raises SpecError for a sweep
-    without finished, attacked models, an unknown attacker or a model id not in the sweep."""
+    """The attacks still to run, in (model, partition) order; only at ``partitions`` if given,
+    and with ``shard`` = (i, n) only the i-th of n disjoint shares of the (model, partition)
+    pairs, so that n processes can share the work without racing for an attack. Raises
+    SpecError for a sweep without finished, attacked models, an unknown attacker, partition
+    or shard, or a model id not in the sweep."""
     from pp_cluster.nets import DECODERS
 
     unknown = [a for a in attackers if a not in DECODERS]
@@ -80,21 +94,30 @@ def plan(
         _one(done["attacker_data"], "attacker_data", sweep),
         _one(done["attacker_fraction"], "attacker_fraction", sweep),
     )
-    partitions = sorted(done["partition"].dropna().unique())
+    attacked = sorted(done["partition"].dropna().unique())
+    if partitions is not None and (not partitions or set(partitions) - set(attacked)):
+        raise SpecError(f"sweep {sweep!r} was attacked at {attacked}; --partitions {list(partitions)}")
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+        raise SpecError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
     have = set(done["attack_id"])
     jobs = []
-    for row in rows.sort_values("model_id").itertuples():
-        where = [row.partition] if isinstance(row.partition, str) else partitions
-        for partition in where:
-            for name in attackers:
-                base = AttackSpec(name, data, float(fraction), epochs, batch_size, lr)
-                for attack in [
-                    base,
-                    *([replace(base, tune_trials=tune_trials)] if tune_trials and tunable(name) else []),
-                ]:
-                    aid = attack.attack_id(row.model_id, partition)
-                    if aid not in have:
-                        jobs.append(Job(row.model_id, partition, attack, aid))
+    pairs = [
+        (row.model_id, p)
+        for row in rows.sort_values("model_id").itertuples()
+        for p in _attacked_at(row, attacked)
+        if partitions is None or p in partitions
+    ]
+    for model_id, partition in pairs[i::n]:
+        for name in attackers:
+            base = AttackSpec(name, data, float(fraction), epochs, batch_size, lr)
+            for attack in [
+                base,
+                *([replace(base, tune_trials=tune_trials)] if tune_trials and tunable(name) else []),
+            ]:
+                aid = attack.attack_id(model_id, partition)
+                if aid not in have:
+                    jobs.append(Job(model_id, partition, attack, aid))
     return jobs
 
 

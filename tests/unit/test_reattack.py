@@ -61,6 +61,15 @@ def test_the_plan_covers_every_partition_each_model_was_attacked_at(swept):
     assert len(tuned) == 9 and sum(j.attack.tune_trials == 2 for j in tuned) == 3
     assert all(j.attack_id == j.attack.attack_id(j.model_id, j.partition) for j in tuned)
     assert {j.attack.attacker_data for j in tuned} == {"train"}
+    # Shards split the work into disjoint parts that cover it; partitions filter it.
+    halves = [plan(store, SWEEP, ["fc", "rmle"], epochs=1, shard=(i, 2)) for i in (0, 1)]
+    assert sorted(halves[0] + halves[1], key=str) == sorted(jobs, key=str)
+    assert not {j.attack_id for j in halves[0]} & {j.attack_id for j in halves[1]}
+    assert {j.partition for j in plan(store, SWEEP, ["fc"], epochs=1, partitions=["pool2"])} == {"pool2"}
+    with pytest.raises(SpecError, match="attacked at"):
+        plan(store, SWEEP, ["fc"], partitions=["pool3"])
+    with pytest.raises(SpecError, match="shard"):
+        plan(store, SWEEP, ["fc"], shard=(2, 2))
     # The mean-image attacks exist: planning them again finds nothing to do.
     assert plan(store, SWEEP, ["mean_image"], epochs=20) == []
     for bad, match in ((["nope"], "unknown attacker"), ([], "unknown attacker")):
@@ -94,3 +103,16 @@ def test_pp_farm_attack_writes_each_new_row_once(swept, capsys, tmp_path, monkey
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")} == before
     assert main(["attack", root, SWEEP, "--attackers", "nope"]) == 2
     assert "unknown attacker" in capsys.readouterr().err
+
+
+def test_a_suite_model_is_attacked_again_at_its_own_partitions_only():
+    from types import SimpleNamespace
+
+    from pp_cluster.reattack import _attacked_at
+
+    everywhere = ["pool1", "pool2", "pool3"]
+    suite = SimpleNamespace(partition=None, partition_suite="pool1+pool3")
+    assert _attacked_at(suite, everywhere) == ["pool1", "pool3"]
+    assert _attacked_at(SimpleNamespace(partition="pool2", partition_suite=None), everywhere) == ["pool2"]
+    assert _attacked_at(SimpleNamespace(partition=None, partition_suite=None), everywhere) == everywhere
+    assert _attacked_at(SimpleNamespace(partition=None), everywhere) == everywhere  # tables before suites
