@@ -182,7 +182,11 @@ def _write_dp_pixelation(
     test = Split(ds.test.x.to(device), ds.test.y.to(device))
     b, m = sweep.dp_cell, sweep.dp_neighbourhood
     for r in pixelation_sweep(net, test, ds.value_range, sweep.dp_epsilons, b=b, m=m, seed=spec.seed):
-        dp_id = content_id("dp_pixelation", sweep.name, model_id, r["eps"], b, m)
+        # RGB releases since their accounting counts a pixel's three values together
+        # (privacy.baselines): a new id, so a resumed sweep does not keep a release of the old,
+        # per-channel accounting (3ε-DP); greyscale releases are unchanged, and keep theirs.
+        rgb = ("rgb pixel = 3 values",) if ds.image_shape[0] > 1 else ()
+        dp_id = content_id("dp_pixelation", sweep.name, model_id, r["eps"], b, m, *rgb)
         if store.exists("models", sweep.name, dp_id):
             continue
         config = {
