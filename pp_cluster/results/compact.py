@@ -25,13 +25,24 @@ import pyarrow.compute as pc
 
 from pp_cluster.config import content_id
 from pp_cluster.results.rules import OK
-from pp_cluster.results.store import COMPACT_INDEX, COMPACT_PREFIX, EMPTY_KEY, FILE_SCHEMAS, KEY_COLUMN, ResultStore
+from pp_cluster.results.store import (
+    COMPACT_INDEX,
+    COMPACT_PREFIX,
+    EMPTY_KEY,
+    FILE_SCHEMAS,
+    KEY_COLUMN,
+    ResultStore,
+)
 
 ROWS_PER_FILE = 50_000
 
 
-def compact(store: ResultStore, sweep: str, tables: tuple[str, ...] = ("models", "attacks", "epochs"),
-            rows_per_file: int = ROWS_PER_FILE) -> dict[str, int]:
+def compact(
+    store: ResultStore,
+    sweep: str,
+    tables: tuple[str, ...] = ("models", "attacks", "epochs"),
+    rows_per_file: int = ROWS_PER_FILE,
+) -> dict[str, int]:
     """Pack each table's small files of ``sweep``; returns how many files each table merged."""
     return {table: _compact_table(store, table, sweep, rows_per_file) for table in tables}
 
@@ -85,6 +96,3 @@ def _write_index(store: ResultStore, table: str, sweep: str, entries: list[dict[
     from pp_cluster.results.fs import replace_file
 
     replace_file(store.fs, path, write)
-
-
-

@@ -13,7 +13,8 @@ import os
 import re
 import threading
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -25,7 +26,7 @@ TIMEOUT_S = float(os.environ.get("PP_CLUSTER_STORE_TIMEOUT_S", "20"))
 CONNECT_TIMEOUT_S = 5.0
 _SECRET_PARAMS = ("access_key", "secret_key", "session_token")
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^@\s'\"]+@")  # over-redacts rather than leaks
-_SECRET_QUERY = re.compile(r"((?:%s)=)[^&\s'\"]+" % "|".join(_SECRET_PARAMS))
+_SECRET_QUERY = re.compile(r"((?:" + "|".join(_SECRET_PARAMS) + r")=)[^&\s'\"]+")
 _ENV_OF = {"s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
 
 
@@ -53,12 +54,21 @@ def strip_credentials(uri: str | None) -> tuple[str | None, dict[str, str]]:
     if not secrets:
         return uri, {}
     if parts.scheme not in _ENV_OF:
-        raise ValueError(f"credentials in a {parts.scheme}:// URI ({redact(uri)}): give them through the "
-                         "environment instead")
+        raise ValueError(
+            f"credentials in a {parts.scheme}:// URI ({redact(uri)}): give them through the "
+            "environment instead"
+        )
     names = dict(zip(_SECRET_PARAMS, _ENV_OF[parts.scheme]))
     env = {names[k]: v for k, v in secrets.items()}
-    clean = urlunsplit((parts.scheme, host, parts.path, urlencode([(k, v) for k, v in query if k not in secrets]),
-                        parts.fragment))
+    clean = urlunsplit(
+        (
+            parts.scheme,
+            host,
+            parts.path,
+            urlencode([(k, v) for k, v in query if k not in secrets]),
+            parts.fragment,
+        )
+    )
     return clean, env
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,9 +60,13 @@ def strongest(attacks: pd.DataFrame, by: Sequence[str], order: Sequence[tuple[st
     "min") pairs of which the first must be measured; ties go to the alphabetically first
     attacker. The caller chooses which attacks compete (usually :func:`competing`)."""
     cols = [c for c, _ in order]
-    return (attacks.dropna(subset=cols[:1])
-            .sort_values([*cols, "attacker"], ascending=[how == "min" for _, how in order] + [True], kind="mergesort")
-            .drop_duplicates(list(by)))
+    return (
+        attacks.dropna(subset=cols[:1])
+        .sort_values(
+            [*cols, "attacker"], ascending=[how == "min" for _, how in order] + [True], kind="mergesort"
+        )
+        .drop_duplicates(list(by))
+    )
 
 
 def worst_values(attacks: pd.DataFrame, by: Sequence[str] = tuple(WORST_KEYS)) -> pd.DataFrame:
@@ -149,7 +153,9 @@ def pareto_mask(acc: Sequence[float], leak: Sequence[float]) -> np.ndarray:
     """
     a, lk = np.asarray(acc, dtype=float), np.asarray(leak, dtype=float)
     if a.shape != lk.shape or a.ndim != 1:
-        raise ValueError(f"pareto_mask: acc and leak must be 1-D of equal length, got {a.shape} and {lk.shape}")
+        raise ValueError(
+            f"pareto_mask: acc and leak must be 1-D of equal length, got {a.shape} and {lk.shape}"
+        )
     if np.isnan(a).any() or np.isnan(lk).any():
         raise ValueError("pareto_mask: acc and leak must not contain NaN (drop diverged models first)")
     mask = np.zeros(len(a), dtype=bool)
@@ -170,7 +176,9 @@ def pareto_flags(models: pd.DataFrame, attacks: pd.DataFrame, leak: str = "ssim"
     ``leak`` frontier, leakage taken at the partition where the model leaks most. A model
     without accuracy counts as useless (0) and one never attacked as fully leaking: they can
     still be marked, never above a measured model."""
-    worst = worst_values(attacks, by=("model_id",)).set_index("model_id")[leak] if len(attacks) else pd.Series()
+    worst = (
+        worst_values(attacks, by=("model_id",)).set_index("model_id")[leak] if len(attacks) else pd.Series()
+    )
     fallback = 1.0 if STRONGEST[leak] == "max" else 0.0
     lk = models["model_id"].map(worst).astype("float64").fillna(fallback).to_numpy()
     if STRONGEST[leak] == "min":  # (lower is more leakage for MSE-like metrics)

@@ -45,7 +45,15 @@ import pyarrow.parquet as pq
 
 import pp_cluster
 from pp_cluster.config import content_id  # noqa: F401 -- re-exported: ids name the files
-from pp_cluster.results.fs import endpoint, is_remote, redact, replace_file, resolve, single_put, with_deadline
+from pp_cluster.results.fs import (
+    endpoint,
+    is_remote,
+    redact,
+    replace_file,
+    resolve,
+    single_put,
+    with_deadline,
+)
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -54,10 +62,16 @@ def _col(name: str, type_: pa.DataType, doc: str, *, null: bool = True) -> pa.Fi
     return pa.field(name, type_, nullable=null, metadata={"doc": doc})
 
 
-_SWEEP = _col("sweep", pa.string(), "sweep name; the hive partition directory `sweep=<name>`, not a column "
-              "inside the files", null=False)
+_SWEEP = _col(
+    "sweep",
+    pa.string(),
+    "sweep name; the hive partition directory `sweep=<name>`, not a column inside the files",
+    null=False,
+)
 _MODEL_ID = _col("model_id", pa.string(), "content id of the model's ModelSpec and sweep", null=False)
-_ATTACK_ID = _col("attack_id", pa.string(), "content id of (model_id, partition attacked, attack spec)", null=False)
+_ATTACK_ID = _col(
+    "attack_id", pa.string(), "content id of (model_id, partition attacked, attack spec)", null=False
+)
 _ERROR = _col("error", pa.string(), "exception text when status is `failed`, else null")
 _TRAIN_SECONDS = _col("train_seconds", pa.float64(), "wall seconds spent training")
 _HOST = _col("host", pa.string(), "host name of the machine that wrote the row")
@@ -65,122 +79,248 @@ _GPU = _col("gpu", pa.string(), "CUDA device name, null on CPU")
 _FINISHED_AT = _col("finished_at", UTC_US, "when the row was written", null=False)
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "models": pa.schema([
-        _SWEEP, _MODEL_ID,
-        _col("trial_id", pa.string(), "Ray Tune trial id", null=False),
-        _col("seed", pa.int64(), "random seed of training and of the attackers", null=False),
-        _col("dataset", pa.string(), "data set registry name (`lfw`, `mnist`, `cifar10`, ...)", null=False),
-        _col("arch", pa.string(), "classifier architecture (`mnist_mlp`, `face_cnn`, `vgg19_bn`)", null=False),
-        _col("partition", pa.string(), "split point the model was defended at: the last layer kept local "
-             "(`pool1`, `fc1`, ...); null for an undefended model (λ = 0), which does not depend on it and is "
-             "attacked at every partition of its grid: `attacks.partition` says where each attack split it"),
-        _col("partition_suite", pa.string(), "a partition suite's split points joined by `+` (`pool1+pool2`): one "
-             "network defended at each of them at once (Sec. IV-F; `partition` is then null) and attacked at each; "
-             "null for a single-partition or undefended model"),
-        _col("recipe", pa.string(), "training recipe (`paper`: the paper's; `fast`: ours for CPU budgets, "
-             "privacy/recipes.py)"),
-        _col("lam", pa.float64(), "strength of the defense (0 = undefended): λ, the weight of the defenders' "
-             "distance in the loss (`partition`); NoPeek's dCor weight (`nopeek`); the noise σ (`noise`)", null=False),
-        _col("defenders", pa.string(), "comma-joined defender decoder names; empty string = none", null=False),
-        _col("distance", pa.string(), "image distance between inputs and the defenders' reconstructions "
-             "(`ssim`, `mse`)", null=False),
-        _col("defense", pa.string(), "how the model was defended", null=False),
-        _col("epochs", pa.int64(), "training epochs asked for", null=False),
-        _col("lr", pa.float64(), "learning rate of the classifier", null=False),
-        _col("batch_size", pa.int64(), "training batch size", null=False),
-        _col("test_acc", pa.float64(), "test accuracy; null if the model diverged or failed"),
-        _col("n_test", pa.int64(), "test images behind `test_acc` (for its binomial interval)"),
-        _col("train_acc", pa.float64(), "accuracy on the training set in the last epoch"),
-        _col("final_task_loss", pa.float64(), "task (cross-entropy) loss of the last epoch"),
-        _col("final_distance", pa.float64(), "defender distance of the last epoch (`nopeek`: dCor(x, H))"),
-        _col("status", pa.string(), "outcome of training", null=False),
-        _col("diverged_epoch", pa.int64(), "epoch at which the loss became non-finite; null if it did not"),
-        _ERROR,
-        _col("pareto", pa.bool_(), "on the accuracy / worst-case-SSIM Pareto frontier of its sweep: set when an "
-             "Optuna sweep ends; null in grid sweeps (compute it with `analysis.frontier`)"),
-        _col("finetune_acc_before", pa.float64(), "accuracy before fine-tuning the remote part (Sec. 5); "
-             "null if not fine-tuned"),
-        _col("finetune_acc_after", pa.float64(), "accuracy after fine-tuning the remote part; null if not "
-             "fine-tuned"),
-        _TRAIN_SECONDS, _GPU,
-        _col("package_version", pa.string(), "pp_cluster version", null=False),
-        _col("git_sha", pa.string(), "commit of the pp_cluster checkout; null when not run from git"),
-        _col("ray_version", pa.string(), "Ray version; null when Ray is not installed"),
-        _col("torch_version", pa.string(), "PyTorch version", null=False),
-        _HOST,
-        _col("started_at", UTC_US, "when training started", null=False),
-        _FINISHED_AT,
-        _col("config_json", pa.string(), "the full ModelSpec as JSON, for exact reproduction", null=False),
-    ]),
-    "attacks": pa.schema([
-        _SWEEP, _MODEL_ID, _ATTACK_ID,
-        _col("attacker", pa.string(), "attacker zoo name", null=False),
-        _col("partition", pa.string(), "split point at which the attacker saw the model's activations (join an "
-             "attack to its partition with this column, not `models.partition`, which is null for undefended "
-             "models)"),
-        _col("attacker_arch", pa.string(), "the attacker's layers, as text"),
-        _col("attacker_data", pa.string(), "which images the attacker trained on: the model's own training "
-             "images or disjoint ones"),
-        _col("attacker_fraction", pa.float64(), "fraction of the attacker data used to train the attacker"),
-        _col("mse", pa.float64(), "mean squared error of reconstructions vs originals, in [0, 1] units"),
-        _col("ssim", pa.float64(), "mean SSIM of reconstructions vs originals"),
-        _col("psnr", pa.float64(), "mean PSNR (dB)"),
-        _col("ssim_images", pa.list_(pa.float64()), "per-image SSIM of the evaluation images, in evaluation "
-             "order (the same images and order for every attack of a sweep): for bootstrap intervals and "
-             "paired differences"),
-        _col("mse_images", pa.list_(pa.float64()), "per-image MSE, as `ssim_images`"),
-        _col("dpd", pa.float64(), "LPIPS perceptual distance (the paper's DPD); null when unavailable"),
-        _col("dpd_reason", pa.string(), "why dpd is null (e.g. no offline LPIPS weights)"),
-        _col("reprint_acc", pa.float64(), "classifier accuracy on reconstructions; null when the eval images "
-             "have no labels"),
-        _col("gender_acc", pa.float64(), "Table III: the gender classifier's accuracy on the ORIGINAL test images (its ceiling); null if not applicable"),
-        _col("n_cg", pa.int64(), "Table III #CG: detected faces in the reconstructions whose gender is classified correctly; null if not counted"),
-        _col("n_df", pa.int64(), "Table III #DF: reconstructions in which the face detector finds a face; null if not counted"),
-        _col("n_ti", pa.int64(), "Table III #TI: total reconstructed images examined; null if not counted"),
-        _col("n_eval", pa.int64(), "held-out images the attack was scored on; null if it failed"),
-        _col("best_epoch", pa.int64(), "attacker epoch with the best validation MSE; null if it failed"),
-        _col("best_val_mse", pa.float64(), "the attacker's MSE on its own validation split (held out of its "
-             "training pairs, never the test images) at best_epoch; null for closed-form and white-box attackers"),
-        _col("attacker_lr", pa.float64(), "the attacker's learning rate (tuned: the chosen one); null if it "
-             "does not train"),
-        _col("attacker_epochs", pa.int64(), "epochs the attacker was given (tuned: the chosen number)"),
-        _col("attacker_batch_size", pa.int64(), "the attacker's training batch size"),
-        _col("attacker_weight_decay", pa.float64(), "the attacker's L2 weight decay (tuned: the chosen one)"),
-        _col("attacker_width", pa.int64(), "the value of the attacker's width option (`width` channels or "
-             "`hidden` units; tuned: the chosen one); null for fixed architectures"),
-        _col("tune_trials", pa.int64(), "candidates an Optuna search tried to pick the attacker's "
-             "hyperparameters (on its validation split); 0: the sweep's fixed hyperparameters"),
-        _TRAIN_SECONDS,
-        _col("status", pa.string(), "outcome of the attack", null=False),
-        _ERROR, _HOST, _GPU, _FINISHED_AT,
-    ]),
-    "epochs": pa.schema([
-        _SWEEP, _MODEL_ID,
-        _col("epoch", pa.int64(), "epoch number", null=False),
-        _col("task_loss", pa.float64(), "mean task loss over the epoch; null if non-finite"),
-        _col("distance", pa.float64(), "mean defender distance over the epoch (`nopeek`: dCor(x, H)); null when not measured"),
-        _col("train_acc", pa.float64(), "training accuracy over the epoch"),
-        _col("test_acc", pa.float64(), "test accuracy after the epoch; null if not evaluated"),
-        _col("lr", pa.float64(), "learning rate during the epoch"),
-        _col("seconds", pa.float64(), "wall seconds of the epoch"),
-    ]),
-    "reconstructions": pa.schema([
-        _SWEEP, _MODEL_ID, _ATTACK_ID,
-        _col("index", pa.int64(), "position of the image among the attack's held-out images", null=False),
-        _col("original", pa.binary(), "the original image, PNG", null=False),
-        _col("reconstruction", pa.binary(), "the attacker's reconstruction, PNG", null=False),
-    ]),
+    "models": pa.schema(
+        [
+            _SWEEP,
+            _MODEL_ID,
+            _col("trial_id", pa.string(), "Ray Tune trial id", null=False),
+            _col("seed", pa.int64(), "random seed of training and of the attackers", null=False),
+            _col(
+                "dataset", pa.string(), "data set registry name (`lfw`, `mnist`, `cifar10`, ...)", null=False
+            ),
+            _col(
+                "arch",
+                pa.string(),
+                "classifier architecture (`mnist_mlp`, `face_cnn`, `vgg19_bn`)",
+                null=False,
+            ),
+            _col(
+                "partition",
+                pa.string(),
+                "split point the model was defended at: the last layer kept local "
+                "(`pool1`, `fc1`, ...); null for an undefended model (λ = 0), which does not depend on it and is "
+                "attacked at every partition of its grid: `attacks.partition` says where each attack split it",
+            ),
+            _col(
+                "partition_suite",
+                pa.string(),
+                "a partition suite's split points joined by `+` (`pool1+pool2`): one "
+                "network defended at each of them at once (Sec. IV-F; `partition` is then null) and attacked at each; "
+                "null for a single-partition or undefended model",
+            ),
+            _col(
+                "recipe",
+                pa.string(),
+                "training recipe (`paper`: the paper's; `fast`: ours for CPU budgets, privacy/recipes.py)",
+            ),
+            _col(
+                "lam",
+                pa.float64(),
+                "strength of the defense (0 = undefended): λ, the weight of the defenders' "
+                "distance in the loss (`partition`); NoPeek's dCor weight (`nopeek`); the noise σ (`noise`)",
+                null=False,
+            ),
+            _col(
+                "defenders",
+                pa.string(),
+                "comma-joined defender decoder names; empty string = none",
+                null=False,
+            ),
+            _col(
+                "distance",
+                pa.string(),
+                "image distance between inputs and the defenders' reconstructions (`ssim`, `mse`)",
+                null=False,
+            ),
+            _col("defense", pa.string(), "how the model was defended", null=False),
+            _col("epochs", pa.int64(), "training epochs asked for", null=False),
+            _col("lr", pa.float64(), "learning rate of the classifier", null=False),
+            _col("batch_size", pa.int64(), "training batch size", null=False),
+            _col("test_acc", pa.float64(), "test accuracy; null if the model diverged or failed"),
+            _col("n_test", pa.int64(), "test images behind `test_acc` (for its binomial interval)"),
+            _col("train_acc", pa.float64(), "accuracy on the training set in the last epoch"),
+            _col("final_task_loss", pa.float64(), "task (cross-entropy) loss of the last epoch"),
+            _col(
+                "final_distance", pa.float64(), "defender distance of the last epoch (`nopeek`: dCor(x, H))"
+            ),
+            _col("status", pa.string(), "outcome of training", null=False),
+            _col(
+                "diverged_epoch", pa.int64(), "epoch at which the loss became non-finite; null if it did not"
+            ),
+            _ERROR,
+            _col(
+                "pareto",
+                pa.bool_(),
+                "on the accuracy / worst-case-SSIM Pareto frontier of its sweep: set when an "
+                "Optuna sweep ends; null in grid sweeps (compute it with `analysis.frontier`)",
+            ),
+            _col(
+                "finetune_acc_before",
+                pa.float64(),
+                "accuracy before fine-tuning the remote part (Sec. 5); null if not fine-tuned",
+            ),
+            _col(
+                "finetune_acc_after",
+                pa.float64(),
+                "accuracy after fine-tuning the remote part; null if not fine-tuned",
+            ),
+            _TRAIN_SECONDS,
+            _GPU,
+            _col("package_version", pa.string(), "pp_cluster version", null=False),
+            _col("git_sha", pa.string(), "commit of the pp_cluster checkout; null when not run from git"),
+            _col("ray_version", pa.string(), "Ray version; null when Ray is not installed"),
+            _col("torch_version", pa.string(), "PyTorch version", null=False),
+            _HOST,
+            _col("started_at", UTC_US, "when training started", null=False),
+            _FINISHED_AT,
+            _col(
+                "config_json", pa.string(), "the full ModelSpec as JSON, for exact reproduction", null=False
+            ),
+        ]
+    ),
+    "attacks": pa.schema(
+        [
+            _SWEEP,
+            _MODEL_ID,
+            _ATTACK_ID,
+            _col("attacker", pa.string(), "attacker zoo name", null=False),
+            _col(
+                "partition",
+                pa.string(),
+                "split point at which the attacker saw the model's activations (join an "
+                "attack to its partition with this column, not `models.partition`, which is null for undefended "
+                "models)",
+            ),
+            _col("attacker_arch", pa.string(), "the attacker's layers, as text"),
+            _col(
+                "attacker_data",
+                pa.string(),
+                "which images the attacker trained on: the model's own training images or disjoint ones",
+            ),
+            _col(
+                "attacker_fraction", pa.float64(), "fraction of the attacker data used to train the attacker"
+            ),
+            _col("mse", pa.float64(), "mean squared error of reconstructions vs originals, in [0, 1] units"),
+            _col("ssim", pa.float64(), "mean SSIM of reconstructions vs originals"),
+            _col("psnr", pa.float64(), "mean PSNR (dB)"),
+            _col(
+                "ssim_images",
+                pa.list_(pa.float64()),
+                "per-image SSIM of the evaluation images, in evaluation "
+                "order (the same images and order for every attack of a sweep): for bootstrap intervals and "
+                "paired differences",
+            ),
+            _col("mse_images", pa.list_(pa.float64()), "per-image MSE, as `ssim_images`"),
+            _col("dpd", pa.float64(), "LPIPS perceptual distance (the paper's DPD); null when unavailable"),
+            _col("dpd_reason", pa.string(), "why dpd is null (e.g. no offline LPIPS weights)"),
+            _col(
+                "reprint_acc",
+                pa.float64(),
+                "classifier accuracy on reconstructions; null when the eval images have no labels",
+            ),
+            _col(
+                "gender_acc",
+                pa.float64(),
+                "Table III: the gender classifier's accuracy on the ORIGINAL test images (its ceiling); null if not applicable",
+            ),
+            _col(
+                "n_cg",
+                pa.int64(),
+                "Table III #CG: detected faces in the reconstructions whose gender is classified correctly; null if not counted",
+            ),
+            _col(
+                "n_df",
+                pa.int64(),
+                "Table III #DF: reconstructions in which the face detector finds a face; null if not counted",
+            ),
+            _col(
+                "n_ti", pa.int64(), "Table III #TI: total reconstructed images examined; null if not counted"
+            ),
+            _col("n_eval", pa.int64(), "held-out images the attack was scored on; null if it failed"),
+            _col("best_epoch", pa.int64(), "attacker epoch with the best validation MSE; null if it failed"),
+            _col(
+                "best_val_mse",
+                pa.float64(),
+                "the attacker's MSE on its own validation split (held out of its "
+                "training pairs, never the test images) at best_epoch; null for closed-form and white-box attackers",
+            ),
+            _col(
+                "attacker_lr",
+                pa.float64(),
+                "the attacker's learning rate (tuned: the chosen one); null if it does not train",
+            ),
+            _col("attacker_epochs", pa.int64(), "epochs the attacker was given (tuned: the chosen number)"),
+            _col("attacker_batch_size", pa.int64(), "the attacker's training batch size"),
+            _col(
+                "attacker_weight_decay",
+                pa.float64(),
+                "the attacker's L2 weight decay (tuned: the chosen one)",
+            ),
+            _col(
+                "attacker_width",
+                pa.int64(),
+                "the value of the attacker's width option (`width` channels or "
+                "`hidden` units; tuned: the chosen one); null for fixed architectures",
+            ),
+            _col(
+                "tune_trials",
+                pa.int64(),
+                "candidates an Optuna search tried to pick the attacker's "
+                "hyperparameters (on its validation split); 0: the sweep's fixed hyperparameters",
+            ),
+            _TRAIN_SECONDS,
+            _col("status", pa.string(), "outcome of the attack", null=False),
+            _ERROR,
+            _HOST,
+            _GPU,
+            _FINISHED_AT,
+        ]
+    ),
+    "epochs": pa.schema(
+        [
+            _SWEEP,
+            _MODEL_ID,
+            _col("epoch", pa.int64(), "epoch number", null=False),
+            _col("task_loss", pa.float64(), "mean task loss over the epoch; null if non-finite"),
+            _col(
+                "distance",
+                pa.float64(),
+                "mean defender distance over the epoch (`nopeek`: dCor(x, H)); null when not measured",
+            ),
+            _col("train_acc", pa.float64(), "training accuracy over the epoch"),
+            _col("test_acc", pa.float64(), "test accuracy after the epoch; null if not evaluated"),
+            _col("lr", pa.float64(), "learning rate during the epoch"),
+            _col("seconds", pa.float64(), "wall seconds of the epoch"),
+        ]
+    ),
+    "reconstructions": pa.schema(
+        [
+            _SWEEP,
+            _MODEL_ID,
+            _ATTACK_ID,
+            _col("index", pa.int64(), "position of the image among the attack's held-out images", null=False),
+            _col("original", pa.binary(), "the original image, PNG", null=False),
+            _col("reconstruction", pa.binary(), "the attacker's reconstruction, PNG", null=False),
+        ]
+    ),
 }
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 
 # The column a file's key is: one file per model (models, epochs) or per attack.
-KEY_COLUMN = {"models": "model_id", "attacks": "attack_id", "epochs": "model_id", "reconstructions": "attack_id"}
+KEY_COLUMN = {
+    "models": "model_id",
+    "attacks": "attack_id",
+    "epochs": "model_id",
+    "reconstructions": "attack_id",
+}
 ALLOWED = {
     ("models", "status"): {"ok", "diverged", "failed"},
     ("models", "defense"): {"partition", "dp_pixelation", "nopeek", "noise", "none"},
     ("attacks", "status"): {"ok", "failed"},
     ("attacks", "attacker_data"): {"train", "disjoint"},
 }
+
+
 def allowed_values(table: str, column: str) -> set[str]:
     """The values a column takes: ``ALLOWED``, and for ``models.defense`` every defense a
     plugin registered (read from the registry only where it is loaded: the writer's side)."""
@@ -237,10 +377,17 @@ def schema_markdown() -> str:
     out = []
     for table, schema in SCHEMAS.items():
         dtypes = empty_frame(table).dtypes
-        out += [f"### `{table}` (one file per `{KEY_COLUMN[table]}`)", "",
-                "| column | Arrow type | nullable | pandas dtype | meaning |", "|---|---|---|---|---|"]
-        out += [f"| `{f.name}` | `{f.type}` | {'yes' if f.nullable else 'no'} | `{dtypes[f.name]}` | "
-                f"{f.metadata[b'doc'].decode()}{_allowed_doc(table, f.name)} |" for f in schema]
+        out += [
+            f"### `{table}` (one file per `{KEY_COLUMN[table]}`)",
+            "",
+            "| column | Arrow type | nullable | pandas dtype | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| `{f.name}` | `{f.type}` | {'yes' if f.nullable else 'no'} | `{dtypes[f.name]}` | "
+            f"{f.metadata[b'doc'].decode()}{_allowed_doc(table, f.name)} |"
+            for f in schema
+        ]
         out.append("")
     return "\n".join(out)
 
@@ -287,8 +434,9 @@ def _git_sha(repo: Path) -> str | None:
     if not (repo / ".git").exists():
         return None  # an installed wheel, not a checkout
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -302,24 +450,43 @@ def _check_table(table: str) -> str:
 
 def _check_name(what: str, name: Any) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"{what} {name!r} must be 1-200 letters, digits, '.', '_' or '-', starting with a "
-                         "letter or digit")
+        raise ValueError(
+            f"{what} {name!r} must be 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return name
 
 
 _CHECKS = [
     (pa.types.is_boolean, lambda v: isinstance(v, (bool, np.bool_)), "a bool"),
-    (pa.types.is_integer, lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)),
-     "an int"),
-    (pa.types.is_floating, lambda v: isinstance(v, (int, float, np.integer, np.floating))
-     and not isinstance(v, (bool, np.bool_)), "a number"),
+    (
+        pa.types.is_integer,
+        lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)),
+        "an int",
+    ),
+    (
+        pa.types.is_floating,
+        lambda v: (
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        ),
+        "a number",
+    ),
     (pa.types.is_string, lambda v: isinstance(v, str), "a str"),
     (pa.types.is_binary, lambda v: isinstance(v, bytes), "bytes"),
-    (pa.types.is_list, lambda v: isinstance(v, (list, tuple, np.ndarray))
-     and all(isinstance(e, (int, float, np.integer, np.floating)) and not isinstance(e, bool) for e in v),
-     "a list of numbers"),
-    (pa.types.is_timestamp, lambda v: isinstance(v, dt.datetime) and v.tzinfo is not None,
-     "a timezone-aware datetime"),
+    (
+        pa.types.is_list,
+        lambda v: (
+            isinstance(v, (list, tuple, np.ndarray))
+            and all(
+                isinstance(e, (int, float, np.integer, np.floating)) and not isinstance(e, bool) for e in v
+            )
+        ),
+        "a list of numbers",
+    ),
+    (
+        pa.types.is_timestamp,
+        lambda v: isinstance(v, dt.datetime) and v.tzinfo is not None,
+        "a timezone-aware datetime",
+    ),
 ]
 
 
@@ -336,7 +503,9 @@ def _column(table: str, field: pa.Field, values: list[Any]) -> pa.Array:
             if not field.nullable:
                 raise ValueError(f"{table}.{field.name} is required (not nullable) but a row has {v!r}")
         elif not check(v):
-            raise ValueError(f"{table}.{field.name} must be {kind} ({field.type}), got {type(v).__name__} {v!r}")
+            raise ValueError(
+                f"{table}.{field.name} must be {kind} ({field.type}), got {type(v).__name__} {v!r}"
+            )
         elif (table, field.name) in ALLOWED and v not in allowed_values(table, field.name):
             allowed = ", ".join(sorted(allowed_values(table, field.name)))
             raise ValueError(f"{table}.{field.name} must be one of {allowed}, got {v!r}")
@@ -417,7 +586,9 @@ class ResultStore:
                 probe_once()
         except (OSError, pa.ArrowException) as e:
             where = f" ({endpoint(self.root)})" if is_remote(self.root) else ""
-            raise ValueError(f"results root {redact(self.root)!r}{where} is not writable: {redact(str(e))}") from e
+            raise ValueError(
+                f"results root {redact(self.root)!r}{where} is not writable: {redact(str(e))}"
+            ) from e
 
     def ensure_tables(self, sweep: str, tables: tuple[str, ...] = ("models", "attacks", "epochs")) -> None:
         """Give each table folder of ``sweep`` its zero-row schema file (once), so that the
@@ -447,21 +618,27 @@ class ResultStore:
         for col, want in (("sweep", sweep), (key_col, key)):
             bad = {r[col] for r in rows if col in r and r[col] != want}
             if bad:
-                raise ValueError(f"{table}.{col} must be {want!r} (the file's {col}), rows have {sorted(bad)}")
+                raise ValueError(
+                    f"{table}.{col} must be {want!r} (the file's {col}), rows have {sorted(bad)}"
+                )
         file_schema = FILE_SCHEMAS[table]
         arrays = [
-            _column(table, f, [key if f.name == key_col else r.get(f.name) for r in rows]) for f in file_schema
+            _column(table, f, [key if f.name == key_col else r.get(f.name) for r in rows])
+            for f in file_schema
         ]
         self._put(path, pa.Table.from_arrays(arrays, schema=file_schema))
 
-    def write_reconstructions(self, sweep: str, model_id: str, attack_id: str, originals: Any,
-                              reconstructions: Any) -> None:
+    def write_reconstructions(
+        self, sweep: str, model_id: str, attack_id: str, originals: Any, reconstructions: Any
+    ) -> None:
         """Keep an attack's first reconstructions beside their originals, as PNGs in [0, 255]."""
         orig, rec = _to_uint8(originals, "originals"), _to_uint8(reconstructions, "reconstructions")
         if orig.shape != rec.shape:
             raise ValueError(f"originals {orig.shape} and reconstructions {rec.shape} differ in shape")
-        rows = [{"model_id": model_id, "index": i, "original": _png(o), "reconstruction": _png(r)}
-                for i, (o, r) in enumerate(zip(orig, rec))]
+        rows = [
+            {"model_id": model_id, "index": i, "original": _png(o), "reconstruction": _png(r)}
+            for i, (o, r) in enumerate(zip(orig, rec))
+        ]
         if rows:
             self.write("reconstructions", sweep, attack_id, rows)
 
@@ -497,9 +674,11 @@ class ResultStore:
         where = self._dir(table, sweep) if sweep is not None else f"{self.base}/{_check_table(table)}"
         infos = self.fs.get_file_info(pafs.FileSelector(where, recursive=True, allow_not_found=True))
         return sorted(
-            i.path for i in infos
-            if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-            and not any(part[:1] in "._" for part in i.path[len(where):].split("/") if part)
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.path.endswith(".parquet")
+            and not any(part[:1] in "._" for part in i.path[len(where) :].split("/") if part)
         )
 
     def done_keys(self, table: str, sweep: str) -> set[str]:
@@ -565,7 +744,10 @@ class ResultStore:
     def _dataset(self, table: str, files: list[str]) -> ds.Dataset:
         sweep_field = pa.field("sweep", pa.string())
         return ds.dataset(
-            files, schema=FILE_SCHEMAS[table].insert(0, sweep_field), format="parquet", filesystem=self.fs,
+            files,
+            schema=FILE_SCHEMAS[table].insert(0, sweep_field),
+            format="parquet",
+            filesystem=self.fs,
             partitioning=ds.partitioning(pa.schema([sweep_field]), flavor="hive"),
             partition_base_dir=f"{self.base}/{table}",
         )
@@ -578,8 +760,11 @@ class ResultStore:
         except (OSError, pa.ArrowException) as e:
             self.unreadable[path] = redact(str(e)).splitlines()[0][:300]
             if warn:
-                warnings.warn(f"skipped unreadable results file {redact(path)}: {self.unreadable[path]}",
-                              UnreadableFile, stacklevel=3)
+                warnings.warn(
+                    f"skipped unreadable results file {redact(path)}: {self.unreadable[path]}",
+                    UnreadableFile,
+                    stacklevel=3,
+                )
             return False
 
     def quarantine(self, sweep: str, tables: tuple[str, ...] = TABLES) -> list[str]:
@@ -615,12 +800,19 @@ class ResultStore:
         if column not in schema.names or column == KEY_COLUMN[table]:
             raise ValueError(f"{table}: cannot update column {column!r}")
         if self.fs.get_file_info(path).type != pafs.FileType.File:
-            path = next((p for p in self.compacted(table, sweep)
-                         if key in pq.read_table(p, filesystem=self.fs, columns=[KEY_COLUMN[table]])
-                         .column(0).to_pylist()), None)
+            path = next(
+                (
+                    p
+                    for p in self.compacted(table, sweep)
+                    if key
+                    in pq.read_table(p, filesystem=self.fs, columns=[KEY_COLUMN[table]]).column(0).to_pylist()
+                ),
+                None,
+            )
             if path is None:
-                raise FileNotFoundError(f"no {table} rows for key {key!r} in sweep {sweep!r} under "
-                                        f"{redact(self.root)}")
+                raise FileNotFoundError(
+                    f"no {table} rows for key {key!r} in sweep {sweep!r} under {redact(self.root)}"
+                )
         data = pq.read_table(path, filesystem=self.fs, schema=schema)
         i = schema.get_field_index(column)
         mine = pa.array([k == key for k in data.column(KEY_COLUMN[table]).to_pylist()])
