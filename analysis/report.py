@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis.results_md import cell, fmt, interval, md_table, paired_md, write_markdown
+from analysis.results_md import cell, family_md, fmt, interval, md_table, paired_md, write_markdown
 from analysis.tables import (
     CONFIG,
     FIG5_METRICS,
@@ -168,26 +168,6 @@ def figure5_md(t: pd.DataFrame) -> str:
             body[f"{m} mean-image baseline"] = [cell(r, f"{m}_baseline") for r in rows]
     body["seeds"] = t["ssim_n"]
     return f"{md_table(body)}\n\nAccuracies in %; mean and 95 % interval, method per cell in the CSV (`*_ci_method`)."
-
-
-def family_md(t: pd.DataFrame) -> str:
-    """One row per partition × setting: the worst-case SSIM as each kind of attacker joins."""
-    body = t[["sweep", "dataset", "partition"]].copy()
-    body.insert(2, "configuration", [config_label(*s) for s in t[SETTING].itertuples(index=False)])
-    rows = [r for _, r in t.iterrows()]
-    heads = ["(1) defenders' family", "(2) + unseen families", "(3) + white-box", "(4) + tuned"]
-    for k, head in enumerate(heads, start=1):
-        body[head] = [cell(r, f"step{k}") if r[f"step{k}_attackers"] else "–" for r in rows]
-    body["seeds"] = t["step1_n"].where(t["step1_n"] > 0, t["step2_n"])
-    who = "; ".join(
-        f"({k}) {t[f'step{k}_attackers'].iloc[0] or 'none in this sweep'}" for k in range(1, len(heads) + 1)
-    )
-    return (
-        f"{md_table(body)}\n\nWorst-case (strongest) SSIM over the attackers of every step so far; a step "
-        f"with no attacker in the sweep shows –. Attackers: {who}. The defenders' family is every decoder "
-        "the sweep's models were defended with; a claim that a defense holds should rest on steps 2–4, "
-        "which it never trained against. Mean and 95 % interval (method in the CSV)."
-    )
 
 
 def partition_suites_md(t: pd.DataFrame) -> str:
