@@ -19,6 +19,7 @@ from matplotlib import colormaps, rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
@@ -180,12 +181,10 @@ def activation_maps(data: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> bool:
-    """One bar per setting at each partition with its 95 % interval as whiskers; False (and a
-    bare panel) when no setting has a value for ``col``."""
+def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: list, colors: dict) -> None:
+    """One bar per setting at each partition with its 95 % interval as whiskers."""
     partitions = sorted(g["partition"].unique(), key=natural_key)
     width = min(0.8 / max(len(configs), 1), 0.35)
-    drawn = False
     for k, cfg in enumerate(configs):
         sub = g[in_setting(g, cfg)].set_index("partition").reindex(partitions)
         mean = sub[f"{col}_mean"].to_numpy(float) * scale
@@ -196,14 +195,9 @@ def _grouped_bars(ax: Axes, g: pd.DataFrame, col: str, scale: float, configs: li
         mid, half = _interval(sub, col, scale)
         shown = ~np.isnan(mid)
         ax.errorbar(x[shown], mid[shown], yerr=half[shown], fmt="none", ecolor="black", capsize=3, lw=1)
-        drawn = True
-    if drawn:
-        ax.set_xticks(np.arange(len(partitions)), partitions)
-        ax.set_xlim(-0.6, len(partitions) - 0.4)
-        ax.set_xlabel("partition point")
-    else:
-        ax.set_xticks([]), ax.set_yticks([])
-    return drawn
+    ax.set_xticks(np.arange(len(partitions)), partitions)
+    ax.set_xlim(-0.6, len(partitions) - 0.4)
+    ax.set_xlabel("partition point")
 
 
 def _interval(df: pd.DataFrame, col: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -214,28 +208,29 @@ def _interval(df: pd.DataFrame, col: str, scale: float) -> tuple[np.ndarray, np.
 
 
 def figure5(data: pd.DataFrame, out: Path) -> list[Path]:
-    """Five panels per data set (accuracy, reprint accuracy, SSIM, MSE, DPD): best attack per
-    model, mean over seeds with 95 % intervals, one bar per defense configuration at each partition."""
+    """Up to five panels per data set (accuracy, reprint accuracy, SSIM, MSE, DPD): best attack
+    per model, mean over seeds with 95 % intervals, one bar per defense configuration at each
+    partition. A criterion without values (DPD offline, reprint accuracy without labels) gets no
+    panel, and a line under the figure names it; the others keep the paper's panel letters."""
     paths = []
     for sweep, dataset, g in _per_dataset(data):
         configs = settings(g)
         colors = {cfg: _color(i) for i, cfg in enumerate(configs)}
+        panels = [
+            (f"({'abcde'[i]}) {title}", *panel)
+            for i, (panel, title) in enumerate(zip(FIG5_PANELS, FIG5_TITLES))
+            if g[f"{panel[0]}_mean"].notna().any()
+        ]
+        empty = [t for (c, _, _), t in zip(FIG5_PANELS, FIG5_TITLES) if g[f"{c}_mean"].isna().all()]
         with rc_context(STYLE):
-            fig = _figure(figsize=(3.6 * len(FIG5_PANELS), 3.8), layout="constrained")
-            axes = fig.subplots(1, len(FIG5_PANELS))
-            for i, (ax, (col, ylabel, scale), title) in enumerate(zip(axes, FIG5_PANELS, FIG5_TITLES)):
-                ax.set_title(f"({'abcde'[i]}) {title}")
+            fig = _figure(figsize=(3.6 * len(panels), 3.8), layout="constrained")
+            axes = np.atleast_1d(fig.subplots(1, len(panels)))
+            for ax, (title, col, ylabel, scale) in zip(axes, panels):
+                ax.set_title(title)
                 ax.set_ylabel(ylabel)
-                if not _grouped_bars(ax, g, col, scale, configs, colors):
-                    ax.text(
-                        0.5,
-                        0.5,
-                        f"no {col} values\nin these tables",
-                        ha="center",
-                        va="center",
-                        transform=ax.transAxes,
-                        color="0.4",
-                    )
+                _grouped_bars(ax, g, col, scale, configs, colors)
+            if empty:
+                fig.supxlabel(f"not drawn, no values in these tables: {', '.join(empty)}", color="0.4")
             n = g["ssim_n"]
             seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
             handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in configs]
@@ -340,14 +335,27 @@ def _staircase(x: np.ndarray, y: np.ndarray, n: int = 25) -> np.ndarray:
     return (corners[:-1] + t * (corners[1:] - corners[:-1])).reshape(-1, 2)
 
 
+MARKERS = "osD^vP*Xph"
+
+
+def _setting_key(defense: str, lam: float) -> str:
+    """What a frontier point's marker shape tells: λ of the paper's defense, else the defense."""
+    return f"λ={lam:g}" if defense in PAPER_DEFENSES else defense
+
+
 def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Path]:
-    """All models in the (worst-case SSIM, accuracy) plane, coloured by partition; the Pareto
-    set filled, joined by its staircase and labelled by partition and λ."""
+    """All models in the (worst-case SSIM, accuracy) plane, coloured by partition, shaped by λ
+    (or by the defense, for other defenses); the Pareto set filled, joined by its staircase and
+    labelled by partition and λ."""
     paths = []
     # DP-pixelation models release pixelated inputs, not activations: no partition, "input".
     for sweep, dataset, g in _per_dataset(points.assign(partition=points["partition"].fillna("input"))):
         partitions = sorted(g["partition"].unique(), key=natural_key)
         colors = {p: _color(i) for i, p in enumerate(partitions)}
+        key = pd.Series([_setting_key(d, lam) for d, lam in zip(g["defense"], g["lam"])], index=g.index)
+        other = ~g["defense"].isin(PAPER_DEFENSES)  # shapes: the λ in order, then other defenses
+        order = g.assign(key=key, other=other).sort_values(["other", "lam", "defense"])["key"].unique()
+        shapes = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(order)}
         front = g[g["on_frontier"]].sort_values("ssim")
         # Name the defender suite only where λ alone would not tell two configurations apart.
         many_suites = g.loc[g["defenders"] != "", "defenders"].nunique() > 1
@@ -363,19 +371,25 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
                 zorder=1,
                 label="Pareto frontier",
             )
-            for p in partitions:
-                sub = g[g["partition"] == p]
+            for (p, k), sub in g.groupby([g["partition"], key], sort=False):
                 rest, best = sub[~sub["on_frontier"]], sub[sub["on_frontier"]]
+                m = shapes[k]
                 ax.scatter(
                     rest["ssim"],
                     rest["test_acc"] * 100,
                     s=30,
+                    marker=m,
                     facecolors="none",
                     edgecolors=[colors[p]],
-                    label=f"{p}",
                 )
                 ax.scatter(
-                    best["ssim"], best["test_acc"] * 100, s=55, color=colors[p], edgecolors="black", zorder=3
+                    best["ssim"],
+                    best["test_acc"] * 100,
+                    s=55,
+                    marker=m,
+                    color=colors[p],
+                    edgecolors="black",
+                    zorder=3,
                 )
             ax.set_xlabel("worst-case attacker SSIM (lower = more private)")
             ax.set_ylabel("test accuracy (%)")
@@ -386,7 +400,15 @@ def frontier_plot(points: pd.DataFrame, hv: pd.DataFrame, out: Path) -> list[Pat
                 f"{dataset} (sweep {sweep}): {row['n_pareto']} of {row['n_models']} (model, partition) "
                 f"points on the frontier, hypervolume {row['hypervolume']:.3f}"
             )
-            ax.legend(title="partition (filled = Pareto)", loc="best")
+            dot = dict(linestyle="none", markersize=7)
+            handles = [
+                *ax.get_legend_handles_labels()[0],  # the staircase
+                *[Rectangle((0, 0), 1, 1, color=colors[p], label=p) for p in partitions],
+                *[Line2D([], [], marker=m, color="0.4", label=k, **dot) for k, m in shapes.items()],
+            ]
+            ax.legend(
+                handles=handles, title="partition (colour), setting (shape); filled = Pareto", loc="best"
+            )
             fig.canvas.draw()
             fig.set_layout_engine("none")  # freeze the layout: labels are placed in display space
             fx, fy = front["ssim"].to_numpy(float), (front["test_acc"] * 100).to_numpy(float)

@@ -1,16 +1,21 @@
 """``python -m analysis.report RESULTS_ROOT [--out DIR] [--sweep NAME] [--markdown PAGE] [--activation-maps]``
+(``pp-farm report`` is the same command).
 
-Writes DIR/report.md (Markdown tables, linked PNG figures), every table as CSV beside it,
-and a "Missing" section naming each artefact the tables hold no input for; with --markdown,
-PAGE, the deterministic results page of :mod:`analysis.results_md` (no figures). The
-activation maps (Figures 6/8/9) are drawn from the models' saved weights, of the embedded
-public data sets only unless --activation-maps.
+Writes DIR/report.md (Markdown tables, linked PNG figures), DIR/report.html (the same page,
+self-contained: figures embedded), every table as CSV beside them, the per-image metrics as
+DIR/per_image.parquet, and a "Missing" section naming each artefact the tables hold no input
+for; with --markdown, PAGE, the deterministic results page of :mod:`analysis.results_md` (no
+figures). The activation maps (Figures 6/8/9) are drawn from the models' saved weights, of the
+embedded public data sets only unless --activation-maps.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,12 +42,15 @@ from analysis.tables import (
     natural_key,
     paired_differences,
     partition_suites,
+    per_image,
     settings,
     table_i,
     table_ii,
     table_iii,
 )
 from analysis.uncertainty import METHODS
+from pp_cluster.cli import add_report_args
+from pp_cluster.profiles import PUBLIC_DATASETS
 from pp_cluster.results.fs import redact, resolve
 from pp_cluster.results.rules import succeeded
 
@@ -221,14 +229,41 @@ def frontier_md(points: pd.DataFrame, hv: pd.DataFrame) -> str:
     )
 
 
+def per_image_md(t: pd.DataFrame) -> str:
+    """Per partition, the image an attacker rebuilt best (highest SSIM) and the one it rebuilt
+    worst (lowest), over every non-baseline attack there; ``t`` is :func:`analysis.tables.per_image`."""
+    real = t[~t["baseline"]].dropna(subset=["partition", "ssim"])
+    groups = sorted(
+        real.groupby(["sweep", "dataset", "partition"], sort=False),
+        key=lambda kv: (kv[0][0], kv[0][1], natural_key(kv[0][2])),
+    )
+    rows = []
+    for (sweep, dataset, partition), g in groups:
+        for which, i in (("best", g["ssim"].idxmax()), ("worst", g["ssim"].idxmin())):
+            r = g.loc[i]
+            setting = config_label(r["defense"], r["defenders"], r["lam"])
+            rows.append(
+                [sweep, dataset, partition, which, setting, r["seed"], r["attacker"], r["index"]]
+                + [fmt(r["ssim"]), fmt(r["mse"], ".4f")]
+            )
+    cols = ["sweep", "dataset", "partition", "reconstructed", "configuration", "seed", "attacker"]
+    body = pd.DataFrame(rows, columns=[*cols, "image index", "SSIM", "MSE"])
+    return (
+        f"{md_table(body)}\n\nThe best- and worst-reconstructed image at each partition: the highest and "
+        "lowest per-image SSIM of any attacker but the baseline, over every model attacked there. The image "
+        "index is its place in the evaluation order (the same for every attack of a sweep; the "
+        "reconstructions table's `index`)."
+    )
+
+
 # -- Figures 6, 8, 9: hidden activations with and without the defense --------------------
 # The tables hold no activations: the models are loaded from the results root (their
 # ``_ray/train-*/state.pt``) and run on one test image.
 
 ACTIVATION_PARTITIONS = ("pool1", "pool2")  # the paper's (V-C(3)): deeper maps are hard to read
 # Activation maps of a face are images of that person: drawn by default only for the embedded
-# public data sets, any other only with --activation-maps (as reconstructions are opt-in).
-PUBLIC_DATASETS = ("lfw-subset", "digits")
+# public data sets (PUBLIC_DATASETS), any other only with --activation-maps (as reconstructions
+# of real data are opt-in).
 ACTIVATION_CHANNELS = 16
 
 
@@ -320,6 +355,98 @@ def activation_maps_data(
     return pd.DataFrame(rows), skipped
 
 
+# -- report.html: the same page, self-contained ---------------------------------------------
+# No Markdown library is a dependency, and the report writes a small subset of Markdown: headings,
+# paragraphs, pipe tables (md_table), "- " lists, images, links, **bold**, *italic* and `code`.
+# This renders exactly that subset; images become inline base64 PNGs, so the page travels alone.
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; line-height: 1.45; max-width: 1200px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.table { overflow-x: auto; }
+img { max-width: 100%; height: auto; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def _img(alt: str, src: str, base: Path) -> str:
+    path = base / html.unescape(src)
+    if src.endswith(".png") and path.is_file():
+        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{alt}" src="{src}">'
+
+
+def _inline(text: str, base: Path) -> str:
+    """Markdown text as escaped HTML; `code` spans are kept verbatim."""
+    codes: list[str] = []
+
+    def keep(m: re.Match) -> str:
+        codes.append(f"<code>{html.escape(m.group(1))}</code>")
+        return f"\x00{len(codes) - 1}\x00"
+
+    text = html.escape(re.sub(r"`([^`]+)`", keep, text))
+    text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: _img(m.group(1), m.group(2), base), text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"(?<![\w*])\*(\S(?:.*?\S)?)\*(?![\w*])", r"<em>\1</em>", text)
+    return re.sub(r"\x00(\d+)\x00", lambda m: codes[int(m.group(1))], text)
+
+
+def _kind(line: str) -> str:
+    """The block a line belongs to: "" (blank), "h", "table", "list" or "p"."""
+    if not line.strip():
+        return ""
+    if re.match(r"#{1,6} ", line):
+        return "h"
+    return "table" if line.startswith("|") else "list" if line.startswith("- ") else "p"
+
+
+def _heading_html(lines: list[str], base: Path) -> str:
+    hashes, text = lines[0].split(" ", 1)
+    return f"<h{len(hashes)}>{_inline(text, base)}</h{len(hashes)}>"
+
+
+def _table_html(lines: list[str], base: Path) -> str:
+    r"""A pipe table of :func:`md_table`: header, ``---`` row, rows; ``\|`` is a pipe in a cell."""
+
+    def row(line: str, tag: str) -> str:
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+        return "<tr>" + "".join(f"<{tag}>{_inline(c, base)}</{tag}>" for c in cells) + "</tr>"
+
+    body = "\n".join(row(line, "td") for line in lines[2:])
+    return f'<div class="table"><table>\n<thead>{row(lines[0], "th")}</thead>\n<tbody>\n{body}\n</tbody></table></div>'
+
+
+def _list_html(lines: list[str], base: Path) -> str:
+    return "<ul>\n" + "\n".join(f"<li>{_inline(line[2:], base)}</li>" for line in lines) + "\n</ul>"
+
+
+def _paragraph_html(lines: list[str], base: Path) -> str:
+    return f"<p>{_inline(' '.join(lines), base)}</p>"
+
+
+def report_html(md: str, base: Path) -> str:
+    """The report's Markdown ``md`` as one self-contained HTML page; its images are read from ``base``."""
+    blocks: list[tuple[str, list[str]]] = []  # (kind, lines): consecutive lines of one kind
+    for line in md.splitlines():
+        kind = _kind(line)
+        if blocks and blocks[-1][0] == kind and kind not in ("", "h"):
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((kind, [line]))
+    render = {"h": _heading_html, "table": _table_html, "list": _list_html, "p": _paragraph_html}
+    body = "\n".join(render[kind](lines, base) for kind, lines in blocks if kind)
+    title = next((line[2:] for line in md.splitlines() if line.startswith("# ")), "report")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
 def _summary(res: Results) -> str:
     m, a = res.models, res.attacks
     lines = [
@@ -355,13 +482,14 @@ def _summary(res: Results) -> str:
 
 
 def build_report(root: str, out: Path, sweep: str | None = None, activation_maps: bool = False) -> Path:
-    """Build every artefact the tables allow; returns the path of report.md. ``activation_maps``
-    draws Figures 6/8/9 for data sets beyond the embedded public ones (images of people)."""
+    """Build every artefact the tables allow; returns the path of report.md (report.html beside
+    it). ``activation_maps`` draws Figures 6/8/9 for data sets beyond the embedded public ones
+    (images of people)."""
     from analysis import figures  # matplotlib: only this report draws; the results page does not
 
     res = load(root, sweep)
     out.mkdir(parents=True, exist_ok=True)
-    sections = ["# Privacy-partitioning sweep report", "## Summary", _summary(res)]
+    sections = ["# Privacy-partitioning sweep report"]
     missing: list[str] = []
 
     def artefact(title: str, build: Callable[[], str]) -> None:
@@ -429,6 +557,18 @@ def build_report(root: str, out: Path, sweep: str | None = None, activation_maps
             raise Missing("Training curves: the epochs table is empty")
         return images(figures.training_curves(res.epochs, res.models, out))
 
+    def images_metrics() -> str:
+        t = per_image(res)
+        t.to_parquet(out / "per_image.parquet", index=False)
+        return (
+            f"Parquet: [per_image.parquet](per_image.parquet), {len(t)} rows: one per successful attack and "
+            "evaluation image, its SSIM and MSE beside the model's setting (`analysis.tables.per_image`)."
+            f"\n\n{per_image_md(t)}"
+        )
+
+    # The pictures first where a sweep kept them (on by default for the embedded public data).
+    artefact("Figure 4 — original vs reconstructed images", fig4)
+    sections += ["## Summary", _summary(res)]
     artefact(
         "Table I — accuracy and attacker MSE/SSIM per defender weight λ",
         table(table_i, table_i_md, "table_i"),
@@ -437,7 +577,6 @@ def build_report(root: str, out: Path, sweep: str | None = None, activation_maps
     artefact(
         "Table III — gender estimation from reconstructions", table(table_iii, table_iii_md, "table_iii")
     )
-    artefact("Figure 4 — original vs reconstructed images", fig4)
     artefact("Figure 5 — five criteria per partition × defense", fig5)
     artefact("Figure 7 — DP image pixelation against ε", fig7)
     artefact("Figures 6, 8, 9 — hidden activations without and with the defense", activations)
@@ -458,36 +597,38 @@ def build_report(root: str, out: Path, sweep: str | None = None, activation_maps
     artefact("Training curves", curves)
     worst = res.models_with_worst().drop(columns=["config_json"], errors="ignore")
     sections.append(f"## Per-model best attacks\n\n{csv(worst, 'models_worst_case')}")
+    artefact("Per-image metrics — the best- and worst-reconstructed images", images_metrics)
     sections += [
         "## Missing",
         "\n".join(f"- {m}" for m in missing) if missing else "Nothing: every artefact was built.",
     ]
+    text = "\n\n".join(sections) + "\n"
     path = out / "report.md"
-    path.write_text("\n\n".join(sections) + "\n")
+    path.write_text(text)
+    (out / "report.html").write_text(report_html(text, out), encoding="utf-8")
     return path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], prog="python -m analysis.report")
-    p.add_argument("root", help="results root (local path or s3://bucket/prefix)")
-    p.add_argument("--out", type=Path, default=None, help="directory for report.md, PNGs and CSVs")
-    p.add_argument("--sweep", default=None, help="only this sweep (default: every sweep under the root)")
-    p.add_argument(
-        "--markdown",
-        type=Path,
-        default=None,
-        metavar="PAGE",
-        help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
-        "(e.g. docs/results.md)",
-    )
-    p.add_argument(
-        "--activation-maps",
-        action="store_true",
-        help="draw Figures 6/8/9 (hidden activation maps) for data sets other than the embedded public "
-        f"ones ({', '.join(PUBLIC_DATASETS)}): maps of a face are images of that person; needs the "
-        "models' state files under the root",
-    )
+    add_report_args(p)
     return p
+
+
+def run(args: argparse.Namespace, prog: str = "analysis.report") -> int:
+    """Write what ``args`` (:func:`pp_cluster.cli.add_report_args`) asks for: 0, or 2 with a
+    message naming a mistyped root or sweep."""
+    t0 = time.perf_counter()
+    try:
+        if args.out is not None:
+            path = build_report(args.root, args.out, args.sweep, args.activation_maps)
+            print(f"report: {path}, {path.with_suffix('.html')} ({time.perf_counter() - t0:.1f} s)")
+        if args.markdown is not None:
+            print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
+    except (FileNotFoundError, ValueError) as e:  # a mistyped root or sweep: a message, not a traceback
+        print(f"{prog}: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,19 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out is None and args.markdown is None:
         parser.error("nothing to write: give --out DIR, --markdown PAGE or both")
-    t0 = time.perf_counter()
-    try:
-        if args.out is not None:
-            print(
-                f"report: {build_report(args.root, args.out, args.sweep, args.activation_maps)} "
-                f"({time.perf_counter() - t0:.1f} s)"
-            )
-        if args.markdown is not None:
-            print(f"results page: {write_markdown(args.root, args.markdown, args.sweep)}")
-    except (FileNotFoundError, ValueError) as e:  # a mistyped root or sweep: a message, not a traceback
-        print(f"analysis.report: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

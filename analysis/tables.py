@@ -591,7 +591,8 @@ def figure4_data(res: Results) -> pd.DataFrame:
     recon = res.reconstructions()
     if recon.empty:
         raise Missing(
-            "Figure 4: no reconstructions in these tables (a sweep saves them with --save-reconstructions)"
+            "Figure 4: no reconstructions in these tables (the quick profiles on embedded public data "
+            "keep them; any other sweep with --save-reconstructions)"
         )
     j = _paper_attacks(res)
     j = j[~is_baseline(j) & j["attack_id"].isin(recon["attack_id"])].dropna(subset=["ssim"])
@@ -606,6 +607,40 @@ def figure4_data(res: Results) -> pd.DataFrame:
         on=["sweep", "attack_id"],
         how="inner",
     )
+
+
+# Per image: the model's columns beside each image's metrics (what tells two images' settings apart).
+PER_IMAGE_MODEL = ["dataset", "arch", "defense", "defenders", "lam", "seed", "partition_suite"]
+
+
+def per_image(res: Results) -> pd.DataFrame:
+    """One row per evaluation image of every successful attack that stored per-image metrics
+    (``ssim_images`` / ``mse_images``): sweep, model_id, attack_id, attacker, ``baseline``
+    (a no-information attacker), partition, ``index`` (the image's position in the evaluation
+    order, the same for every attack of a sweep, and the reconstructions table's ``index``),
+    ``ssim``, ``mse`` (NaN where the attack kept no per-image MSE), then the model's
+    :data:`PER_IMAGE_MODEL` columns: the images an attacker rebuilds best and worst, per setting."""
+    a = res.attacks
+    if not a.empty:
+        a = a[succeeded(a) & a["ssim_images"].map(lambda v: v is not None and len(v) > 0)]
+    if a.empty:
+        raise Missing("Per-image metrics: no successful attack stored per-image SSIM/MSE (ssim_images)")
+    n = a["ssim_images"].map(len).to_numpy(int)
+    out = a[[*KEYS, "attack_id", "attacker", "partition"]].iloc[np.repeat(np.arange(len(a)), n)]
+    out = out.reset_index(drop=True)
+    out.insert(4, "baseline", is_baseline(out).to_numpy(bool))
+    out["index"] = np.concatenate([np.arange(k) for k in n])
+
+    def values(col: str) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.asarray(v, float) if v is not None and len(v) == k else np.full(k, np.nan)
+                for v, k in zip(a[col], n)
+            ]
+        )
+
+    out["ssim"], out["mse"] = values("ssim_images"), values("mse_images")
+    return out.merge(res.models[[*KEYS, *PER_IMAGE_MODEL]], on=KEYS, how="left")
 
 
 # -- defended minus undefended ------------------------------------------------------------

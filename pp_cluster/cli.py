@@ -1,4 +1,5 @@
-"""Command line: ``pp-farm sweep|status|compact|export|attack|data`` and the shared flags of ``sweeps/*.py``.
+"""Command line: ``pp-farm sweep|status|report|compact|export|attack|data`` and the shared flags of
+``sweeps/*.py``.
 
 Thin on purpose: flags become a ``SweepSpec``, the spec is validated, the farm runs it.
 """
@@ -111,7 +112,15 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--save-reconstructions",
         action="store_true",
-        help="also write a few reconstructed images per attack (they are people's faces: opt-in)",
+        default=None,
+        help="also write a few reconstructed images per attack (Figure 4). On by default in the quick "
+        "profiles on embedded public data; on real data they are people's faces: opt-in",
+    )
+    g.add_argument(
+        "--no-save-reconstructions",
+        dest="save_reconstructions",
+        action="store_false",
+        help="write no reconstructed images, not even in a quick profile",
     )
     g.add_argument(
         "--plugins",
@@ -223,6 +232,7 @@ _SPEC_FLAGS = (
     "dp_neighbourhood",
     "recipe",
     "plugins",
+    "save_reconstructions",
 )
 _RESOURCE_FLAGS = (
     "num_workers",
@@ -255,17 +265,17 @@ def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
         )
     paper, quick, spec = profiles["paper"], profiles["quick"], profiles[name]
     if name == "quick" and args.data_root and quick.dataset != paper.dataset:
-        # --quick with real data: the quick budget on the paper's data set.
+        # --quick with real data: the quick budget on the paper's data set, whose images stay
+        # unsaved as the paper profile's do (real faces: --save-reconstructions opts in).
         spec = replace(
             quick,
             dataset=paper.dataset,
             dataset_options=paper.dataset_options,
             arch_options=quick.arch_options,
             name=quick.name + "_real",
+            save_reconstructions=paper.save_reconstructions,
         )
     changes = {k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k, None) is not None}
-    if args.save_reconstructions:
-        changes["save_reconstructions"] = True
     if args.attributes:
         changes["attributes"] = True
         if spec.dataset == "lfw":  # the gender classifier trains on the people outside the model
@@ -682,6 +692,45 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``pp-farm report`` and ``python -m analysis.report`` (one definition; here,
+    so that ``pp-farm --help`` imports no analysis code)."""
+    from pp_cluster.profiles import PUBLIC_DATASETS
+
+    p.add_argument("root", help="results root (local path or s3://bucket/prefix)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for report.md, report.html (self-contained), PNGs, CSVs and per_image.parquet",
+    )
+    p.add_argument("--sweep", default=None, help="only this sweep (default: every sweep under the root)")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="PAGE",
+        help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
+        "(e.g. docs/results.md)",
+    )
+    p.add_argument(
+        "--activation-maps",
+        action="store_true",
+        help="draw Figures 6/8/9 (hidden activation maps) for data sets other than the embedded public "
+        f"ones ({', '.join(PUBLIC_DATASETS)}): maps of a face are images of that person; needs the "
+        "models' state files under the root",
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``python -m analysis.report``; without --out or --markdown it writes into ./report."""
+    from analysis.report import run
+
+    if args.out is None and args.markdown is None:
+        args.out = Path("report")
+    return run(args, prog="pp-farm")
+
+
 def _compact(args: argparse.Namespace) -> int:
     """Pack each sweep's one-row files into a few large ones (results.compact), holding the
     sweep's lease so that no driver writes meanwhile."""
@@ -810,6 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sweep_args(sp)
     st = sub.add_parser("status", help="summarise the models and attacks under a results root")
     st.add_argument("results", help="results root (local path or s3://...)")
+    rp = sub.add_parser(
+        "report",
+        help="write the report of a results root: report.md, a self-contained report.html, figures, "
+        "CSVs and per_image.parquet (the same as python -m analysis.report; default --out report)",
+    )
+    add_report_args(rp)
     co = sub.add_parser(
         "compact",
         help="merge a results root's one-row files into a few large ones "
@@ -880,6 +935,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, args.driver)
     if args.command == "status":
         return _status(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "compact":
         return _compact(args)
     if args.command == "export":

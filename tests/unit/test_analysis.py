@@ -698,14 +698,15 @@ def test_report_says_what_is_missing(tmp_path):
 
 
 def test_docs_queries_run_against_a_results_root(root, capsys):
-    """docs/queries.md promises five runnable queries: run every code block on the test sweep."""
+    """docs/queries.md promises six runnable queries: run every code block on the test sweep."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "queries.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) >= 6 and sum(line.startswith("## ") for line in doc.splitlines()) == 5
+    assert len(blocks) >= 7 and sum(line.startswith("## ") for line in doc.splitlines()) == 6
     code = "\n".join(blocks).replace('ROOT = "results"', f"ROOT = {root!r}")
     exec(compile(code, "docs/queries.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "deconv,fc" in printed and "loss is NaN at epoch 2" in printed and "CUDA OOM" in printed
+    assert "(25, 25)" in printed  # question 6 opened a kept reconstruction (25×25 in write_sweep)
 
 
 @pytest.mark.parametrize("how", ["max", "min"])
