@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pp_cluster.config import Resources, SweepSpec
 
-MNIST_ATTACKERS = tuple(f"mnist_a{i}" for i in range(1, 9))
+MNIST_ATTACKERS = (*(f"mnist_a{i}" for i in range(1, 9)), "mean_image")
 MNIST_DEFENDERS = tuple(f"mnist_d{i}" for i in range(1, 5))
 # The paper's single MNIST defender is "a two-layer ReLU-based neural network": attacker ①'s shape.
 MNIST_SINGLE = ("mnist_a1",)
@@ -24,7 +24,8 @@ MNIST_SINGLE = ("mnist_a1",)
 # attackers. The other profiles keep the derived rules (deconv, fc, sparse_fc), which build for
 # any image size and width: the paper_* networks exist only for the paper's nets and images.
 PAPER_DEFENDERS = (("paper_deconv",),)
-PAPER_ATTACKERS = ("paper_deconv", "paper_fc", "paper_sparse_fc")
+# Every attack table carries the no-information baseline mean_image (never the strongest).
+PAPER_ATTACKERS = ("paper_deconv", "paper_fc", "paper_sparse_fc", "mean_image")
 DERIVED_DEFENDERS = (("deconv",),)
 # The embedded public data sets (scikit-image's LFW crops, scikit-learn's digits): the profiles on
 # them keep a few reconstructions per attack (Figure 4) and the report draws their activation
@@ -143,7 +144,7 @@ CIFAR_VGG_QUICK = CIFAR_VGG.with_(
     name="cifar_vgg_quick",
     arch_options={"width_mult": 0.125},
     defender_suites=DERIVED_DEFENDERS,
-    attackers=("deconv", "fc", "sparse_fc"),
+    attackers=("deconv", "fc", "sparse_fc", "mean_image"),
     epochs=2,
     attack_epochs=3,
     dataset_options={"limit_train": 2000},

@@ -210,7 +210,7 @@ def test_the_names_are_in_the_zoo():
 def test_paper_profiles_defend_and_attack_with_the_appendix_decoders(driver, tmp_path):
     paper = PROFILES[driver]["paper"]
     assert paper.defender_suites == (("paper_deconv",),)
-    assert paper.attackers == NAMES
+    assert paper.attackers == (*NAMES, "mean_image")  # the appendix's attackers and the baseline
     paper.with_(results=str(tmp_path / "r")).validate()
     image_shape = (
         (3, paper.dataset_options["size"], paper.dataset_options["size"])
@@ -220,7 +220,7 @@ def test_paper_profiles_defend_and_attack_with_the_appendix_decoders(driver, tmp
     with torch.device("meta"):
         net = build_net(paper.arch, image_shape, 10, **dict(paper.arch_options))
         for partition in paper.partitions:
-            for name in {*paper.attackers, *paper.defender_suites[0]}:
+            for name in {*paper.attackers, *paper.defender_suites[0]} - {"mean_image"}:
                 decoder = build_decoder(name, net, partition, (-1.0, 1.0))
                 assert output_shape(decoder, activation_shape(net, partition)) == image_shape
     # The other profiles keep the rules that build for any width and image size.
