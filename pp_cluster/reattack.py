@@ -26,6 +26,7 @@ from pp_cluster import pipeline
 from pp_cluster.config import AttackSpec, ModelSpec, SpecError, tunable
 from pp_cluster.data import Dataset
 from pp_cluster.models import load_model
+from pp_cluster.nets import split
 from pp_cluster.results.rows import attack_row
 from pp_cluster.results.rules import OK
 from pp_cluster.results.store import ResultStore, provenance
@@ -147,12 +148,13 @@ def reattack(
             datasets[key] = pipeline.load_data(spec)
         ds = datasets[key]
         shape = (tuple(ds.image_shape), ds.num_classes, tuple(ds.value_range))
+        model = load_model(results, model_id, storage=storage, dataset=ds)  # its weights, read once
         for partition in dict.fromkeys(j.partition for j in jobs if j.model_id == model_id):
-            model = load_model(results, model_id, partition=partition, storage=storage, dataset=ds)
+            local, _ = split(model.net, partition)
             todo = [j for j in jobs if j.model_id == model_id and j.partition == partition]
             first = todo[0].attack
             inputs = pipeline.attack_inputs(
-                model.local, ds, first.attacker_data, first.attacker_fraction, spec.seed, device
+                local, ds, first.attacker_data, first.attacker_fraction, spec.seed, device
             )
             for job in todo:
                 row, _ = pipeline.run_attack(
