@@ -40,10 +40,16 @@ def succeeded(rows: pd.DataFrame) -> pd.Series:
     return rows["status"] == OK
 
 
-def baseline_attackers() -> tuple[str, ...]:
+def _with_registered(built_in: tuple[str, ...], view: str) -> tuple[str, ...]:
+    """``built_in`` and the names of the decoder registry's ``view`` (``nets.BASELINES``,
+    ``nets.WHITE_BOX``) where the registry is loaded: readers of the tables need no torch."""
     nets = sys.modules.get("pp_cluster.nets")
-    extra = tuple(nets.BASELINES) if nets is not None else ()
-    return tuple(dict.fromkeys(BASELINE_ATTACKERS + extra))
+    extra = tuple(getattr(nets, view)) if nets is not None else ()
+    return tuple(dict.fromkeys(built_in + extra))
+
+
+def baseline_attackers() -> tuple[str, ...]:
+    return _with_registered(BASELINE_ATTACKERS, "BASELINES")
 
 
 def is_baseline(attacks: pd.DataFrame) -> pd.Series:
@@ -106,9 +112,7 @@ FAMILIES = ("defender's family", "unseen families", "white-box", "tuned")
 
 
 def white_box_attackers() -> tuple[str, ...]:
-    nets = sys.modules.get("pp_cluster.nets")
-    extra = tuple(nets.WHITE_BOX) if nets is not None else ()
-    return tuple(dict.fromkeys(WHITE_BOX_ATTACKERS + extra))
+    return _with_registered(WHITE_BOX_ATTACKERS, "WHITE_BOX")
 
 
 def tuned(attacks: pd.DataFrame) -> pd.Series:
