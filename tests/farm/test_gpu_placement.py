@@ -15,14 +15,12 @@ other farm tests share one plain ``ray.init`` in this process.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
+from conftest import observe_child, scenario
 
 pytestmark = pytest.mark.farm
 
@@ -40,43 +38,12 @@ torch.cuda.current_device = lambda: 0
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("gpus")
-    out, log = work / "observed.json", work / "child.log"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "w") as log_f:
-        child = subprocess.Popen(
-            [sys.executable, __file__, str(work), str(out)],
-            env=env,
-            stdout=log_f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            child.wait(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    tail = log.read_text(errors="replace")[-6000:]
-    assert out.exists(), f"the child wrote nothing (exit {child.returncode}):\n{tail}"
-    facts = json.loads(out.read_text())
-    facts["log_tail"] = tail
-    return facts
-
-
-def _scenario(observed, name):
-    facts = observed.get(name)
-    assert facts is not None, f"scenario {name!r} did not run:\n{observed['log_tail']}"
-    assert "error" not in facts, f"scenario {name!r} raised:\n{facts['error']}\n{observed['log_tail']}"
-    return facts
+    return observe_child(__file__, tmp_path_factory.mktemp("gpus"), CHILD_TIMEOUT_S)
 
 
 @pytest.mark.timeout(CHILD_TIMEOUT_S + 120)
 def test_a_two_worker_ddp_model_is_placed_on_two_logical_gpus_and_finishes(observed):
-    facts = _scenario(observed, "ddp")
+    facts = scenario(observed, "ddp")
     assert facts["n_errored"] == 0 and facts["statuses"] == ["ok"]
     assert facts["gpu"] == [None]  # trained on the CPU: no CUDA behind the logical GPUs
     assert facts["attacks"] == ["ok"]
@@ -84,7 +51,7 @@ def test_a_two_worker_ddp_model_is_placed_on_two_logical_gpus_and_finishes(obser
 
 @pytest.mark.timeout(CHILD_TIMEOUT_S + 120)
 def test_a_no_gpu_sweep_stays_on_the_cpu_where_cuda_looks_visible(observed):
-    facts = _scenario(observed, "no_gpu")
+    facts = scenario(observed, "no_gpu")
     assert facts["n_errored"] == 0 and set(facts["statuses"]) == {"ok"}
     assert facts["saw_cuda"] is True  # the plugin made every worker believe in a card
     assert set(facts["gpu"]) == {None} and set(facts["attack_gpu"]) == {None}
@@ -92,7 +59,7 @@ def test_a_no_gpu_sweep_stays_on_the_cpu_where_cuda_looks_visible(observed):
 
 @pytest.mark.timeout(CHILD_TIMEOUT_S + 120)
 def test_a_model_needing_more_gpus_than_the_node_has_is_refused_first(observed):
-    facts = _scenario(observed, "too_big")
+    facts = scenario(observed, "too_big")
     assert "needs 3 GPU" in facts["refused"] and facts["models_written"] == 0
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import pytest
+from conftest import observe_child, scenario
 
 pytestmark = pytest.mark.farm
 
@@ -38,38 +37,7 @@ TRIAL_CLASS = "ImplicitFunc"  # the actor class Tune runs a function trainable i
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     """Run both scenarios on one cluster in a child process; their observations."""
-    work = tmp_path_factory.mktemp("multinode")
-    out, log = work / "observed.json", work / "child.log"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "w") as log_f:
-        child = subprocess.Popen(
-            [sys.executable, __file__, str(work), str(out)],
-            env=env,
-            stdout=log_f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            child.wait(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            if child.poll() is None:  # the whole group: the cluster's raylets and workers too
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    tail = log.read_text(errors="replace")[-6000:]
-    assert out.exists(), f"the multi-node child wrote nothing (exit {child.returncode}):\n{tail}"
-    facts = json.loads(out.read_text())
-    facts["log_tail"] = tail
-    return facts
-
-
-def _scenario(observed, name):
-    facts = observed.get(name)
-    assert facts is not None, f"scenario {name!r} did not run:\n{observed['log_tail']}"
-    assert "error" not in facts, f"scenario {name!r} raised:\n{facts['error']}\n{observed['log_tail']}"
-    return facts
+    return observe_child(__file__, tmp_path_factory.mktemp("multinode"), CHILD_TIMEOUT_S)
 
 
 def _tables(results: str, sweep: str):
@@ -93,7 +61,7 @@ def _check_every_row_once(facts, attackers, epochs):
 
 @pytest.mark.timeout(CHILD_TIMEOUT_S + 120)
 def test_trials_and_attackers_run_on_gpu_workers_with_their_resources(observed):
-    facts = _scenario(observed, "spread")
+    facts = scenario(observed, "spread")
     head, workers = observed["head"], set(observed["workers"])
     assert facts["n_errored"] == 0
     _check_every_row_once(facts, attackers=("fc",), epochs=1)
@@ -127,7 +95,7 @@ def test_trials_and_attackers_run_on_gpu_workers_with_their_resources(observed):
 
 @pytest.mark.timeout(CHILD_TIMEOUT_S + 120)
 def test_worker_node_removed_mid_sweep_sweep_completes_every_row_once(observed):
-    facts = _scenario(observed, "failover")
+    facts = scenario(observed, "failover")
     removed = facts["removed"]
     assert removed in observed["workers"]
     # The node went while a trial on it was training (its first epoch checkpointed, its
