@@ -42,6 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=shared / "mnist", help="folder with the MNIST idx files")
     p.add_argument("--lams", default="0,1,10", help="comma-separated λ grid; 0 = no defender")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        help="the MNIST recipe (paper: Adam 1e-4, batch 32; fast: one-cycle 1e-3, batch 128)",
+    )
     p.add_argument("--limit-train", type=int, default=20000, help="stratified training subset (time)")
     p.add_argument("--defender", default="mnist_a1")
     p.add_argument("--attackers", default="mnist_a1,mnist_a3", help="comma-separated decoder names")
@@ -65,7 +70,7 @@ def main(args: argparse.Namespace) -> None:
     attackers = args.attackers.split(",")
     print(
         f"MNIST {len(ds.train)} train / {len(ds.test)} test, split at {PARTITION}, defender {args.defender}, "
-        f"{args.epochs} epochs, {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)"
+        f"{args.epochs} epochs ({args.recipe} recipe), {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)"
     )
 
     rows = []
@@ -74,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
         net = build_net("mnist_mlp", ds.image_shape, ds.num_classes)
         local, remote = split(net, PARTITION)
         defenders = [build_decoder(args.defender, net, PARTITION, ds.value_range)] if lam > 0 else []
-        cfg = recipe("mnist", lam=lam, epochs=args.epochs, seed=args.seed, update=args.update)
+        cfg = recipe("mnist", args.recipe, lam=lam, epochs=args.epochs, seed=args.seed, update=args.update)
         result = train_defended(net, local, remote, defenders, ds.train, ds.test, ds.value_range, cfg)
         if result.status != "ok":
             print(f"λ={lam:g}: diverged at epoch {result.diverged_epoch}")

@@ -155,8 +155,12 @@ def _box_mean(t: Tensor, use_conv: bool | None = None) -> Tensor:
     return F.conv2d(F.conv2d(t, rows, groups=k), cols, groups=k)
 
 
-def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None) -> Tensor:
+def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None, data_range: float = 1.0) -> Tensor:
     """Per-image SSIM of N×C×H×W images in [0, 1], as scikit-image computes it.
+
+    ``data_range`` scales the stabilising constants (C = (K·data_range)²) as scikit-image's
+    argument does; anything but 1 mis-states the range of [0, 1] images (kept for
+    ``benchmarks/mnist_lambda_scale.py``, which measures what that does to λ's scale).
 
     skimage filters x, y, x², y², xy with a uniform 7×7 window (reflected borders),
     takes sample (co)variances, forms the SSIM map and averages it after cropping
@@ -169,8 +173,9 @@ def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None) -> Tensor:
     ux, uy, uxx, uyy, uxy = moments.split(c, dim=1)
     uxuy = ux * uy
     sq = ux * ux + uy * uy
-    num = (2 * uxuy + _SSIM_C1) * (2 * _SSIM_COV_NORM * (uxy - uxuy) + _SSIM_C2)
-    den = (sq + _SSIM_C1) * (_SSIM_COV_NORM * (uxx + uyy - sq) + _SSIM_C2)
+    c1, c2 = _SSIM_C1 * data_range**2, _SSIM_C2 * data_range**2
+    num = (2 * uxuy + c1) * (2 * _SSIM_COV_NORM * (uxy - uxuy) + c2)
+    den = (sq + c1) * (_SSIM_COV_NORM * (uxx + uyy - sq) + c2)
     return (num / den).mean(dim=(1, 2, 3))
 
 

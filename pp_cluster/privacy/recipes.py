@@ -55,10 +55,22 @@ _CIFAR = dict(  # App. C: SGD 0.9, lr 0.01 ×0.1 every 50 epochs, wd 5e-4, 150 e
     augment="crop_flip",
     batch_size=128,  # our choice: not stated
 )
+# Ours for the MNIST MLP: the paper's Adam, at 1e-3 under a one-cycle schedule and batch 128
+# (the paper's 1e-4 at batch 32 needs its 500 epochs; this reaches ~98 % in 10), defenders at a
+# constant Adam 1e-3 as in V-B. Epochs come from the sweep (the CPU profile: 10).
+_MNIST_FAST = dict(
+    optimizer="adam",
+    lr=1e-3,
+    schedule="onecycle",
+    batch_size=128,
+    epochs=10,
+    defender_optimizer="adam",
+    defender_lr=1e-3,
+)
 RECIPE_NAMES = ("paper", "fast")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "mnist": {"paper": _MNIST},
-    "digits": {"paper": _MNIST},
+    "mnist": {"paper": _MNIST, "fast": _MNIST_FAST},
+    "digits": {"paper": _MNIST, "fast": _MNIST_FAST},
     "lfw": {"paper": _LFW, "fast": _LFW_FAST},
     "lfw-subset": {"paper": _LFW, "fast": _LFW_FAST},
     "cifar10": {"paper": _CIFAR},
