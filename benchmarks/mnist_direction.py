@@ -70,7 +70,8 @@ def main(args: argparse.Namespace) -> None:
     attackers = args.attackers.split(",")
     print(
         f"MNIST {len(ds.train)} train / {len(ds.test)} test, split at {PARTITION}, defender {args.defender}, "
-        f"{args.epochs} epochs ({args.recipe} recipe), {args.update} update; attackers {attackers} ({args.attack_epochs} epochs on frozen activations)"
+        f"{args.epochs} epochs ({args.recipe} recipe), {args.update} update; "
+        f"attackers {attackers} ({args.attack_epochs} epochs on frozen activations)"
     )
 
     rows = []
