@@ -24,9 +24,19 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis.results_md import cell, family_md, fmt, interval, md_table, paired_md, write_markdown
+from analysis.results_md import (
+    cell,
+    family_md,
+    fmt,
+    interval,
+    md_table,
+    paired_md,
+    seeds_note,
+    table_i_md,
+    table_ii_md,
+    write_markdown,
+)
 from analysis.tables import (
-    CONFIG,
     FIG5_METRICS,
     SETTING,
     Missing,
@@ -55,87 +65,6 @@ from pp_cluster.results.fs import redact, resolve
 from pp_cluster.results.rules import succeeded
 
 
-def _groups(df: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-    return [(k, g) for k, g in df.groupby(CONFIG, observed=True, sort=True)]
-
-
-def _heading(key: tuple) -> str:
-    sweep, dataset, arch, partition = key
-    return f"**{dataset} / {arch} / {partition}** (sweep `{sweep}`)"
-
-
-def _seeds_note(df: pd.DataFrame, col: str) -> str:
-    n = df[col]
-    seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
-    return (
-        f"Mean over {seeds} seed(s) and its 95 % interval: t over seeds where there are two or more, else "
-        "the single run's (bootstrap over images for SSIM/MSE, Wilson for accuracy and counts); the method "
-        "of each is in the CSV (`*_ci_method`)."
-    )
-
-
-def table_i_md(t: pd.DataFrame) -> str:
-    """Paper layout: λ across, model accuracy then 'MSE/SSIM' per attacker down. A λ trained
-    with more than one single-defender suite gets one column per suite."""
-    parts = []
-    for key, g in _groups(t):
-        cols = sorted(g[["lam", "defenders"]].drop_duplicates().itertuples(index=False, name=None))
-        shared = {lam for lam, _ in cols if sum(c[0] == lam for c in cols) > 1}
-        heads = [f"{lam:g}" + (f" ({d})" if lam in shared else "") for lam, d in cols]
-        cells = {c: g[(g["lam"] == c[0]) & (g["defenders"] == c[1])].set_index("attacker") for c in cols}
-        rows = [["model accuracy, %", *[cell(cells[c].iloc[0], "test_acc") for c in cols]]]
-        for attacker in sorted(g["attacker"].unique(), key=natural_key):
-            rows.append(
-                [
-                    f"MSE / SSIM {attacker}",
-                    *[
-                        f"{cell(cells[c].loc[attacker], 'mse')} / {cell(cells[c].loc[attacker], 'ssim')}"
-                        if attacker in cells[c].index
-                        else "–"
-                        for c in cols
-                    ],
-                ]
-            )
-        body = pd.DataFrame(rows, columns=["defender weight λ", *heads])
-        parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
-    return "\n\n".join(parts)
-
-
-def _suite_label(present: str, defenders: str, lam: float) -> str:
-    return "no defender" if present == "none" else f"{present} ({defenders}), λ={lam:g}"
-
-
-def table_ii_md(t: pd.DataFrame) -> str:
-    """Paper layout: defender configurations across; accuracy, then MSE and SSIM per attacker."""
-    order = {"none": 0, "single": 1, "multiple": 2}
-    parts = []
-    for key, g in _groups(t):
-        suites = sorted(
-            g[["defenders_present", "defenders", "lam"]].drop_duplicates().itertuples(index=False),
-            key=lambda s: (order[s[0]], s[2], s[1]),
-        )
-        labels = [_suite_label(*s) for s in suites]
-        attackers = sorted(g["attacker"].unique(), key=natural_key)
-        rows = []
-        by_suite = [
-            g[(g["defenders_present"] == s[0]) & (g["defenders"] == s[1]) & (g["lam"] == s[2])]
-            for s in suites
-        ]
-        rows.append(["model accuracy, %", *[cell(s.iloc[0], "test_acc") for s in by_suite]])
-        for metric in ("mse", "ssim"):
-            for attacker in attackers:
-                vals = [s[s["attacker"] == attacker] for s in by_suite]
-                rows.append(
-                    [
-                        f"{metric.upper()} {attacker}",
-                        *[cell(v.iloc[0], metric) if len(v) else "–" for v in vals],
-                    ]
-                )
-        body = pd.DataFrame(rows, columns=["defenders present", *labels])
-        parts.append(f"{_heading(key)}\n\n{md_table(body)}\n\n{_seeds_note(g, 'ssim_n')}")
-    return "\n\n".join(parts)
-
-
 def table_iii_md(t: pd.DataFrame) -> str:
     """Paper layout: partitions across, defense configurations down, '#CG / #DF / #TI' cells."""
     parts = []
@@ -159,7 +88,7 @@ def table_iii_md(t: pd.DataFrame) -> str:
         parts.append(
             f"**{dataset} / {arch}** (sweep `{sweep}`)\n\n{md_table(body)}\n\n"
             f"#CG correctly gendered, #DF detected faces, #TI total images; strongest attacker per model. "
-            f"{_seeds_note(g, 'n_cg_n')}"
+            f"{seeds_note(g, 'n_cg_n')}"
         )
     return "\n\n".join(parts)
 

@@ -458,6 +458,84 @@ def table_ii(res: Results) -> pd.DataFrame:
     return _per_attacker(j, rows, [*CONFIG, "defenders_present", "defenders", "lam"])
 
 
+def falling_prefix(values: Sequence[float]) -> int:
+    """How many of ``values``, from the first on, fall strictly (each below the one before)."""
+    k = 1 if len(values) else 0
+    while k < len(values) and values[k] < values[k - 1]:
+        k += 1
+    return k
+
+
+def table_i_shape(res: Results) -> pd.DataFrame:
+    """Table I's shape (Section V-B): per configuration and attacker (baselines left out), its mean
+    SSIM at each λ of the grid, λ = 0 first, and how far the means fall strictly. Columns: CONFIG,
+    ``defenders`` (the λ > 0 suite), ``attacker``, ``lams`` and ``ssim`` (tuples in λ order),
+    ``n_decreasing`` (the number of λ values, from 0 on, over which each mean is below the one
+    before) and ``decreasing_to`` (the last of them)."""
+    t = table_i(res)
+    t = t[~is_baseline(t)]
+    defended = t[t["lam"] > 0].groupby(CONFIG, observed=True)["defenders"].nunique()
+    if (defended > 1).any():
+        raise Missing(
+            "Table I's shape: a configuration has more than one single-defender suite; give one sweep"
+        )
+    rows = []
+    for key, g in t.groupby([*CONFIG, "attacker"], observed=True, sort=True):
+        g = g.sort_values("lam", kind="mergesort")
+        ssim = g["ssim_mean"].to_numpy(float)
+        k = falling_prefix(ssim)
+        suite = g.loc[g["lam"] > 0, "defenders"]
+        rows.append(
+            {
+                **dict(zip([*CONFIG, "attacker"], key)),
+                "defenders": suite.iloc[0] if len(suite) else "",
+                "lams": tuple(g["lam"].astype(float)),
+                "ssim": tuple(ssim),
+                "n_decreasing": k,
+                "decreasing_to": float(g["lam"].iloc[k - 1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def suite_vs_single(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Table II's comparison: per configuration, λ and attacker (baselines left out), the models
+    defended by several decoders minus those defended by one, paired by seed (same sweep, recipe
+    and λ); mean and t interval over the seed differences. ``significant``: the interval excludes 0."""
+    j = _paper_attacks(res)
+    j = j[~is_baseline(j) & (j["lam"] > 0)]
+    j = j.assign(defenders_present=defender_class(j["defenders"]))
+    keys = [*PAIR, "lam", "attacker"]
+    single = j[j["defenders_present"] == "single"]
+    multiple = j[j["defenders_present"] == "multiple"]
+    pairs = multiple.merge(single, on=keys, suffixes=("", "_single"))
+    if pairs.empty:
+        raise Missing(
+            "Suite vs single defender: no multi-defender model has a single-defender twin of its seed and λ"
+        )
+    by = [*CONFIG, "lam", "defenders", "defenders_single", "attacker"]
+    out = []
+    for metric in ("ssim", "mse"):
+        p = pairs.assign(diff=pairs[metric] - pairs[f"{metric}_single"])
+        agg = aggregate(p, by, ["diff", metric, f"{metric}_single"], level)
+        out.append(
+            agg.assign(metric=metric).rename(
+                columns={
+                    "diff_n": "n_pairs",
+                    f"{metric}_mean": "suite",
+                    f"{metric}_single_mean": "single",
+                    "diff_mean": "diff",
+                }
+            )
+        )
+    out = pd.concat(out, ignore_index=True)
+    lo, hi = out["diff_ci_lo"].astype("float64"), out["diff_ci_hi"].astype("float64")
+    out["significant"] = ((lo > 0) | (hi < 0)).astype("boolean").mask(lo.isna() | hi.isna())
+    return out[
+        [*by, "metric", "n_pairs", "suite", "single", "diff", "diff_ci_lo", "diff_ci_hi", "significant"]
+    ]
+
+
 ATTRIBUTE_COUNTS = ["n_cg", "n_df", "n_ti", "gender_acc"]
 
 

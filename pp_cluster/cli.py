@@ -262,7 +262,7 @@ def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
         raise SpecError(
             f"--profile {name} trains on real data: pass --data-root (for lfw_grid the "
             "lfw-deepfunneled folder, e.g. ../shared/data/lfw/lfw-deepfunneled; for MNIST the folder "
-            "of its idx files, e.g. ../shared/data/mnist)"
+            "of its idx files, e.g. ../shared/data/mnist; for cifar_vgg ../shared/data/cifar10)"
         )
     paper, quick, spec = profiles["paper"], profiles["quick"], profiles[name]
     if name == "quick" and args.data_root and quick.dataset != paper.dataset:

@@ -1,7 +1,8 @@
 """Table II of the paper: MNIST with no defender, a single defender and the 4-defender
-suite of Appendix A (λ = 200), attacked by the 8 attackers.
+suite of Appendix A (λ = 200; ours: 1 in the cpu profile), attacked by the 8 attackers.
 
   python sweeps/mnist_table2.py --quick
+  python sweeps/mnist_table2.py --profile cpu --data-root DATA/mnist   # real MNIST, 3 seeds
   python sweeps/mnist_table2.py --data-root DATA/mnist
 """
 

@@ -155,17 +155,18 @@ def test_profiles_and_recipe_flags(tmp_path):
     assert cpu.model_spec("pool1", 1.0, 0).recipe == "fast"
     with pytest.raises(SpecError, match="--data-root"):
         spec_from_args(p.parse_args(["--profile", "cpu"]), "lfw_grid")
-    with pytest.raises(SpecError, match="profiles"):
-        spec_from_args(p.parse_args(["--profile", "cpu"]), "mnist_table1")
     with pytest.raises(SpecError, match="contradict"):
         spec_from_args(p.parse_args(["--profile", "cpu", "--quick"]), "lfw_grid")
     assert spec_from_args(p.parse_args(["--quick", "--recipe", "paper"]), "lfw_grid").recipe == "paper"
-    # MNIST has the paper's recipe only: a fast one is refused before anything runs.
-    mnist = spec_from_args(
-        p.parse_args(["--quick", "--recipe", "fast", "--results", str(tmp_path)]), "mnist_table1"
-    )
-    with pytest.raises(SpecError, match="SweepSpec.recipe"):
-        mnist.validate()
+    # Every driver has a real-data cpu profile, and each refuses to start without --data-root.
+    for driver, dataset in (("mnist_table1", "mnist"), ("mnist_table2", "mnist"), ("cifar_vgg", "cifar10")):
+        with pytest.raises(SpecError, match="--data-root"):
+            spec_from_args(p.parse_args(["--profile", "cpu"]), driver)
+        spec = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), driver)
+        assert (spec.recipe, spec.dataset, spec.name) == ("fast", dataset, f"{driver}_cpu")
+        assert len(spec.seeds) >= 2 and "mean_image" in spec.attackers
+    table2 = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "mnist_table2")
+    assert len(table2.defender_suites) == 2 and table2.lams == (0.0, 1.0)
 
 
 def test_mean_image_is_an_attacker_only(tiny_sweep, tmp_path):
