@@ -108,22 +108,12 @@ def _reconstruct(
     return torch.cat(recs)
 
 
-# Devices whose Adam has a fused (single-kernel) implementation in every torch we support.
-_FUSED_ADAM_DEVICES = ("cpu", "cuda")
-
-
 def attacker_optimizer(cfg: AttackConfig, params) -> torch.optim.Optimizer:
-    """The attacker's optimizer: ``cfg.optimizer`` at ``cfg.lr``, Adam fused on CPU/CUDA.
-
-    Same update rule as :func:`~pp_cluster.privacy.defense.build_optimizer`'s Adam, in one
-    pass over the weights instead of one pass per elementwise op: the dense attackers
-    (``fc``, ``sparse_fc``) carry 10⁸ weights at the face CNN's pool1-pool3, and the
-    unfused update was about half of their step on a CPU (0.8 s of ~2 s per batch at
-    pool3; fused 0.16 s).
-    """
-    params = list(params)
-    if cfg.optimizer == "adam" and torch.device(cfg.device).type in _FUSED_ADAM_DEVICES:
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    """The attacker's optimizer: ``cfg.optimizer`` at ``cfg.lr``, built by
+    :func:`~pp_cluster.privacy.defense.build_optimizer` (Adam fused on CPU/CUDA: the dense
+    attackers, ``fc`` and ``sparse_fc``, carry 10⁸ weights at the face CNN's pool1-pool3, and the
+    unfused update was about half of their step on a CPU, 0.8 s of ~2 s per batch at pool3;
+    fused 0.16 s). ``params`` are on the attacker's device already."""
     return build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -77,7 +77,7 @@ def test_lambda_zero_without_defender_is_plain_training(optimizer):
 
     # the hand-written loop: seeded order generator, seeded global RNG (dropout)
     opt = (
-        torch.optim.Adam(plain.parameters(), lr=0.05, weight_decay=1e-3)
+        torch.optim.Adam(plain.parameters(), lr=0.05, weight_decay=1e-3, fused=True)  # build_optimizer's
         if optimizer == "adam"
         else torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     )
