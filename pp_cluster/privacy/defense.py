@@ -244,7 +244,7 @@ def build_optimizer(
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _crop_flip(x: Tensor, fill: float, memory_format: torch.memory_format) -> Tensor:
+def crop_flip(x: Tensor, fill: float, memory_format: torch.memory_format) -> Tensor:
     """Per-image random crop of the 4-px padded image plus random horizontal flip (the
     standard CIFAR augmentation, App. C). torchvision's transforms draw one crop per
     call, so the per-image draw on a device-resident batch is done here by indexing."""
@@ -268,7 +268,7 @@ def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
     return torch.load(buf, map_location="cpu", weights_only=True)
 
 
-def _batches_per_epoch(n: int, batch_size: int) -> int:
+def batches_per_epoch(n: int, batch_size: int) -> int:
     """Batches an epoch of ``n`` images runs: a trailing one-image batch is skipped (BatchNorm
     cannot train on it) unless it is all there is. The training loop and the per-batch
     schedule both count batches with this."""
@@ -374,7 +374,7 @@ class _Run:
         return [self.ctx.optimizer, *self.ctx.defender_optimizers]
 
 
-def _schedulers(
+def build_schedulers(
     cfg: TrainConfig, optimizers: Sequence[torch.optim.Optimizer], per_epoch: int
 ) -> tuple[list[Any], Any]:
     """(every scheduler, the one stepped per batch or None); ``optimizers[0]`` is the classifier's."""
@@ -426,8 +426,8 @@ def _setup(
     d_name, d_lr, d_momentum, d_wd = cfg.defender_settings()
     d_optimizers = [build_optimizer(d_name, d.parameters(), d_lr, d_momentum, d_wd) for d in defenders]
     n_used = len(train) - len(train) % world
-    per_epoch = _batches_per_epoch(n_used // world, cfg.batch_size)
-    schedulers, batch_scheduler = _schedulers(cfg, [optimizer, *d_optimizers], per_epoch)
+    per_epoch = batches_per_epoch(n_used // world, cfg.batch_size)
+    schedulers, batch_scheduler = build_schedulers(cfg, [optimizer, *d_optimizers], per_epoch)
 
     order_gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
@@ -588,7 +588,7 @@ def _train_epoch(run: _Run, step: StepFn, epoch: int) -> dict[str, Any] | None:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x, y = run.x_train[idx], run.y_train[idx]
         if cfg.augment == "crop_flip":
-            x = _crop_flip(x, run.fill, run.fmt)
+            x = crop_flip(x, run.fill, run.fmt)
         stats = step(run.ctx, x, y)
         if run.batch_scheduler is not None:
             run.batch_scheduler.step()

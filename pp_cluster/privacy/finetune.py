@@ -26,10 +26,10 @@ from torch import nn
 from pp_cluster.data.base import Split
 from pp_cluster.privacy.defense import (
     TrainConfig,
-    _batches_per_epoch,
-    _crop_flip,
-    _schedulers,
+    batches_per_epoch,
     build_optimizer,
+    build_schedulers,
+    crop_flip,
     evaluate_accuracy,
 )
 
@@ -41,8 +41,8 @@ def final_lr(cfg: TrainConfig, n_train: int) -> float:
     model trained on shards gets the same value (one-cycle's last step is its floor)."""
     param = torch.zeros(1, requires_grad=True)  # no gradient: every step leaves it alone
     optimizer = build_optimizer(cfg.optimizer, [param], cfg.lr, cfg.momentum, cfg.weight_decay)
-    per_epoch = _batches_per_epoch(n_train, cfg.batch_size)
-    schedulers, batch_scheduler = _schedulers(cfg, [optimizer], per_epoch)
+    per_epoch = batches_per_epoch(n_train, cfg.batch_size)
+    schedulers, batch_scheduler = build_schedulers(cfg, [optimizer], per_epoch)
     lr = cfg.lr
     for _ in range(cfg.epochs):
         for _ in range(per_epoch if batch_scheduler is not None else 1):
@@ -102,7 +102,7 @@ def finetune_remote(
                     break  # BatchNorm cannot train on a one-image batch
                 x = x_train[idx]
                 if cfg.augment == "crop_flip":
-                    x = _crop_flip(x, fill, torch.contiguous_format)
+                    x = crop_flip(x, fill, torch.contiguous_format)
                 with torch.no_grad():
                     h = local(x)
                 loss = F.cross_entropy(remote(h), y_train[idx], label_smoothing=cfg.label_smoothing)

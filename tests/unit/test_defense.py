@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pp_cluster.data.base import Split
-from pp_cluster.privacy.defense import TrainConfig, _crop_flip, train_defended
+from pp_cluster.privacy.defense import TrainConfig, crop_flip, train_defended
 from pp_cluster.privacy.metrics import distance
 from pp_cluster.privacy.recipes import recipe
 
@@ -347,7 +347,7 @@ def test_shards_split_each_epoch_disjointly():
 def test_crop_flip_crops_each_image_independently():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 8, 8)
-    out = _crop_flip(x, fill=-1.0, memory_format=torch.contiguous_format)
+    out = crop_flip(x, fill=-1.0, memory_format=torch.contiguous_format)
     assert out.shape == x.shape
     padded = F.pad(x, (4, 4, 4, 4), value=-1.0)
     found = []

@@ -84,7 +84,7 @@ def test_finetuning_trains_on_the_recipes_batches(recipe, augments, smoothing, m
     spec = _plain(recipe=recipe, epochs=1)
     ds = pipeline.load_data(spec)
     model, _ = pipeline.train_model(spec, ds)
-    real_crop_flip, real_ce = finetune._crop_flip, torch.nn.functional.cross_entropy
+    real_crop_flip, real_ce = finetune.crop_flip, torch.nn.functional.cross_entropy
     augmented, smoothed, seen = [], [], []
 
     def crop_flip(x, fill, fmt):
@@ -95,7 +95,7 @@ def test_finetuning_trains_on_the_recipes_batches(recipe, augments, smoothing, m
         smoothed.append(kw.get("label_smoothing", 0.0))
         return real_ce(logits, y, **kw)
 
-    monkeypatch.setattr(finetune, "_crop_flip", crop_flip)
+    monkeypatch.setattr(finetune, "crop_flip", crop_flip)
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
     # what the locked local partition is fed while the remote one trains (not the evaluations)
     model.local.register_forward_pre_hook(

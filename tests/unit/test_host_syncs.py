@@ -30,7 +30,7 @@ import torch
 from pp_cluster import pipeline
 from pp_cluster.config import ModelSpec
 from pp_cluster.data import load_dataset
-from pp_cluster.privacy.defense import _batches_per_epoch
+from pp_cluster.privacy.defense import batches_per_epoch
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 _OPTIM = str(Path(torch.optim.__file__).parent)
@@ -122,7 +122,7 @@ def test_a_defended_epoch_reads_the_host_once_plus_its_test_accuracy(
 
 def test_the_alternating_order_with_a_suite_reads_the_argmin_per_batch(faces, reads):
     per_epoch, _ = _train(faces, reads, "partition", ("deconv", "fc"), "paper")
-    batches = _batches_per_epoch(len(faces.train), 32)
+    batches = batches_per_epoch(len(faces.train), 32)
     for seen in per_epoch:
         training = [r for r in seen if not r[2]]
         argmin = [r for r in training if r[:2] == ("__int__", "partition_alternating_step")]

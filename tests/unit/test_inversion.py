@@ -6,42 +6,17 @@ import pytest
 import torch
 
 from pp_cluster import pipeline
-from pp_cluster.config import AttackSpec, ModelSpec, SpecError, SweepSpec
+from pp_cluster.config import AttackSpec, SpecError, SweepSpec
 from pp_cluster.nets import GaussianNoise, add_activation_noise, build_decoder, build_net, split
 from pp_cluster.nets.inversion import WhiteBoxInversion, total_variation
 from pp_cluster.pipeline import AttackInputs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def faces_model():
-    """Real LFW crops (skimage's, 16×16) and a face CNN trained on them, undefended, split
-    at pool1 for the attacks."""
-    spec = ModelSpec(
-        dataset="lfw-subset",
-        arch="face_cnn",
-        partition=None,
-        lam=0.0,
-        defenders=(),
-        distance="ssim",
-        seed=0,
-        epochs=2,
-        batch_size=32,
-        defense="none",
-        dataset_options={"size": 16},
-        arch_options={"widths": (8, 8, 8, 8), "fc": 16},
-    )
-    ds = pipeline.load_data(spec)
-    model, result = pipeline.train_model(spec, ds)
-    assert result.status == "ok"
-    return spec.at("pool1"), ds, model.net.eval()
+def faces_model(tiny_faces):
+    return tiny_faces
 
 
 def _inputs(net, ds, partition: str) -> AttackInputs:

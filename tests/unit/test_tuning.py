@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pp_cluster import pipeline
-from pp_cluster.config import AttackSpec, ModelSpec, SpecError, SweepSpec, content_id
+from pp_cluster.config import AttackSpec, SpecError, SweepSpec, content_id
 from pp_cluster.nets import build_decoder, split
 from pp_cluster.nets.decoders import width_of
 from pp_cluster.privacy.attack import AttackConfig, train_attacker
@@ -17,36 +17,15 @@ from pp_cluster.privacy.tuning import tune_attacker
 
 
 @pytest.fixture(autouse=True)
-def _fp32_one_thread(monkeypatch):
+def _fp32(monkeypatch, one_thread):
     monkeypatch.setenv("PP_CLUSTER_CPU_BF16", "0")  # exact reruns: fp32
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def split_faces():
-    """A face CNN trained for one epoch on real LFW crops, and its activations at pool1."""
-    spec = ModelSpec(
-        dataset="lfw-subset",
-        arch="face_cnn",
-        partition=None,
-        lam=0.0,
-        defenders=(),
-        distance="ssim",
-        seed=0,
-        epochs=1,
-        batch_size=32,
-        defense="none",
-        dataset_options={"size": 16},
-        arch_options={"widths": (8, 8, 8, 8), "fc": 16},
-    )
-    ds = pipeline.load_data(spec)
-    model, _ = pipeline.train_model(spec, ds)
-    net = model.net.eval()
-    inputs = pipeline.attack_inputs(split(net, "pool1")[0], ds, "train", 1.0, seed=0)
-    return spec.at("pool1"), ds, net, inputs
+def split_faces(tiny_faces):
+    """The shared tiny face CNN and its activations at pool1."""
+    spec, ds, net = tiny_faces
+    return spec, ds, net, pipeline.attack_inputs(split(net, "pool1")[0], ds, "train", 1.0, seed=0)
 
 
 @pytest.mark.parametrize("name", ["fc", "resdec", "deconv"])
