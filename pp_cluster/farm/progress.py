@@ -88,6 +88,11 @@ class Progress(tune.Callback):
         self._stats_ref = None
 
     def setup(self, **info):
+        # Once per Tuner.fit: a grid started again (sweep.fit_through_memory_kills) counts anew,
+        # its trials of finished models completing at once.
+        self.done = self.failed = 0
+        self.running.clear()
+        self.epoch.clear()
         if self.signals is not None:
             self.signals.wrap_tune()
 

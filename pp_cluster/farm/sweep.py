@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,17 +292,43 @@ def _tune(
         verbose=0,
         **storage_args(sweep.storage()),
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=_param_space(sweep, use_gpu),
-        tune_config=_tune_config(sweep, concurrency),
-        run_config=run_config,
-    )
+
+    def tuner() -> tune.Tuner:
+        return tune.Tuner(
+            trainable,
+            param_space=_param_space(sweep, use_gpu),
+            tune_config=_tune_config(sweep, concurrency),
+            run_config=run_config,
+        )
+
     with _environment(TUNE_DRIVER_ENV):
-        grid = tuner.fit()
+        grid = fit_through_memory_kills(tuner, r.max_failures)
     if sweep.search == "optuna":
         mark_pareto(store, sweep.name)
     return n_trials, sum(1 for res in grid if res.error is not None)
+
+
+def fit_through_memory_kills(make_tuner: Callable[[], tune.Tuner], retries: int) -> tune.ResultGrid:
+    """``make_tuner().fit()``, started again (at most ``retries`` times) when Ray's memory monitor
+    kills a trial's actor. Tune retries a trial whose actor died (``FailureConfig``), but not
+    one its memory monitor killed: Ray raises ``OutOfMemoryError``, which is no
+    ``RayActorError``, and Tune's actor manager stops the whole run with "Caught unexpected
+    exception" (Ray 2.60, ``air/execution/_internal/actor_manager.py``). A new Tuner over the
+    same grid is what ``--resume`` runs: finished models and attacks are kept (the tables say
+    what is done), trials continue from their last checkpoint, the attacker pool keeps working."""
+    for attempt in range(retries + 1):
+        try:
+            return make_tuner().fit()
+        except RuntimeError as e:
+            if not isinstance(e.__cause__, ray.exceptions.OutOfMemoryError) or attempt == retries:
+                raise
+            print(
+                f"[pp-farm] warning: Ray's memory monitor killed a trial ({str(e.__cause__).splitlines()[0]}); "
+                f"starting the grid again ({attempt + 1} of {retries}): finished rows are kept and trials "
+                "continue from their checkpoints. Run less beside the sweep, or give trials more memory.",
+                file=sys.stderr,
+            )
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
