@@ -190,6 +190,11 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attacker-gpus", type=float, help="GPU share per attacker actor")
     g.add_argument("--max-concurrent", type=int, help="most trials running at once")
     g.add_argument(
+        "--max-failures",
+        type=int,
+        help="retries of a failed trial, and restarts of the grid after Ray's memory monitor kills one (default 2)",
+    )
+    g.add_argument(
         "--checkpoint-interval",
         type=float,
         dest="checkpoint_interval_s",
@@ -242,6 +247,7 @@ _RESOURCE_FLAGS = (
     "attacker_cpus",
     "attacker_gpus",
     "checkpoint_interval_s",
+    "max_failures",
 )
 
 
@@ -333,6 +339,7 @@ _RESOURCE_FLAG_NAMES = {
     "attacker_gpus": "--attacker-gpus",
     "max_concurrent_trials": "--max-concurrent",
     "checkpoint_interval_s": "--checkpoint-interval",
+    "max_failures": "--max-failures",
 }
 # Not in a profile's flags: its head line (sweep name, data set, net) and the user's own paths.
 _NOT_PROFILE = (

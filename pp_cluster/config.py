@@ -565,6 +565,8 @@ class SweepSpec:
             )
         if r.pool_size < 1:
             _bad("resources.pool_size", f"the attacker pool needs >= 1 actor, got {r.pool_size}")
+        if not (isinstance(r.max_failures, int) and r.max_failures >= 0):
+            _bad("resources.max_failures", f"must be a whole number of retries >= 0, got {r.max_failures!r}")
         if r.attacker_cpus <= 0 and r.attacker_gpus <= 0:
             _bad("resources.attacker_cpus", "an attacker actor needs some CPU or GPU")
 

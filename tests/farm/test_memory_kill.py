@@ -49,3 +49,22 @@ def test_other_errors_are_not_retried():
     with pytest.raises(RuntimeError, match="boom"):
         fit_through_memory_kills(lambda: FakeTuner(kills=1, error=ValueError("boom")), retries=2)
     assert FakeTuner.calls == 1
+
+
+def test_max_failures_is_a_flag_and_is_checked(tmp_path):
+    import argparse
+
+    from pp_cluster.cli import add_sweep_args, spec_from_args
+    from pp_cluster.config import SpecError
+
+    p = argparse.ArgumentParser()
+    add_sweep_args(p)
+    spec = spec_from_args(
+        p.parse_args(["--quick", "--max-failures", "5", "--results", str(tmp_path)]), "lfw_grid"
+    )
+    assert spec.resources.max_failures == 5
+    bad = spec_from_args(
+        p.parse_args(["--quick", "--max-failures", "-1", "--results", str(tmp_path)]), "lfw_grid"
+    )
+    with pytest.raises(SpecError, match="max_failures"):
+        bad.validate()
