@@ -126,6 +126,7 @@ MNIST_TABLE1_CPU = MNIST_TABLE1.with_(
     lams=(0.0, 0.1, 0.3, 1.0, 3.0),
     seeds=(0, 1, 2),
     epochs=10,
+    batch_size=128,  # the fast recipe's (a sweep's batch size overrides its recipe's)
     attack_epochs=5,
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )

@@ -146,6 +146,7 @@ def test_profiles_and_recipe_flags(tmp_path):
 
     from pp_cluster.cli import add_sweep_args, spec_from_args
     from pp_cluster.config import SpecError
+    from pp_cluster.privacy import recipe
 
     p = argparse.ArgumentParser()
     add_sweep_args(p)
@@ -165,6 +166,8 @@ def test_profiles_and_recipe_flags(tmp_path):
         spec = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), driver)
         assert (spec.recipe, spec.dataset, spec.name) == ("fast", dataset, f"{driver}_cpu")
         assert len(spec.seeds) >= 2 and "mean_image" in spec.attackers
+        # a sweep's batch size overrides its recipe's: a cpu profile trains at its recipe's
+        assert spec.batch_size == recipe(spec.dataset, spec.recipe).batch_size, driver
     table2 = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "mnist_table2")
     assert len(table2.defender_suites) == 2 and table2.lams == (0.0, 1.0)
 
