@@ -569,6 +569,13 @@ def paper_table_i_md() -> str:
     )
 
 
+def _falls(r: pd.Series) -> str:
+    k = r["n_decreasing"]
+    if k == 0:
+        return "– (no value at the first λ)"
+    return f"{k} λ value{'s' if k != 1 else ''} ({r['lams'][0]:g} … {r['decreasing_to']:g})"
+
+
 def shape_md(t: pd.DataFrame) -> str:
     """:func:`analysis.tables.table_i_shape`: per attacker, mean SSIM per λ and how far it falls."""
 
@@ -578,14 +585,15 @@ def shape_md(t: pd.DataFrame) -> str:
             {
                 "attacker": r["attacker"],
                 **{f"λ={lam:g}": fmt(v) for lam, v in zip(r["lams"], r["ssim"])},
-                "falls strictly over": f"{r['n_decreasing']} λ values (0 … {r['decreasing_to']:g})",
+                "falls strictly over": _falls(r),
             }
             for r in sorted((r for _, r in g.iterrows()), key=lambda r: natural_key(r["attacker"]))
         ]
         n4 = int((g["n_decreasing"] >= 4).sum())
+        first = "0" if lams and lams[0] == 0 else f"{lams[0]:g} (the run has no λ = 0 yet)"
         return (
             f"{md_table(pd.DataFrame(rows))}\n\n**{n4} of {len(g)} attackers**' mean SSIM falls strictly over "
-            f"4 or more λ values from 0 (the grid has {len(lams)})."
+            f"4 or more λ values from {first} (the grid has {len(lams)}; a λ without a result ends the count)."
         )
 
     return (

@@ -459,8 +459,9 @@ def table_ii(res: Results) -> pd.DataFrame:
 
 
 def falling_prefix(values: Sequence[float]) -> int:
-    """How many of ``values``, from the first on, fall strictly (each below the one before)."""
-    k = 1 if len(values) else 0
+    """How many of ``values``, from the first on, fall strictly (each below the one before); a
+    NaN (no value) ends the run, and a first NaN makes it 0."""
+    k = 1 if len(values) and not math.isnan(values[0]) else 0
     while k < len(values) and values[k] < values[k - 1]:
         k += 1
     return k
@@ -481,18 +482,22 @@ def table_i_shape(res: Results) -> pd.DataFrame:
         )
     rows = []
     for key, g in t.groupby([*CONFIG, "attacker"], observed=True, sort=True):
-        g = g.sort_values("lam", kind="mergesort")
-        ssim = g["ssim_mean"].to_numpy(float)
+        # the configuration's whole grid: a λ this attacker has no result at is NaN and ends the count
+        grid = sorted(
+            t.loc[(t[CONFIG] == pd.Series(dict(zip(CONFIG, key[:-1])))).all(axis=1), "lam"].unique()
+        )
+        means = g.groupby("lam")["ssim_mean"].first()
+        ssim = np.array([means.get(lam, np.nan) for lam in grid], dtype=float)
         k = falling_prefix(ssim)
         suite = g.loc[g["lam"] > 0, "defenders"]
         rows.append(
             {
                 **dict(zip([*CONFIG, "attacker"], key)),
                 "defenders": suite.iloc[0] if len(suite) else "",
-                "lams": tuple(g["lam"].astype(float)),
+                "lams": tuple(float(x) for x in grid),
                 "ssim": tuple(ssim),
                 "n_decreasing": k,
-                "decreasing_to": float(g["lam"].iloc[k - 1]),
+                "decreasing_to": float(grid[k - 1]) if k else math.nan,
             }
         )
     return pd.DataFrame(rows)

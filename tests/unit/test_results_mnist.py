@@ -71,7 +71,8 @@ def write_attack(store, sweep, mid, attacker, ssim, rng) -> None:
     store.write("attacks", sweep, aid, [row])
 
 
-def write_root(root: Path) -> None:
+def write_root(root: Path, skip: tuple[str, float] | None = None) -> None:
+    """Both tables; ``skip`` = (attacker, λ) leaves that attacker's Table I attacks out."""
     store = ResultStore(str(root))
     rng = np.random.default_rng(3)
     for seed in (0, 1):
@@ -79,7 +80,8 @@ def write_root(root: Path) -> None:
             mid = f"t1-l{lam:g}-s{seed}"
             write_model(store, T1, mid, seed, lam, "mnist_a1" if lam else "")
             for attacker, ssims in T1_SSIM.items():
-                write_attack(store, T1, mid, attacker, ssims[k] + 0.004 * seed, rng)
+                if (attacker, lam) != skip:
+                    write_attack(store, T1, mid, attacker, ssims[k] + 0.004 * seed, rng)
             write_attack(store, T1, mid, "mean_image", 0.38, rng)
         for present, defenders, lam in (
             ("none", "", 0.0),
@@ -105,6 +107,15 @@ def test_falling_prefix():
     assert falling_prefix([0.5]) == 1
     assert falling_prefix([0.5, 0.4, 0.4, 0.3]) == 2  # equal is not a fall
     assert falling_prefix([0.5, 0.4, 0.3, 0.2]) == 4
+    assert falling_prefix([0.5, float("nan"), 0.3]) == 1  # no value ends the run
+    assert falling_prefix([float("nan"), 0.4]) == 0
+
+
+def test_a_missing_lambda_ends_the_count(tmp_path):
+    write_root(tmp_path / "t", skip=("mnist_a1", 0.3))
+    t = table_i_shape(load(str(tmp_path / "t"), T1)).set_index("attacker")
+    assert t.loc["mnist_a1", "lams"] == LAMS  # the configuration's grid, not the attacker's
+    assert t.loc["mnist_a1", "n_decreasing"] == 2 and np.isnan(t.loc["mnist_a1", "ssim"][2])
 
 
 def test_table_i_shape_counts_the_strict_falls(root):
