@@ -458,6 +458,14 @@ def table_ii(res: Results) -> pd.DataFrame:
     return _per_attacker(j, rows, [*CONFIG, "defenders_present", "defenders", "lam"])
 
 
+def with_significance(diffs: pd.DataFrame) -> pd.DataFrame:
+    """``diffs`` with float ``diff_ci_lo`` / ``diff_ci_hi`` and ``significant``: true when that
+    interval of a difference excludes 0, false when it contains 0, null without an interval."""
+    lo, hi = diffs["diff_ci_lo"].astype("float64"), diffs["diff_ci_hi"].astype("float64")
+    significant = ((lo > 0) | (hi < 0)).astype("boolean").mask(lo.isna() | hi.isna())
+    return diffs.assign(diff_ci_lo=lo, diff_ci_hi=hi, significant=significant)
+
+
 def falling_prefix(values: Sequence[float]) -> int:
     """How many of ``values``, from the first on, fall strictly (each below the one before); a
     NaN (no value) ends the run, and a first NaN makes it 0."""
@@ -481,25 +489,25 @@ def table_i_shape(res: Results) -> pd.DataFrame:
             "Table I's shape: a configuration has more than one single-defender suite; give one sweep"
         )
     rows = []
-    for key, g in t.groupby([*CONFIG, "attacker"], observed=True, sort=True):
-        # the configuration's whole grid: a λ this attacker has no result at is NaN and ends the count
-        grid = sorted(
-            t.loc[(t[CONFIG] == pd.Series(dict(zip(CONFIG, key[:-1])))).all(axis=1), "lam"].unique()
-        )
-        means = g.groupby("lam")["ssim_mean"].first()
-        ssim = np.array([means.get(lam, np.nan) for lam in grid], dtype=float)
-        k = falling_prefix(ssim)
-        suite = g.loc[g["lam"] > 0, "defenders"]
-        rows.append(
-            {
-                **dict(zip([*CONFIG, "attacker"], key)),
-                "defenders": suite.iloc[0] if len(suite) else "",
-                "lams": tuple(float(x) for x in grid),
-                "ssim": tuple(ssim),
-                "n_decreasing": k,
-                "decreasing_to": float(grid[k - 1]) if k else math.nan,
-            }
-        )
+    for config, c in t.groupby(CONFIG, observed=True, sort=True):
+        # the configuration's whole grid: a λ an attacker has no result at is NaN and ends its count
+        grid = sorted(c["lam"].unique())
+        for attacker, g in c.groupby("attacker", observed=True, sort=True):
+            means = g.groupby("lam")["ssim_mean"].first()
+            ssim = np.array([means.get(lam, np.nan) for lam in grid], dtype=float)
+            k = falling_prefix(ssim)
+            suite = g.loc[g["lam"] > 0, "defenders"]
+            rows.append(
+                {
+                    **dict(zip(CONFIG, config)),
+                    "attacker": attacker,
+                    "defenders": suite.iloc[0] if len(suite) else "",
+                    "lams": tuple(float(x) for x in grid),
+                    "ssim": tuple(ssim),
+                    "n_decreasing": k,
+                    "decreasing_to": float(grid[k - 1]) if k else math.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -534,8 +542,7 @@ def suite_vs_single(res: Results, level: float = LEVEL) -> pd.DataFrame:
             )
         )
     out = pd.concat(out, ignore_index=True)
-    lo, hi = out["diff_ci_lo"].astype("float64"), out["diff_ci_hi"].astype("float64")
-    out["significant"] = ((lo > 0) | (hi < 0)).astype("boolean").mask(lo.isna() | hi.isna())
+    out = with_significance(out)
     return out[
         [*by, "metric", "n_pairs", "suite", "single", "diff", "diff_ci_lo", "diff_ci_hi", "significant"]
     ]
@@ -806,10 +813,9 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
     if not parts:
         raise Missing("Paired differences: the paired models have no worst-case SSIM, test accuracy or #CG")
     out = pd.concat(parts, ignore_index=True)
-    lo, hi = out["diff_ci_lo"].astype("float64"), out["diff_ci_hi"].astype("float64")
-    out["significant"] = ((lo > 0) | (hi < 0)).astype("boolean").mask(lo.isna() | hi.isna())
-    out["ci_method"] = out["ci_method"].where(lo.notna())
-    return out.assign(diff_ci_lo=lo, diff_ci_hi=hi)[DIFF_COLUMNS]
+    out = with_significance(out)
+    out["ci_method"] = out["ci_method"].where(out["diff_ci_lo"].notna())
+    return out[DIFF_COLUMNS]
 
 
 def _real_images(attacks: pd.DataFrame) -> dict[tuple, pd.DataFrame]:

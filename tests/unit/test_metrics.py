@@ -111,15 +111,6 @@ def test_ssim_equals_the_torchmetrics_implementation_it_replaced(shape):
         torch.testing.assert_close(M.ssim_per_sample(x, r, (-1, 1)), old, atol=2e-6, rtol=0)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny inputs: a second intra-op thread only adds waits (seconds on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ssim_gradient_passes_gradcheck(one_thread):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 2, 8, 9, generator=gen, dtype=torch.float64)  # 2×3 window positions
