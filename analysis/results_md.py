@@ -29,6 +29,7 @@ from analysis.tables import (
     epsilon,
     falling_prefix,
     figure5_data,
+    figure5_directions,
     frontiers,
     leakage_by_family,
     load,
@@ -333,11 +334,11 @@ def _half_width(n: int, p: float = 0.9) -> float:
 
 
 FIG5_PANELS = {
-    "test_acc": "(a) Test accuracy, %",
-    "reprint_acc": "(b) Reprint accuracy, %: the classifier on the strongest attacker's reconstructions",
-    "ssim": "(c) Worst-case SSIM (1 = identical; higher leaks more)",
-    "mse": "(d) Worst-case MSE, pixels in [0, 1] (lower leaks more)",
-    "dpd": "(e) Worst-case DPD, LPIPS distance (lower leaks more)",
+    "test_acc": "Test accuracy, %",
+    "reprint_acc": "Reprint accuracy, %: the classifier on the strongest attacker's reconstructions",
+    "ssim": "Worst-case SSIM (1 = identical; higher leaks more)",
+    "mse": "Worst-case MSE, pixels in [0, 1] (lower leaks more)",
+    "dpd": "Worst-case DPD, LPIPS distance (lower leaks more)",
 }
 
 
@@ -354,11 +355,17 @@ def _nulls(res: Results, metric: str) -> str:
     return f"`attacks.{metric}` is null for {null.sum()} of {len(ok)} successful attacks{why}."
 
 
-def figure5_md(res: Results) -> str:
-    """Figure 5 a–e as one table per criterion, the mean-image baseline beside SSIM and MSE."""
+def figure5_md(
+    res: Results,
+    described: dict[str, str] = paper.FIGURE5,
+    where: str = "Figure 5, LFW",
+    panels: str = "abcde",
+) -> str:
+    """Figure 5 as one table per criterion, the mean-image baseline beside SSIM and MSE, and
+    what the paper says of each panel (``described``: a–e for LFW, f–j for CIFAR-10)."""
     t = figure5_data(res)
     parts = []
-    for metric, title in FIG5_PANELS.items():
+    for (metric, title), panel in zip(FIG5_PANELS.items(), panels):
         if t[f"{metric}_mean"].isna().all():
             body = _nulls(res, metric)
         else:
@@ -384,7 +391,7 @@ def figure5_md(res: Results) -> str:
             if metric == "dpd" and t["dpd_mean"].isna().any():
                 body += "\n\n" + _nulls(res, metric)
         parts.append(
-            f"### {title}\n\n{body}\n\nPaper (Figure 5, LFW; no values printed): {paper.FIGURE5[metric]}."
+            f"### ({panel}) {title}\n\n{body}\n\nPaper ({where}; no values printed): {described[metric]}."
         )
     return "\n\n".join(parts)
 
@@ -551,6 +558,50 @@ LAMBDA_SCALE = (
 )
 
 
+CHECK_NAMES = {
+    "accuracy": "accuracy cost under 2 points: defended − undefended test accuracy, points",
+    "defense": "the defense lowers the strongest attacker's SSIM: defended − undefended",
+    "depth": "deeper partitions leak less: worst-case SSIM, deeper − shallower partition",
+}
+
+
+def _paper_direction(r: pd.Series) -> str:
+    if r["check"] == "accuracy":
+        drop = paper.CIFAR_ACC_DROP.get(r["partition"])
+        return "–" if drop is None else f"{-drop:.1f}"
+    return "below 0"
+
+
+def directions_md(t: pd.DataFrame) -> str:
+    """:func:`analysis.tables.figure5_directions` as one table per (sweep, data set, classifier)."""
+
+    def render(g: pd.DataFrame, _: str) -> str:
+        rows = []
+        for _i, r in g.iterrows():
+            kind = "rate" if r["check"] == "accuracy" else "value"
+            rows.append(
+                {
+                    "claim": CHECK_NAMES[r["check"]],
+                    "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                    "partition": r["partition"],
+                    "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
+                    "ours [95 % CI]": interval(r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind),
+                    "paper": _paper_direction(r),
+                    "holds (mean)": "yes" if r["holds"] else "**no**",
+                    "whole interval": "–" if pd.isna(r["certain"]) else ("yes" if r["certain"] else "no"),
+                }
+            )
+        return md_table(pd.DataFrame(rows))
+
+    return (
+        f"{per_config(t, render)}\n\nEach claim of Section V-D(1), checked on differences paired by seed "
+        "(the defended model minus the undefended one of the same seed; or, for depth, the same setting "
+        "and seed at the deeper partition minus the shallower one). *Holds (mean)*: the mean difference is "
+        "on the claimed side (accuracy: above −2 points; SSIM: below 0). *Whole interval*: its 95 % interval "
+        "is too, so that the claim is not a matter of seeds."
+    )
+
+
 def paper_table_i_md() -> str:
     """The paper's Table I as printed, and how many attackers' SSIM falls strictly over its λ."""
     heads = [f"{lam:g}" for lam in paper.TABLE_I_LAMS]
@@ -694,6 +745,18 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
             "## Privacy–utility frontier",
             _built(lambda: frontier_md(res)),
             f"## The paper's setting\n\n{paper.MNIST_SETTING}.",
+        ]
+    elif set(res.models["dataset"]) == {"cifar10"}:
+        sections = [
+            *head,
+            "## Figure 5 (f–j): five criteria per partition",
+            _built(lambda: figure5_md(res, paper.FIGURE5_CIFAR, "Figure 5, CIFAR-10", panels="fghij")),
+            "### Figure 5 (f–j)'s directions, checked",
+            _built(lambda: directions_md(figure5_directions(res))),
+            *shared,
+            "## Privacy–utility frontier",
+            _built(lambda: frontier_md(res)),
+            f"## The paper's setting\n\n{paper.CIFAR_SETTING}.",
         ]
     else:
         sections = [

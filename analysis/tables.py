@@ -818,6 +818,82 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
     return out[DIFF_COLUMNS]
 
 
+# Section V-D(1) on CIFAR-10 (Figure 5 f–j): "the decrease in model accuracy is less than 2 %" at
+# every partition, and the best attacker recovers less with the defense and at deeper partitions.
+ACC_BUDGET = 0.02
+DIRECTION_CHECKS = ("accuracy", "defense", "depth")
+DIRECTION_COLUMNS = [
+    "sweep",
+    "dataset",
+    "arch",
+    *SETTING,
+    "check",
+    "partition",
+    "n_pairs",
+    "seeds",
+    "diff",
+    "diff_ci_lo",
+    "diff_ci_hi",
+    "holds",
+    "certain",
+]
+
+
+def _depth_differences(res: Results, level: float) -> pd.DataFrame:
+    """Per setting and consecutive pair of partitions (reading order), the worst-case SSIM at the
+    deeper partition minus at the shallower one, paired by seed (the same training)."""
+    rows = _paper_rows(res).dropna(subset=["ssim"])
+    keys = ["sweep", "dataset", "arch", *SETTING]
+    same = [c for c in PAIR if c != "partition"] + SETTING
+    parts = []
+    for _, g in rows.groupby(keys, observed=True, dropna=False, sort=True):
+        order = sorted(g["partition"].unique(), key=natural_key)
+        for shallow, deep in zip(order, order[1:]):
+            a, b = g[g["partition"] == shallow], g[g["partition"] == deep]
+            p = b[same + ["ssim"]].merge(a[same + ["ssim"]], on=same, suffixes=("", "_u"))
+            if p.empty:
+                continue
+            parts.append(p.assign(partition=f"{deep} − {shallow}", diff=p["ssim"] - p["ssim_u"]))
+    if not parts:
+        return pd.DataFrame(columns=DIRECTION_COLUMNS)
+    p = pd.concat(parts, ignore_index=True)
+    by = [*keys, "partition"]
+    agg = aggregate(p, by, ["diff"], level).rename(columns={"diff_n": "n_pairs", "diff_mean": "diff"})
+    seeds = p.groupby(by, observed=True, dropna=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    return agg.merge(seeds.rename("seeds").reset_index(), on=by, how="left").assign(check="depth")
+
+
+def figure5_directions(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Section V-D(1)'s three claims (Figure 5 f–j) as checks on the tables, per setting:
+
+    - ``accuracy``: per partition, defended − undefended test accuracy (paired by seed, as
+      :func:`paired_differences`) is above −:data:`ACC_BUDGET` (a cost under 2 points);
+    - ``defense``: per partition, the strongest attacker's SSIM defended − undefended is below 0;
+    - ``depth``: per consecutive pair of partitions, the worst-case SSIM at the deeper one minus
+      at the shallower one (same seed, same setting) is below 0.
+
+    ``holds`` is the mean on the claimed side, ``certain`` the whole 95 % interval on it (null
+    without an interval). Columns: :data:`DIRECTION_COLUMNS`.
+    """
+    d = paired_differences(res, level)
+    d = d[d["metric"].isin(["test_acc", "ssim"])]
+    d = d.assign(check=d["metric"].map({"test_acc": "accuracy", "ssim": "defense"}))
+    out = pd.concat([d, _depth_differences(res, level)], ignore_index=True)
+    bound = np.where(out["check"] == "accuracy", -ACC_BUDGET, 0.0)
+    lo, hi = out["diff_ci_lo"].astype("float64"), out["diff_ci_hi"].astype("float64")
+    above = out["check"] == "accuracy"  # the accuracy claim bounds a cost; the others a fall
+    out["holds"] = np.where(above, out["diff"] >= bound, out["diff"] < bound)
+    certain = pd.Series(np.where(above, lo >= bound, hi < bound)).astype("boolean")
+    out["certain"] = certain.mask(lo.isna() | hi.isna())
+    out["order"] = out["check"].map(DIRECTION_CHECKS.index)
+    out = out.sort_values(
+        ["sweep", "dataset", "arch", "lam", "defenders", "order", "partition"],
+        key=lambda s: s.map(natural_key) if s.name == "partition" else s,
+        kind="mergesort",
+    )
+    return out[DIRECTION_COLUMNS].reset_index(drop=True)
+
+
 def _real_images(attacks: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """Successful non-baseline attacks per (sweep, model, partition), for paired bootstraps."""
     real = competing(attacks)
