@@ -383,6 +383,9 @@ def profile_flags(spec: SweepSpec) -> tuple[list[str], list[str]]:
     extra = [(n, flag) for n, flag in _PROFILE_EXTRA_FLAGS if getattr(spec, n) != _default(SweepSpec, n)]
     for name, flag in (*_PROFILE_FLAGS, *extra):
         v = getattr(spec, name)
+        if v is None and name == "batch_size":  # the recipe's (resolving it would import torch)
+            notes.append("batch size: the recipe's")
+            continue
         items.append(flag if v is True else f"{flag} {shlex.quote(_text(v))}")
     for k, v in spec.train_overrides.items():
         if k in ("lr", "update"):

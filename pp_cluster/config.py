@@ -162,7 +162,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0,)
     recipe: str = "paper"  # privacy.recipes: the paper's recipe or our "fast" one (CPU budgets)
     epochs: int = 250
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the recipe's (privacy.recipes); a number overrides it
     distance: str = "ssim"
     data_root: str | None = None
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
@@ -209,6 +209,14 @@ class SweepSpec:
             return self.results
         return str(Path(self.results).expanduser().resolve())
 
+    def resolved_batch_size(self) -> int:
+        """The training batch size: the sweep's own, else its recipe's for its data set."""
+        if self.batch_size is not None:
+            return self.batch_size
+        from pp_cluster.privacy.recipes import recipe
+
+        return recipe(self.dataset, self.recipe).batch_size
+
     def model_spec(
         self,
         partition: str | None,
@@ -240,7 +248,7 @@ class SweepSpec:
             distance=self.distance,
             seed=int(seed),
             epochs=self.epochs,
-            batch_size=self.batch_size,
+            batch_size=self.resolved_batch_size(),
             data_root=self.data_root,
             dataset_options=dict(self.dataset_options),
             arch_options=dict(self.arch_options),
@@ -422,7 +430,7 @@ class SweepSpec:
                 )
         for name, value in (
             ("epochs", self.epochs),
-            ("batch_size", self.batch_size),
+            ("batch_size", 1 if self.batch_size is None else self.batch_size),  # None: the recipe's
             ("attack_epochs", self.attack_epochs),
             ("attack_batch_size", self.attack_batch_size),
         ):

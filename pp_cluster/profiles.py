@@ -44,7 +44,6 @@ LFW_GRID = SweepSpec(
     attackers=PAPER_ATTACKERS,
     seeds=(0,),
     epochs=250,
-    batch_size=32,
     attack_epochs=50,
 )
 # The fast recipe for 30 epochs, λ = 3, two seeds: measured to lower the mean worst-case SSIM at
@@ -101,7 +100,6 @@ MNIST_TABLE1 = SweepSpec(
     attackers=MNIST_ATTACKERS,
     seeds=(0,),
     epochs=500,
-    batch_size=32,
     attack_epochs=50,
 )
 MNIST_TABLE1_QUICK = MNIST_TABLE1.with_(
@@ -126,7 +124,6 @@ MNIST_TABLE1_CPU = MNIST_TABLE1.with_(
     lams=(0.0, 0.1, 0.3, 1.0, 3.0),
     seeds=(0, 1, 2),
     epochs=10,
-    batch_size=128,  # the fast recipe's (a sweep's batch size overrides its recipe's)
     attack_epochs=5,
     resources=Resources(cpus_per_worker=0.75, pool_size=2, attacker_cpus=0.25),
 )
@@ -162,7 +159,6 @@ CIFAR_VGG = SweepSpec(
     attackers=PAPER_ATTACKERS,
     seeds=(0,),
     epochs=150,
-    batch_size=128,
     attack_epochs=30,
 )
 CIFAR_VGG_QUICK = CIFAR_VGG.with_(

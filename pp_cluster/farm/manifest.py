@@ -41,6 +41,11 @@ def identity(sweep: SweepSpec) -> dict[str, Any]:
     d = json.loads(json.dumps(asdict(sweep), sort_keys=True, default=list))
     for k in NOT_HASHED:
         d.pop(k, None)
+    if d["batch_size"] is None:  # the recipe's: recorded as the number it trains at
+        try:
+            d["batch_size"] = sweep.resolved_batch_size()
+        except ValueError:  # no such recipe: validation says so; nothing to resolve
+            pass
     return d
 
 

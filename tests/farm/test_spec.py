@@ -166,10 +166,34 @@ def test_profiles_and_recipe_flags(tmp_path):
         spec = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), driver)
         assert (spec.recipe, spec.dataset, spec.name) == ("fast", dataset, f"{driver}_cpu")
         assert len(spec.seeds) >= 2 and "mean_image" in spec.attackers
-        # a sweep's batch size overrides its recipe's: a cpu profile trains at its recipe's
-        assert spec.batch_size == recipe(spec.dataset, spec.recipe).batch_size, driver
+        # a cpu profile trains at its recipe's batch size
+        assert spec.model_spec(None, 0.0, 0).batch_size == recipe(spec.dataset, spec.recipe).batch_size, (
+            driver
+        )
     table2 = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "mnist_table2")
     assert len(table2.defender_suites) == 2 and table2.lams == (0.0, 1.0)
+
+
+def test_a_sweep_trains_at_its_recipes_batch_size_unless_it_sets_one(tmp_path):
+    from pp_cluster.farm.manifest import identity
+    from pp_cluster.profiles import MNIST_TABLE1
+
+    # The paper's MNIST recipe trains at batch 32, the fast one at 128: a profile derived with
+    # another recipe follows it, not the batch of the profile it came from.
+    assert MNIST_TABLE1.batch_size is None and MNIST_TABLE1.model_spec(None, 0.0, 0).batch_size == 32
+    fast = MNIST_TABLE1.with_(recipe="fast")
+    assert fast.model_spec("fc2", 1.0, 0).batch_size == 128 == fast.resolved_batch_size()
+    assert identity(fast)["batch_size"] == 128  # the manifest records the number it trains at
+    # a number of its own overrides the recipe's, for every model of the sweep
+    own = fast.with_(batch_size=64)
+    assert own.model_spec(None, 0.0, 1).batch_size == 64 and identity(own)["batch_size"] == 64
+    # the same training, whether the batch is the recipe's or given as the same number
+    assert fast.with_(batch_size=128).model_spec("fc2", 1.0, 0).model_id("s") == fast.model_spec(
+        "fc2", 1.0, 0
+    ).model_id("s")
+    for bad in (0, -1, 2.5):
+        with pytest.raises(SpecError, match="batch_size"):
+            fast.with_(batch_size=bad).validate()
 
 
 def test_mean_image_is_an_attacker_only(tiny_sweep, tmp_path):
