@@ -36,7 +36,7 @@ from _common import SHARED_DATA, machine_line, print_table  # noqa: E402
 from pp_cluster.data import load_dataset  # noqa: E402
 from pp_cluster.nets import build_decoder, build_net, split  # noqa: E402
 from pp_cluster.privacy import AttackConfig, compute_activations, recipe, train_attacker, train_defended  # noqa: E402
-from pp_cluster.privacy.metrics import _ssim_images, to_unit  # noqa: E402
+from pp_cluster.privacy.metrics import ssim_per_sample, to_unit  # noqa: E402
 
 PARTITION = "fc2"
 
@@ -45,9 +45,7 @@ def variants(value_range):
     """name -> (x, rec) -> scalar distance of a batch, differentiable in rec."""
 
     def ssim_at(data_range: float):
-        return lambda x, rec: (
-            1 - _ssim_images(to_unit(rec, value_range), to_unit(x, value_range), data_range=data_range)
-        ).mean()
+        return lambda x, rec: (1 - ssim_per_sample(x, rec, value_range, data_range=data_range)).mean()
 
     def mse(x, rec):
         return (to_unit(rec, value_range) - to_unit(x, value_range)).pow(2).mean()

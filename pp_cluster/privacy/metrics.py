@@ -158,9 +158,7 @@ def _box_mean(t: Tensor, use_conv: bool | None = None) -> Tensor:
 def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None, data_range: float = 1.0) -> Tensor:
     """Per-image SSIM of N×C×H×W images in [0, 1], as scikit-image computes it.
 
-    ``data_range`` scales the stabilising constants (C = (K·data_range)²) as scikit-image's
-    argument does; anything but 1 mis-states the range of [0, 1] images (kept for
-    ``benchmarks/mnist_lambda_scale.py``, which measures what that does to λ's scale).
+    ``data_range``: see :func:`ssim_per_sample`.
 
     skimage filters x, y, x², y², xy with a uniform 7×7 window (reflected borders),
     takes sample (co)variances, forms the SSIM map and averages it after cropping
@@ -179,17 +177,22 @@ def _ssim_images(a: Tensor, b: Tensor, use_conv: bool | None = None, data_range:
     return (num / den).mean(dim=(1, 2, 3))
 
 
-def ssim_per_sample(x: Tensor, x_rec: Tensor, value_range: tuple[float, float]) -> Tensor:
+def ssim_per_sample(
+    x: Tensor, x_rec: Tensor, value_range: tuple[float, float], data_range: float = 1.0
+) -> Tensor:
     """Differentiable SSIM of each image, equal to :func:`ssim`'s per-image value.
 
     Computed in float32 (float64 inputs stay float64) with autocast off, whatever the
-    inputs' dtype: the variances are differences of close numbers.
+    inputs' dtype: the variances are differences of close numbers. ``data_range`` scales the
+    stabilising constants (C = (K·data_range)²) as scikit-image's argument does, on the images
+    mapped to [0, 1]: anything but 1 mis-states their range (it is there for
+    ``benchmarks/mnist_lambda_scale.py``, which measures what that does to λ's scale).
     """
     _check_pair(x, x_rec)
     dtype = torch.promote_types(torch.promote_types(x.dtype, x_rec.dtype), torch.float32)
     with torch.autocast(x.device.type, enabled=False):
         a, b = to_unit(x_rec.to(dtype), value_range), to_unit(x.to(dtype), value_range)
-        return _ssim_images(a, b)
+        return _ssim_images(a, b, data_range=data_range)
 
 
 @register_distance("ssim")

@@ -62,6 +62,23 @@ def test_differentiable_ssim_matches_skimage_on_real_images(value_range):
             assert abs(M.ssim(x, r, value_range) - reference) < 1e-6
 
 
+def test_a_mis_stated_data_range_is_skimages_too():
+    """``data_range`` other than 1 (benchmarks/mnist_lambda_scale.py: pytorch_msssim's default
+    255 on [0, 1] images) gives what scikit-image gives with that data_range, and a different SSIM."""
+    rng = np.random.default_rng(1)
+    im = _real_images()["astro_rgb64"]
+    deg = _degraded(im, rng)["blur"]
+    x, r = _tensor(im), _tensor(deg)
+    axis = -1 if im.ndim == 3 else None
+    for data_range in (1.0, 255.0):
+        reference = structural_similarity(im, deg, data_range=data_range, channel_axis=axis)
+        ours = float(M.ssim_per_sample(x, r, (0.0, 1.0), data_range=data_range))
+        assert abs(ours - reference) < 1e-5, (data_range, ours, reference)
+    assert float(M.ssim_per_sample(x, r, (0.0, 1.0), data_range=255.0)) > float(
+        M.ssim_per_sample(x, r, (0.0, 1.0))
+    )
+
+
 def test_batch_ssim_is_mean_of_images_and_differentiable():
     ims = _real_images()
     rng = np.random.default_rng(1)
