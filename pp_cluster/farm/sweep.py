@@ -47,7 +47,7 @@ from pp_cluster.plugins import PLUGINS_ENV
 from pp_cluster.plugins import runtime_env as plugin_runtime_env
 from pp_cluster.results import rules
 from pp_cluster.results.fs import is_remote, is_shared, redact, storage_args, strip_credentials
-from pp_cluster.results.store import ResultStore
+from pp_cluster.results.store import GIT_SHA_ENV, ResultStore, checkout_sha
 
 # Ray Train settings for many short runs: poll the workers often (a run's end is noticed
 # in 0.5 s, not 2 s) and give worker start-up time on a busy node before calling it failed.
@@ -77,7 +77,9 @@ def train_runtime_env(
     already; ``plugins.runtime_env``: a setup hook, and the plugins' code as ``py_modules``).
     A script or test that calls ``ray.init`` itself passes it as ``runtime_env=``."""
     env = plugin_runtime_env(plugins)
-    return {**env, "env_vars": {**TRAIN_ENV, **(env_vars or {}), **env.get("env_vars", {})}}
+    sha = checkout_sha()  # the rows of workers without a checkout record the driver's commit
+    own = {GIT_SHA_ENV: sha} if sha else {}
+    return {**env, "env_vars": {**TRAIN_ENV, **own, **(env_vars or {}), **env.get("env_vars", {})}}
 
 
 # -- the driver --------------------------------------------------------------------------

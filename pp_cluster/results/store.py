@@ -167,7 +167,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             _TRAIN_SECONDS,
             _GPU,
             _col("package_version", pa.string(), "pp_cluster version", null=False),
-            _col("git_sha", pa.string(), "commit of the pp_cluster checkout; null when not run from git"),
+            _col(
+                "git_sha",
+                pa.string(),
+                "commit of the pp_cluster checkout (on a node without one: the driver's); null when neither",
+            ),
             _col("ray_version", pa.string(), "Ray version; null when Ray is not installed"),
             _col("torch_version", pa.string(), "PyTorch version", null=False),
             _HOST,
@@ -415,7 +419,7 @@ def _provenance() -> dict[str, str | None]:
         pass
     return {
         "package_version": pp_cluster.__version__,
-        "git_sha": _git_sha(Path(pp_cluster.__file__).resolve().parents[1]),
+        "git_sha": checkout_sha(),
         "ray_version": _dist_version("ray"),
         "torch_version": _dist_version("torch"),
         "host": socket.gethostname(),
@@ -428,6 +432,17 @@ def _dist_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# The driver's commit, handed to a Ray job's workers (farm.sweep.train_runtime_env): a cluster's
+# nodes run an installed copy, not a checkout, and would record no commit.
+GIT_SHA_ENV = "PP_CLUSTER_GIT_SHA"
+
+
+def checkout_sha() -> str | None:
+    """The commit of the pp_cluster checkout this process runs from; else the one the job's
+    driver ran from (:data:`GIT_SHA_ENV`); else None (an installed copy, no driver's commit)."""
+    return _git_sha(Path(pp_cluster.__file__).resolve().parents[1]) or os.environ.get(GIT_SHA_ENV) or None
 
 
 def _git_sha(repo: Path) -> str | None:

@@ -32,7 +32,12 @@ def readme_plugin() -> str:
 def test_train_runtime_env_carries_the_plugins_beside_the_farm_settings(tmp_path, monkeypatch):
     from pp_cluster.farm.sweep import TRAIN_ENV, train_runtime_env
     from pp_cluster.plugins import PLUGINS_ENV
+    from pp_cluster.results import store
 
+    monkeypatch.setattr(store, "_git_sha", lambda repo: "abc123")  # the driver's checkout
+    assert train_runtime_env() == {"env_vars": {**TRAIN_ENV, store.GIT_SHA_ENV: "abc123"}}
+    monkeypatch.setattr(store, "_git_sha", lambda repo: None)  # an installed copy: no commit to hand on
+    monkeypatch.delenv(store.GIT_SHA_ENV, raising=False)
     assert train_runtime_env() == {"env_vars": TRAIN_ENV}
     (tmp_path / "rt_env_plugin_zz.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -334,6 +334,19 @@ def test_provenance_and_no_ray_import():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_a_worker_without_a_checkout_records_the_drivers_commit(monkeypatch):
+    from pp_cluster.results import store
+
+    monkeypatch.setenv(store.GIT_SHA_ENV, "d" * 40)  # what the driver's runtime env hands on
+    monkeypatch.setattr(store, "_git_sha", lambda repo: None)  # an installed copy on a cluster node
+    assert store.checkout_sha() == "d" * 40
+    monkeypatch.setattr(store, "_git_sha", lambda repo: "c" * 40)  # its own checkout comes first
+    assert store.checkout_sha() == "c" * 40
+    monkeypatch.setattr(store, "_git_sha", lambda repo: None)
+    monkeypatch.delenv(store.GIT_SHA_ENV)
+    assert store.checkout_sha() is None
+
+
 def test_docs_match_the_schemas():
     assert schema_markdown() in (REPO / "docs" / "schema.md").read_text()
 
