@@ -4,6 +4,8 @@ deconv, fc and sparse-fc attackers.
 
   python sweeps/lfw_grid.py --quick                      # embedded LFW subset, minutes on a laptop
   python sweeps/lfw_grid.py --quick --dry-run            # its spec, grid and work; runs nothing
+  python sweeps/lfw_grid.py --profile cpu --data-root DATA/lfw-deepfunneled     # the reference run
+  python sweeps/lfw_grid.py --profile strong --data-root DATA/lfw-deepfunneled  # + white-box, tuned
   python sweeps/lfw_grid.py --data-root DATA/lfw-deepfunneled --results s3://bucket/pp --address auto
 """
 

@@ -170,6 +170,20 @@ def test_profiles_and_recipe_flags(tmp_path):
         assert spec.model_spec(None, 0.0, 0).batch_size == recipe(spec.dataset, spec.recipe).batch_size, (
             driver
         )
+    # strong: the cpu profile's models at pool3, against the white-box and tuned attackers
+    with pytest.raises(SpecError, match="--data-root"):
+        spec_from_args(p.parse_args(["--profile", "strong"]), "lfw_grid")
+    strong = spec_from_args(p.parse_args(["--profile", "strong", "--data-root", str(tmp_path)]), "lfw_grid")
+    cpu = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "lfw_grid")
+    assert strong.partitions == ("pool3",) and strong.name == "lfw_grid_strong"
+    for lam in cpu.lams:  # the same training as the reference's models, seed for seed
+        for seed in cpu.seeds:
+            assert strong.model_spec("pool3", lam, seed) == cpu.model_spec("pool3", lam, seed)
+    plan = [(a.attacker, a.tune_trials) for a in strong.attack_specs()]
+    assert ("rmle", 0) in plan and ("deconv", 3) in plan and ("resdec", 3) in plan
+    assert not any(t for a, t in plan if a in ("rmle", "mean_image"))  # neither trains: nothing to tune
+    with pytest.raises(SpecError, match="mnist_table1 has the profiles"):
+        spec_from_args(p.parse_args(["--profile", "strong"]), "mnist_table1")
     table2 = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "mnist_table2")
     assert len(table2.defender_suites) == 2 and table2.lams == (0.0, 1.0)
 
