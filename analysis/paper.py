@@ -52,6 +52,11 @@ CIFAR_SETTING = (
 )
 # Section V-D(1): the accuracy the defense costs at each partition, in points ("less than 2 %").
 CIFAR_ACC_DROP = {"pool1": 1.6, "pool2": 1.0, "pool3": 0.2}
+# Section V-D(1)'s conclusion.
+FRONTIER_CIFAR = (
+    'for the very deep CNN "we can draw the similar conclusion about the privacy partitioning" as for '
+    "LFW: deeper partitions protect more at a smaller accuracy cost"
+)
 # Figure 5 (f)–(j), as Section V-D(1) describes it (the figure prints no values).
 FIGURE5_CIFAR = {
     "test_acc": "with the defense, accuracy drops by less than 2 points at every partition: 1.6, 1.0 and 0.2 "

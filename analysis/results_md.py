@@ -479,7 +479,7 @@ def table_iii_md(res: Results) -> str:
     )
 
 
-def frontier_md(res: Results) -> str:
+def frontier_md(res: Results, said: str | None = paper.FRONTIER) -> str:
     points, hv = frontiers(res)
 
     def render(g: pd.DataFrame, _: str) -> str:
@@ -508,7 +508,8 @@ def frontier_md(res: Results) -> str:
     return (
         f"{per_config(points, render)}\n\nA point is one trained model at one partition "
         "(an undefended model is a point at each partition), placed by its test accuracy and worst-case SSIM; "
-        f"Pareto-optimal = no other point is at least as accurate and leaks no more.\n\nPaper: {paper.FRONTIER}."
+        "Pareto-optimal = no other point is at least as accurate and leaks no more."
+        + (f"\n\nPaper: {said}." if said else "")
     )
 
 
@@ -743,7 +744,7 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
             "## How our λ relates to the paper's",
             LAMBDA_SCALE,
             "## Privacy–utility frontier",
-            _built(lambda: frontier_md(res)),
+            _built(lambda: frontier_md(res, None)),
             f"## The paper's setting\n\n{paper.MNIST_SETTING}.",
         ]
     elif set(res.models["dataset"]) == {"cifar10"}:
@@ -755,7 +756,7 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
             _built(lambda: directions_md(figure5_directions(res))),
             *shared,
             "## Privacy–utility frontier",
-            _built(lambda: frontier_md(res)),
+            _built(lambda: frontier_md(res, paper.FRONTIER_CIFAR)),
             f"## The paper's setting\n\n{paper.CIFAR_SETTING}.",
         ]
     else:
