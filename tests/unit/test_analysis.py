@@ -159,6 +159,34 @@ def per_image(rng: np.random.Generator, mean: float, spread: float, n: int = N_I
     return list(mean + spread * (z - z.mean()))
 
 
+def scored_attack_row(
+    sweep: str,
+    model_id: str,
+    attack_id: str,
+    rng: np.random.Generator,
+    ssim: float,
+    mse: float,
+    spread: tuple[float, float],
+    n: int,
+    **kw,
+) -> dict:
+    """An attacks row whose SSIM and MSE are the means of ``n`` per-image values drawn around
+    ``ssim`` and ``mse`` (SSIM first, with ``spread`` = their standard deviations)."""
+    ssim_images = per_image(rng, ssim, spread[0], n)
+    mse_images = per_image(rng, mse, spread[1], n)
+    return attack_row(
+        sweep,
+        model_id,
+        attack_id,
+        ssim=float(np.mean(ssim_images)),
+        mse=float(np.mean(mse_images)),
+        ssim_images=ssim_images,
+        mse_images=mse_images,
+        n_eval=n,
+        **kw,
+    )
+
+
 def write_sweep(root: str) -> None:
     """A small LFW-like sweep: 2 partitions × λ {0, 0.1} × 2 seeds (one undefended model per seed,
     attacked at both partitions), a 2-defender suite, a diverged model, two DP-pixelation models,

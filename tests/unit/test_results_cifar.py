@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from test_analysis import attack_row, model_row, per_image
+from test_analysis import model_row, scored_attack_row
 from test_results_md import row, section
 
 from analysis.results_md import results_markdown
@@ -49,19 +49,8 @@ def _attacks(store, mid, part, best, rng) -> None:
     # the strongest attacker at ``best``, a weaker one below it, and the mean-image baseline
     for attacker, ssim in (("resdec", best), ("deconv", best - 0.05), ("mean_image", 0.2)):
         aid = f"{mid}-{part}-{attacker}"
-        ssim_images = per_image(rng, ssim, 0.04, N)
-        mse_images = per_image(rng, 0.05 - ssim / 20, 0.003, N)
-        a = attack_row(
-            SWEEP,
-            mid,
-            aid,
-            attacker=attacker,
-            partition=part,
-            ssim=float(np.mean(ssim_images)),
-            mse=float(np.mean(mse_images)),
-            ssim_images=ssim_images,
-            mse_images=mse_images,
-            n_eval=N,
+        a = scored_attack_row(
+            SWEEP, mid, aid, rng, ssim, 0.05 - ssim / 20, (0.04, 0.003), N, attacker=attacker, partition=part
         )
         store.write("attacks", SWEEP, aid, [a])
 

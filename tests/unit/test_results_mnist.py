@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from test_analysis import attack_row, model_row, per_image
+from test_analysis import model_row, scored_attack_row
 from test_results_md import section
 
 from analysis.results_md import results_markdown
@@ -54,19 +54,8 @@ def write_model(store, sweep, mid, seed, lam, defenders, acc=0.98) -> None:
 
 def write_attack(store, sweep, mid, attacker, ssim, rng) -> None:
     aid = f"{mid}-{attacker}"
-    ssim_images = per_image(rng, ssim, 0.05, N)
-    mse_images = per_image(rng, 0.1 - ssim / 10, 0.005, N)
-    row = attack_row(
-        sweep,
-        mid,
-        aid,
-        attacker=attacker,
-        partition="fc2",
-        ssim=float(np.mean(ssim_images)),
-        mse=float(np.mean(mse_images)),
-        ssim_images=ssim_images,
-        mse_images=mse_images,
-        n_eval=N,
+    row = scored_attack_row(
+        sweep, mid, aid, rng, ssim, 0.1 - ssim / 10, (0.05, 0.005), N, attacker=attacker, partition="fc2"
     )
     store.write("attacks", sweep, aid, [row])
 
