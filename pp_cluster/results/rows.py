@@ -15,7 +15,16 @@ from pp_cluster.config import ModelSpec
 from pp_cluster.results.rules import OK
 
 # The history keys of training that become the epochs table's columns.
-EPOCH_COLUMNS = ("epoch", "task_loss", "distance", "train_acc", "test_acc", "lr", "seconds")
+EPOCH_COLUMNS = (
+    "epoch",
+    "task_loss",
+    "distance",
+    "train_acc",
+    "test_acc",
+    "lr",
+    "seconds",
+    "best_defender_counts",
+)
 # Provenance columns each table carries (store.provenance()).
 MODEL_PROVENANCE = ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")
 ATTACK_PROVENANCE = ("host", "gpu")

@@ -295,6 +295,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             _col("test_acc", pa.float64(), "test accuracy after the epoch; null if not evaluated"),
             _col("lr", pa.float64(), "learning rate during the epoch"),
             _col("seconds", pa.float64(), "wall seconds of the epoch"),
+            _col(
+                "best_defender_counts",
+                pa.list_(pa.int64()),
+                "per defender, in the order of the models row's `defenders` (a partition suite: "
+                "that list at each partition in turn), the epoch's batches it was the best one "
+                "(its partition's best); null without defenders",
+            ),
         ]
     ),
     "reconstructions": pa.schema(

@@ -44,6 +44,12 @@ def test_a_suite_model_trains_and_is_attacked_at_each_of_its_partitions_once(
     assert config.partition_suite == ("pool1", "pool2") and config.model_id("suites") == suite["model_id"]
     # it trained with its defenders: the epoch's distance is the mean of the two partitions'
     assert epochs.loc[epochs["model_id"] == suite["model_id"], "distance"].notna().all()
+    # which defender was best, per epoch: one deconv per partition, so each is its partition's
+    # best on every batch; the undefended model has no defenders and no counts
+    counts = epochs.loc[epochs["model_id"] == suite["model_id"], "best_defender_counts"]
+    assert all(len(c) == 2 and c[0] == c[1] > 0 for c in counts)
+    undefended = models.loc[models["lam"] == 0, "model_id"].item()
+    assert epochs.loc[epochs["model_id"] == undefended, "best_defender_counts"].isna().all()
 
     # Each attack exactly once: the suite model at each of its partitions, the undefended one
     # at every partition of the grid (the suite's pool2 too), the pool1 model at pool1.
