@@ -16,6 +16,9 @@ from analysis.results_md import results_markdown
 from analysis.tables import figure5_directions, load
 from pp_cluster.results.store import ResultStore
 
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO / "docs" / "reference" / "cifar_cpu"
+PAGE = REPO / "docs" / "results_cifar.md"
 SWEEP = "cifar_t"
 N = 40
 PARTS = ("pool1", "pool2", "pool3")
@@ -122,3 +125,15 @@ def test_cifar_page_checks_figure_5_f_to_j(root, tmp_path):
     assert row(checks, depth, "λ=0.1 (deconv)", "pool2 − pool1")[-2:] == ["**no**", "no"]
     assert "CIFAR-10 (50,000 training / 10,000 test images)" in section(md, "## The paper's setting")
     assert md == results_markdown(str(root), tmp_path / "results_cifar.md")  # deterministic
+
+
+def test_committed_cifar_page_matches_the_reference_tables():
+    if not REFERENCE.is_dir():
+        pytest.skip(
+            f"{REFERENCE.relative_to(REPO)}/ (the committed CIFAR-10 reference tables) does not exist yet"
+        )
+    command = f"python -m analysis.report {REFERENCE.relative_to(REPO)} --markdown {PAGE.relative_to(REPO)}"
+    assert PAGE.exists(), f"{PAGE.relative_to(REPO)} is missing: run {command}"
+    assert results_markdown(str(REFERENCE), PAGE) == PAGE.read_text(encoding="utf-8"), (
+        f"{PAGE.relative_to(REPO)} drifted from its tables: regenerate it with {command}"
+    )

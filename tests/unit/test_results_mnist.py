@@ -13,7 +13,7 @@ from test_analysis import model_row, scored_attack_row
 from test_results_md import section
 
 from analysis.results_md import results_markdown
-from analysis.tables import falling_prefix, load, suite_vs_single, table_i_shape
+from analysis.tables import falling_prefix, load, suite_vs_single, table_i, table_i_shape
 from pp_cluster.results.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +115,22 @@ def test_table_i_shape_counts_the_strict_falls(root):
     assert t.loc["mnist_a1", "lams"] == LAMS
     # the means are the seeds' means of the attacks' SSIM
     assert t.loc["mnist_a1", "ssim"][1] == pytest.approx(0.80 + 0.002, abs=1e-9)
+
+
+def test_a_sweep_at_one_lambda_is_in_table_ii_not_table_i(root):
+    """A Table II sweep run at its λ alone (single and suite, no undefended model) has nothing
+    to fall in Table I: it is left out there and compared in the suite-vs-single table."""
+    store, rng = ResultStore(str(root)), np.random.default_rng(4)
+    for seed in (0, 1):
+        for present, defenders in (("single", "mnist_a1"), ("suite", SUITE)):
+            mid = f"t2r-{present}-s{seed}"
+            write_model(store, "mnist_t2r", mid, seed, 1.0, defenders)
+            for attacker, pair in T2_SSIM.items():
+                write_attack(store, "mnist_t2r", mid, attacker, pair[seed][present == "suite"], rng)
+    res = load(str(root))
+    assert set(table_i(res)["sweep"]) == {T1, T2}
+    assert set(table_i_shape(res)["sweep"]) == {T1, T2}
+    assert set(suite_vs_single(res)["sweep"]) == {T2, "mnist_t2r"}
 
 
 def test_suite_vs_single_pairs_by_seed(root):
