@@ -9,7 +9,7 @@ and figures, a report and a reproducible results page.
     paired_differences(res)                     # defended − undefended, paired by seed
 
     python -m analysis.report results/ --out report/
-    python -m analysis.report docs/reference/lfw_cpu --markdown docs/results.md
+    python -m analysis.report docs/reference/lfw_cpu --markdown docs/results_lfw.md
 """
 
 from analysis.tables import (

@@ -1,5 +1,5 @@
 """The results page: one Markdown file generated from a results root's tables alone, with the
-paper's own numbers beside ours (``python -m analysis.report ROOT --markdown docs/results.md``).
+paper's own numbers beside ours (``python -m analysis.report ROOT --markdown docs/results_lfw.md``).
 
 It is deterministic so that it can be committed beside the reference tables and checked byte
 for byte: no time of generation, no machine-specific paths (the tables are linked relative to

@@ -722,7 +722,7 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PAGE",
         help="also (or only) write the reproducible results page, tables beside the paper's, to PAGE "
-        "(e.g. docs/results.md)",
+        "(e.g. docs/results_lfw.md)",
     )
     p.add_argument(
         "--activation-maps",

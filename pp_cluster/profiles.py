@@ -91,7 +91,7 @@ LFW_GRID_CPU = LFW_GRID.with_(
 )
 
 # The strongest attacks on the cpu profile's models where λ* = 0.1 lowered the worst case
-# significantly (pool3: SSIM 0.622 -> 0.552, docs/results.md): the same models at pool3 only,
+# significantly (pool3: SSIM 0.622 -> 0.552, docs/results_lfw.md): the same models at pool3 only,
 # attacked also by the white-box rmle (it knows the local weights) and by tuned twins of deconv
 # and resdec (3 Optuna candidates each, scored on the attacker's validation split). Does that
 # protection hold against attackers that know more or search harder? fc and sparse_fc are left

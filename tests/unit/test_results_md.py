@@ -1,5 +1,5 @@
 """The results page (analysis/results_md.py): deterministic, its numbers what the tables say,
-significance that follows the data, and docs/results.md in step with the committed reference
+significance that follows the data, and docs/results_lfw.md in step with the committed reference
 tables (docs/reference/lfw_cpu/)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pp_cluster.results.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "docs" / "reference" / "lfw_cpu"
-PAGE = REPO / "docs" / "results.md"
+PAGE = REPO / "docs" / "results_lfw.md"
 SWEEP = "lfw_tiny"
 N_IMAGES = 30
 PARTITIONS = ("pool1", "pool2")
@@ -247,10 +247,10 @@ def test_committed_page_matches_the_reference_tables():
     if not REFERENCE.is_dir():
         pytest.skip(f"{REFERENCE.relative_to(REPO)}/ (the committed reference tables) does not exist yet")
     assert PAGE.exists(), (
-        "docs/results.md is missing: python -m analysis.report docs/reference/lfw_cpu "
-        "--markdown docs/results.md"
+        "docs/results_lfw.md is missing: python -m analysis.report docs/reference/lfw_cpu "
+        "--markdown docs/results_lfw.md"
     )
     assert results_markdown(str(REFERENCE), PAGE) == PAGE.read_text(encoding="utf-8"), (
-        "docs/results.md is stale: regenerate it with "
-        "python -m analysis.report docs/reference/lfw_cpu --markdown docs/results.md"
+        "docs/results_lfw.md is stale: regenerate it with "
+        "python -m analysis.report docs/reference/lfw_cpu --markdown docs/results_lfw.md"
     )
