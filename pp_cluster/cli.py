@@ -53,11 +53,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument(
         "--profile",
-        choices=("paper", "quick", "cpu", "strong"),
+        choices=("paper", "quick", "cpu", "strong", "ranked"),
         default=None,
         help="paper: the paper's data and budget (default); quick: minutes on the embedded data set "
         "(unless --data-root is given); cpu: the real-data job in a 2-core budget (needs --data-root); "
-        "strong (lfw_grid): the cpu models at pool3 against the white-box and tuned attackers",
+        "strong (lfw_grid): the cpu models at pool3 against the white-box and tuned attackers; "
+        "ranked (mnist_table2): the cpu profile's Table II with the suite the paper's rule picks "
+        "from our Table I",
     )
     g.add_argument("--quick", action="store_true", help="the same as --profile quick")
     g.add_argument(
@@ -258,7 +260,7 @@ def profile_name(args: argparse.Namespace) -> str:
 
 
 def spec_from_args(args: argparse.Namespace, driver: str) -> SweepSpec:
-    """The driver's chosen profile (paper, quick, cpu or strong), then every flag the user gave on top."""
+    """The driver's chosen profile (paper, quick, cpu, strong or ranked), then every flag the user gave on top."""
     from pp_cluster.profiles import NEEDS_DATA_ROOT, PROFILES
 
     profiles, name = PROFILES[driver], profile_name(args)

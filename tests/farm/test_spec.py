@@ -186,6 +186,20 @@ def test_profiles_and_recipe_flags(tmp_path):
         spec_from_args(p.parse_args(["--profile", "strong"]), "mnist_table1")
     table2 = spec_from_args(p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path)]), "mnist_table2")
     assert len(table2.defender_suites) == 2 and table2.lams == (0.0, 1.0)
+    # ranked: Table II's single-defender models, and the suite the paper's rule picks from our
+    # Table I; the same sweep as the flags the reference run was started with
+    from pp_cluster.farm.manifest import identity
+
+    ranked = spec_from_args(
+        p.parse_args(["--profile", "ranked", "--data-root", str(tmp_path)]), "mnist_table2"
+    )
+    flags = "--lams 1 --defenders mnist_a1;mnist_a6,mnist_a1,mnist_a2,mnist_a5 --name mnist_table2_ranked_cpu"
+    by_flags = spec_from_args(
+        p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path), *flags.split()]), "mnist_table2"
+    )
+    assert identity(ranked) == identity(by_flags) and ranked.name == "mnist_table2_ranked_cpu"
+    assert ranked.model_spec("fc2", 1.0, 0) == table2.model_spec("fc2", 1.0, 0)  # the single defender
+    assert ranked.defender_suites[1] == ("mnist_a6", "mnist_a1", "mnist_a2", "mnist_a5")
 
 
 def test_a_sweep_trains_at_its_recipes_batch_size_unless_it_sets_one(tmp_path):
