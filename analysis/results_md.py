@@ -25,6 +25,7 @@ from analysis.tables import (
     SETTING,
     Missing,
     Results,
+    best_defenders,
     config_label,
     epsilon,
     falling_prefix,
@@ -694,6 +695,34 @@ def suite_md(d: pd.DataFrame) -> str:
     )
 
 
+def best_md(d: pd.DataFrame) -> str:
+    """:func:`analysis.tables.best_defenders`, one table per configuration."""
+
+    def render(g: pd.DataFrame, _: str) -> str:
+        rows = [
+            {
+                "λ": f"{r['lam']:g}",
+                "suite": r["defenders"],
+                "defender": r["defender"],
+                "seeds": r["share_final_n"],
+                "share of the final epoch's batches, % [95 % CI]": interval(
+                    r["share_final_mean"], r["share_final_ci_lo"], r["share_final_ci_hi"], "rate"
+                ),
+                "share of all batches, % [95 % CI]": interval(
+                    r["share_all_mean"], r["share_all_ci_lo"], r["share_all_ci_hi"], "rate"
+                ),
+            }
+            for _, r in g.iterrows()
+        ]
+        return md_table(pd.DataFrame(rows))
+
+    return (
+        f"{per_config(d, render)}\n\nAlgorithm 1 pushes the local layers, on each batch, against the suite's "
+        "best defender on that batch (the lowest distance): how often each member was it. Mean over seeds "
+        "and t interval; from the epochs table's `best_defender_counts`."
+    )
+
+
 def paper_table_ii_md() -> str:
     rows = [["model accuracy, %", *[f"{a:.1f}" for a in paper.TABLE_II_ACC]]]
     for k, metric in enumerate(("MSE", "SSIM")):
@@ -738,6 +767,8 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
             _built(lambda: table_ii_md(table_ii(res))),
             "### The defender suite against the single defender, paired by seed",
             _built(lambda: suite_md(suite_vs_single(res))),
+            "### Which suite member was the best defender",
+            _built(lambda: best_md(best_defenders(res))),
             "### The paper's Table II",
             paper_table_ii_md(),
             *shared,

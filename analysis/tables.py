@@ -550,6 +550,49 @@ def suite_vs_single(res: Results, level: float = LEVEL) -> pd.DataFrame:
     ]
 
 
+def best_defenders(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Which member of a multi-defender suite Algorithm 1 pushed against: per configuration,
+    suite, λ and member, the share of the training batches on which it was the best defender
+    (the argmin of the distance), in the final epoch and over all epochs; mean and t interval
+    over seeds (``share_final_*``, ``share_all_*``). From the epochs table's
+    ``best_defender_counts``; models whose tables predate that column are left out. Partition
+    suites are left out (their counts are per partition)."""
+    m = res.models
+    m = m[(m["status"] == OK) & m["partition_suite"].isna() & (n_defenders(m["defenders"]) > 1)]
+    e = res.epochs
+    if "best_defender_counts" in e.columns:
+        e = e[e["best_defender_counts"].notna()]
+    else:
+        e = e.iloc[0:0]
+    e = e[e["model_id"].isin(m["model_id"])]
+    if e.empty:
+        raise Missing(
+            "Best defenders: no multi-defender model's epochs record best_defender_counts "
+            "(tables written before that column)"
+        )
+    rows = []
+    for mid, g in e.sort_values("epoch").groupby("model_id", sort=True):
+        model = m[m["model_id"] == mid].iloc[0]
+        names = model["defenders"].split(",")
+        counts = np.array([list(c) for c in g["best_defender_counts"]], dtype=float)
+        final, total = counts[-1], counts.sum(axis=0)
+        for k, name in enumerate(names):
+            rows.append(
+                {
+                    **{c: model[c] for c in (*CONFIG, "defenders", "lam", "seed")},
+                    "defender": name,
+                    "position": k,
+                    "share_final": final[k] / final.sum(),
+                    "share_all": total[k] / total.sum(),
+                }
+            )
+    df = pd.DataFrame(rows)
+    out = aggregate(
+        df, [*CONFIG, "defenders", "lam", "position", "defender"], ["share_final", "share_all"], level
+    )
+    return out.drop(columns="position")
+
+
 ATTRIBUTE_COUNTS = ["n_cg", "n_df", "n_ti", "gender_acc"]
 
 

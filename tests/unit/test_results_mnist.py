@@ -13,7 +13,15 @@ from test_analysis import model_row, scored_attack_row
 from test_results_md import section
 
 from analysis.results_md import results_markdown
-from analysis.tables import falling_prefix, load, suite_vs_single, table_i, table_i_shape
+from analysis.tables import (
+    Missing,
+    best_defenders,
+    falling_prefix,
+    load,
+    suite_vs_single,
+    table_i,
+    table_i_shape,
+)
 from pp_cluster.results.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +139,34 @@ def test_a_sweep_at_one_lambda_is_in_table_ii_not_table_i(root):
     assert set(table_i(res)["sweep"]) == {T1, T2}
     assert set(table_i_shape(res)["sweep"]) == {T1, T2}
     assert set(suite_vs_single(res)["sweep"]) == {T2, "mnist_t2r"}
+
+
+def test_best_defenders_are_the_shares_of_the_batches_each_member_was_best(root):
+    store = ResultStore(str(root))
+    # the T2 suite models' epochs: 10 batches per epoch, two epochs; seed 0 then seed 1
+    counts = {0: ([4, 3, 2, 1], [6, 2, 2, 0]), 1: ([2, 2, 3, 3], [8, 0, 1, 1])}
+    for seed, per_epoch in counts.items():
+        rows = [
+            {"model_id": f"t2-suite-s{seed}", "epoch": e, "task_loss": 0.1, "best_defender_counts": c}
+            for e, c in enumerate(per_epoch, start=1)
+        ]
+        store.write("epochs", T2, f"t2-suite-s{seed}", rows)
+    store.write("epochs", T2, "t2-single-s0", [{"model_id": "t2-single-s0", "epoch": 1, "task_loss": 0.1}])
+    b = best_defenders(load(str(root))).set_index("defender")
+    assert list(b.index) == SUITE.split(",")  # the suite's order
+    assert b.loc["mnist_d1", "share_final_mean"] == pytest.approx((0.6 + 0.8) / 2)
+    assert b.loc["mnist_d1", "share_all_mean"] == pytest.approx((10 / 20 + 10 / 20) / 2)
+    assert b.loc["mnist_d2", "share_final_n"] == 2
+    half = stats.t.ppf(0.975, 1) * np.std([0.6, 0.8], ddof=1) / np.sqrt(2)
+    assert b.loc["mnist_d1", "share_final_ci_hi"] == pytest.approx(0.7 + half)
+    md = results_markdown(str(root), root.parent / "results_mnist.md")
+    best = section(md, "### Which suite member was the best defender")
+    assert "| 1 | mnist_d1,mnist_d2,mnist_d3,mnist_d4 | mnist_d1 | 2 | 70.0 [" in best
+
+
+def test_best_defenders_need_the_counts(root):
+    with pytest.raises(Missing, match="best_defender_counts"):
+        best_defenders(load(str(root)))  # the fixture writes no epochs
 
 
 def test_suite_vs_single_pairs_by_seed(root):
