@@ -195,11 +195,27 @@ def test_profiles_and_recipe_flags(tmp_path):
     )
     flags = "--lams 1 --defenders mnist_a1;mnist_a6,mnist_a1,mnist_a2,mnist_a5 --name mnist_table2_ranked_cpu"
     by_flags = spec_from_args(
-        p.parse_args(["--profile", "cpu", "--data-root", str(tmp_path), *flags.split()]), "mnist_table2"
+        p.parse_args(
+            ["--profile", "cpu", "--data-root", str(tmp_path), *flags.split(), "--seeds", "0,1,2,3,4"]
+        ),
+        "mnist_table2",
     )
     assert identity(ranked) == identity(by_flags) and ranked.name == "mnist_table2_ranked_cpu"
     assert ranked.model_spec("fc2", 1.0, 0) == table2.model_spec("fc2", 1.0, 0)  # the single defender
     assert ranked.defender_suites[1] == ("mnist_a6", "mnist_a1", "mnist_a2", "mnist_a5")
+    # run in two parts (seeds 0-2, then --seeds 3,4): the same models as the five-seed profile
+    parts = [
+        spec_from_args(
+            p.parse_args(["--profile", "ranked", "--data-root", str(tmp_path), "--seeds", seeds]),
+            "mnist_table2",
+        )
+        for seeds in ("0,1,2", "3,4")
+    ]
+
+    def ids(spec):
+        return {spec.point_spec(q).model_id(spec.name) for q in spec.grid_points()}
+
+    assert ids(parts[0]) | ids(parts[1]) == ids(ranked) and len(ids(ranked)) == 10
 
 
 def test_a_sweep_trains_at_its_recipes_batch_size_unless_it_sets_one(tmp_path):
