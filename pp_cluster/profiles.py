@@ -169,8 +169,9 @@ MNIST_TABLE2_CPU = MNIST_TABLE1_CPU.with_(
 # weakest; our four strongest at λ = 1 are mnist_a6, a1, a2, a5 (SSIM 0.700, 0.686, 0.679, 0.662;
 # MSE 0.022-0.025; docs/results_mnist.md). λ = 1 alone: the undefended models are Table II's.
 # Five seeds: at three, the suite was below the single defender for all 8 attackers but by
-# 0.02-0.03 with intervals of ±0.04. (The reference ran seeds 0-2, then --seeds 3,4: the same
-# model ids as one five-seed run.)
+# 0.02-0.03 with intervals of ±0.04; at five, for all 8 significantly (-0.022 to -0.035,
+# docs/results_mnist.md). (The reference ran seeds 0-2, then --seeds 3,4: the same model ids as
+# one five-seed run.)
 MNIST_RANKED = ("mnist_a6", "mnist_a1", "mnist_a2", "mnist_a5")
 MNIST_TABLE2_RANKED = MNIST_TABLE2_CPU.with_(
     name="mnist_table2_ranked_cpu",
