@@ -559,20 +559,17 @@ def best_defenders(res: Results, level: float = LEVEL) -> pd.DataFrame:
     suites are left out (their counts are per partition)."""
     m = res.models
     m = m[(m["status"] == OK) & m["partition_suite"].isna() & (n_defenders(m["defenders"]) > 1)]
-    e = res.epochs
-    if "best_defender_counts" in e.columns:
-        e = e[e["best_defender_counts"].notna()]
-    else:
-        e = e.iloc[0:0]
-    e = e[e["model_id"].isin(m["model_id"])]
+    e = res.epochs  # (older tables read the column as null)
+    e = e[e["best_defender_counts"].notna() & e["model_id"].isin(m["model_id"])]
     if e.empty:
         raise Missing(
             "Best defenders: no multi-defender model's epochs record best_defender_counts "
             "(tables written before that column)"
         )
+    models = m.set_index("model_id")
     rows = []
     for mid, g in e.sort_values("epoch").groupby("model_id", sort=True):
-        model = m[m["model_id"] == mid].iloc[0]
+        model = models.loc[mid]
         names = model["defenders"].split(",")
         counts = np.array([list(c) for c in g["best_defender_counts"]], dtype=float)
         final, total = counts[-1], counts.sum(axis=0)
