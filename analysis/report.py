@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 from analysis.results_md import (
     cell,
     family_md,
+    family_paired_md,
     fmt,
     interval,
     md_table,
@@ -48,6 +49,7 @@ from analysis.tables import (
     frontiers,
     in_setting,
     leakage_by_family,
+    leakage_by_family_paired,
     load,
     natural_key,
     paired_differences,
@@ -516,6 +518,10 @@ def build_report(root: str, out: Path, sweep: str | None = None, activation_maps
     artefact(
         "Leakage by attacker knowledge — own family, unseen families, white-box, tuned",
         table(leakage_by_family, family_md, "leakage_by_family"),
+    )
+    artefact(
+        "Leakage by attacker knowledge, defended minus undefended, paired by seed",
+        table(leakage_by_family_paired, family_paired_md, "leakage_by_family_paired"),
     )
     if res.models["partition_suite"].notna().any():  # a sweep axis of its own: shown where swept
         artefact(

@@ -230,6 +230,33 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     return out
 
 
+def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, list[str], list[pd.DataFrame]]:
+    """Per attacked model (:func:`_attacked`), the strongest SSIM over the attackers of the first
+    k steps of :data:`FAMILIES` (columns ``step<k>`` with the image bootstrap's ``_ci_lo/_ci_hi``);
+    who joins at each step; and each step's competing attacks (the first k steps' together)."""
+    j = res.joined()
+    j = j[succeeded(j) & (j["status_model"] == OK) & j["partition"].notna()]
+    names = sorted({d for ds in res.models["defenders"].dropna() for d in str(ds).split(",") if d})
+    j = j.assign(family=family(j, names)).dropna(subset=["family"])
+    if j.empty:
+        raise Missing("Leakage by attacker knowledge: no successful attacks to rank")
+    rows = _attacked(res)[[*PAIR, *SETTING, "model_id"]]
+    who, subs = [], []
+    for k in range(1, len(FAMILIES) + 1):
+        sub = j[j["family"].isin(FAMILIES[:k])]
+        joining = j.loc[j["family"] == FAMILIES[k - 1], "attacker"].astype(str).unique()
+        who.append(", ".join(sorted(joining, key=natural_key)))
+        subs.append(sub)
+        if sub.empty:
+            rows = rows.assign(
+                **{f"step{k}": math.nan, f"step{k}_ci_lo": math.nan, f"step{k}_ci_hi": math.nan}
+            )
+            continue
+        best = _strongest_with_ci(sub, "ssim", f"step{k}", level).drop(columns=f"step{k}_attacker")
+        rows = rows.merge(best, on=WORST_KEYS, how="left")
+    return rows, who, subs
+
+
 def leakage_by_family(res: Results, level: float = LEVEL) -> pd.DataFrame:
     """How the worst case grows with what the attacker knows: per partition and setting, the
     strongest SSIM over the attackers of the first k steps of :data:`FAMILIES` — (1) the
@@ -242,27 +269,85 @@ def leakage_by_family(res: Results, level: float = LEVEL) -> pd.DataFrame:
     and its value repeats the step before). "The defenders' family" is every decoder a model
     of the sweep was defended with, so undefended models are judged by the same ladder.
     """
-    j = res.joined()
-    j = j[succeeded(j) & (j["status_model"] == OK) & j["partition"].notna()]
-    names = sorted({d for ds in res.models["defenders"].dropna() for d in str(ds).split(",") if d})
-    j = j.assign(family=family(j, names)).dropna(subset=["family"])
-    if j.empty:
-        raise Missing("Leakage by attacker knowledge: no successful attacks to rank")
-    rows = _attacked(res)[[*CONFIG, *SETTING, "seed", "model_id"]]
-    steps = []
-    for k in range(1, len(FAMILIES) + 1):
-        sub = j[j["family"].isin(FAMILIES[:k])]
-        who = sorted(j.loc[j["family"] == FAMILIES[k - 1], "attacker"].astype(str).unique(), key=natural_key)
-        steps.append(", ".join(who))
-        if sub.empty:
-            rows = rows.assign(
-                **{f"step{k}": math.nan, f"step{k}_ci_lo": math.nan, f"step{k}_ci_hi": math.nan}
-            )
-            continue
-        best = _strongest_with_ci(sub, "ssim", f"step{k}", level).drop(columns=f"step{k}_attacker")
-        rows = rows.merge(best, on=WORST_KEYS, how="left")
+    rows, who, _ = _family_steps(res, level)
     out = summarise(rows, [*CONFIG, *SETTING], [f"step{k}" for k in range(1, len(FAMILIES) + 1)], level)
-    return out.assign(**{f"step{k}_attackers": who for k, who in enumerate(steps, start=1)})
+    return out.assign(**{f"step{k}_attackers": names for k, names in enumerate(who, start=1)})
+
+
+FAMILY_PAIRED_COLUMNS = [
+    *CONFIG,
+    *SETTING,
+    "step",
+    "knowledge",
+    "attackers",
+    "n_pairs",
+    "seeds",
+    "defended",
+    "undefended",
+    "diff",
+    "diff_ci_lo",
+    "diff_ci_hi",
+    "ci_method",
+    "significant",
+]
+
+
+def leakage_by_family_paired(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """Does the defense still lower the worst case as the attacker knows more? Per partition,
+    defended setting and step k of :data:`FAMILIES`, the mean over seeds of (the defended
+    model's step-k worst-case SSIM − that of the undefended model of the same seed and recipe,
+    attacked at that partition), as :func:`paired_differences` pairs them: a t interval over
+    the seed differences with two or more pairs; with one, a paired bootstrap over the images
+    (the same images resampled for both models, the step's strongest attacker recomputed).
+
+    A step that adds no attacker is left out (it would repeat the step before). Columns:
+    :data:`FAMILY_PAIRED_COLUMNS`; ``knowledge`` names the step, ``attackers`` who joins at it.
+    """
+    rows, who, subs = _family_steps(res, level)
+    undefended = rows[rows["defense"] == "none"]
+    if undefended.duplicated(PAIR).any():
+        raise ValueError(f"leakage_by_family_paired: more than one undefended model per {PAIR}")
+    pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
+    if pairs.empty:
+        raise Missing(
+            "Leakage by knowledge, paired: no defended model has an undefended model of the same seed "
+            "attacked at its partition"
+        )
+    keys = [*CONFIG, *SETTING]
+    parts = []
+    for k in range(1, len(FAMILIES) + 1):
+        col = f"step{k}"
+        p = pairs.dropna(subset=[col, f"{col}_u"])
+        if p.empty or not who[k - 1]:  # a step that adds no attacker would repeat the one before
+            continue
+        p = p.assign(diff=p[col] - p[f"{col}_u"])
+        agg = aggregate(p, keys, ["diff", col, f"{col}_u"], level)
+        agg["ci_method"] = np.where(agg["diff_n"] >= 2, "t", None)
+        images = _real_images(subs[k - 1])
+        single = agg.index[agg["diff_n"] == 1]
+        lone = agg.loc[single, keys].merge(p, on=keys, how="left").set_index(single)
+        for i, pair in lone.iterrows():
+            (lo, hi), method = _one_pair_ci(pair, "ssim", images, level)
+            agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
+        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(
+            lambda s: ",".join(map(str, sorted(s)))
+        )
+        agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
+        parts.append(
+            agg.assign(step=k, knowledge=FAMILIES[k - 1], attackers=who[k - 1]).rename(
+                columns={
+                    "diff_n": "n_pairs",
+                    f"{col}_mean": "defended",
+                    f"{col}_u_mean": "undefended",
+                    "diff_mean": "diff",
+                }
+            )
+        )
+    if not parts:
+        raise Missing("Leakage by knowledge, paired: the paired models have no worst-case SSIM at any step")
+    out = with_significance(pd.concat(parts, ignore_index=True))
+    out["ci_method"] = out["ci_method"].where(out["diff_ci_lo"].notna())
+    return out[FAMILY_PAIRED_COLUMNS]
 
 
 def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:

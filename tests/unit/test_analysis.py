@@ -694,6 +694,7 @@ def test_report_command_writes_markdown_figures_and_csv(root, tmp_path):
         "figure7",
         "paired_differences",
         "leakage_by_family",
+        "leakage_by_family_paired",
         "frontier",
         "hypervolume",
         "models_worst_case",

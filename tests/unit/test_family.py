@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from test_analysis import attack_row, model_row  # (pytest puts this folder on sys.path)
 
-from analysis.report import family_md
-from analysis.tables import Missing, Results, leakage_by_family, load, table_i
+from analysis.report import family_md, family_paired_md
+from analysis.tables import Missing, Results, leakage_by_family, leakage_by_family_paired, load, table_i
 from pp_cluster.results.rules import FAMILIES, family, label_tuned
 from pp_cluster.results.store import ResultStore
 
@@ -95,6 +95,38 @@ def test_each_step_is_the_strongest_of_everything_known_so_far(root):
     )
     md = family_md(leakage_by_family(load(root)))
     assert "(4) + tuned" in md and "0.680" in md  # D0/D1's tuned fc: mean of 0.70 and 0.66
+
+
+def test_paired_ladder_is_each_seeds_defended_minus_undefended_step(root):
+    t = leakage_by_family_paired(load(root)).set_index("step")
+    allowed = [("deconv", 0)], [("fc", 0)], [("rmle", 0)], [("fc", 8)]
+    for k in range(1, 5):
+        keys = [a for step in allowed[:k] for a in step]
+        diffs = [
+            max(SSIM[d][a] for a in keys) - max(SSIM[u][a] for a in keys)
+            for d, u in (("D0", "U0"), ("D1", "U1"))
+        ]
+        assert t.at[k, "diff"] == pytest.approx(np.mean(diffs))
+        assert t.at[k, "n_pairs"] == 2 and t.at[k, "seeds"] == "0,1" and t.at[k, "ci_method"] == "t"
+        assert t.at[k, "diff_ci_lo"] <= np.mean(diffs) <= t.at[k, "diff_ci_hi"]
+    # deconv alone: -0.30 on both seeds (no spread, a zero-width interval: significant);
+    # everything known: the tuned fc, 0.70 - 0.85 and 0.66 - 0.83.
+    assert t.at[1, "diff"] == pytest.approx(-0.30) and bool(t.at[1, "significant"])
+    assert t.at[4, "diff"] == pytest.approx(-0.16) and t.at[4, "attackers"] == "fc (tuned)"
+    md = family_paired_md(leakage_by_family_paired(load(root)))
+    assert "(4) + tuned (fc (tuned))" in md and "-0.160 [" in md
+
+
+def test_paired_ladder_with_one_pair_bootstraps_the_images_and_leaves_out_empty_steps(root):
+    res = load(root)
+    keep = ~res.models["model_id"].isin(["U1", "D1"])
+    drop = ~res.attacks["attacker"].isin(["rmle"]) & res.attacks["model_id"].isin(["U0", "D0"])
+    one = Results(models=res.models[keep], attacks=res.attacks[drop], epochs=res.epochs, root=res.root)
+    t = leakage_by_family_paired(one).set_index("step")
+    assert list(t.index) == [1, 2, 4]  # no white-box attacker: step 3 would repeat step 2
+    assert (t["ci_method"] == "bootstrap").all() and (t["n_pairs"] == 1).all()
+    assert t.at[2, "diff"] == pytest.approx(0.60 - 0.75)
+    assert t.at[2, "diff_ci_lo"] < 0.60 - 0.75 < t.at[2, "diff_ci_hi"] < 0
 
 
 def test_tuned_rows_are_named_apart_and_families_follow_the_rules(root):
