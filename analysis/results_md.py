@@ -401,29 +401,32 @@ def figure5_md(
 DIFF_NAMES = {"ssim": "worst-case SSIM", "test_acc": "test accuracy, %", "n_cg": "#CG"}
 
 
+def paired_cells(r: pd.Series, what: str, label: str, kind: str = "value") -> dict[str, str]:
+    """One row of a paired table (:func:`analysis.tables.paired_differences` and the paired
+    knowledge ladder): partition, setting, ``what`` = ``label``, then the pairs, both means and
+    the difference with its interval, its method and whether it excludes 0."""
+    sig = r["significant"]
+    return {
+        "partition": r["partition"],
+        "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+        what: label,
+        "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
+        "defended": interval(r["defended"], kind=kind),
+        "undefended": interval(r["undefended"], kind=kind),
+        "defended − undefended [95 % CI]": interval(r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind),
+        "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
+        "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
+    }
+
+
 def paired_md(d: pd.DataFrame) -> str:
     """:func:`analysis.tables.paired_differences` as one table per (sweep, data set, classifier)."""
 
     def render(g: pd.DataFrame, _: str) -> str:
         rows = []
         for r in sorted_rows(g, then=lambda r: DIFF_METRICS.index(r["metric"])):
-            name, kind = DIFF_NAMES[r["metric"]], KINDS.get(r["metric"], "value")
-            sig = r["significant"]
-            rows.append(
-                {
-                    "partition": r["partition"],
-                    "setting": config_label(r["defense"], r["defenders"], r["lam"]),
-                    "metric": name,
-                    "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
-                    "defended": interval(r["defended"], kind=kind),
-                    "undefended": interval(r["undefended"], kind=kind),
-                    "defended − undefended [95 % CI]": interval(
-                        r["diff"], r["diff_ci_lo"], r["diff_ci_hi"], kind
-                    ),
-                    "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
-                    "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
-                }
-            )
+            kind = KINDS.get(r["metric"], "value")
+            rows.append(paired_cells(r, "metric", DIFF_NAMES[r["metric"]], kind))
         return md_table(pd.DataFrame(rows))
 
     return (
@@ -543,20 +546,8 @@ def family_paired_md(d: pd.DataFrame) -> str:
     def render(g: pd.DataFrame, _: str) -> str:
         rows = []
         for r in sorted_rows(g, then=lambda r: r["step"]):
-            sig = r["significant"]
-            rows.append(
-                {
-                    "partition": r["partition"],
-                    "setting": config_label(r["defense"], r["defenders"], r["lam"]),
-                    "attackers so far": f"{heads[int(r['step']) - 1]} ({r['attackers']})",
-                    "pairs (seeds)": f"{r['n_pairs']} ({r['seeds']})",
-                    "defended": interval(r["defended"]),
-                    "undefended": interval(r["undefended"]),
-                    "defended − undefended [95 % CI]": interval(r["diff"], r["diff_ci_lo"], r["diff_ci_hi"]),
-                    "interval": "–" if pd.isna(r["ci_method"]) else METHOD_NAMES[r["ci_method"]],
-                    "significant": "–" if pd.isna(sig) else ("**yes**" if sig else "no"),
-                }
-            )
+            who = f"{heads[int(r['step']) - 1]} ({r['attackers']})"
+            rows.append(paired_cells(r, "attackers so far", who))
         return md_table(pd.DataFrame(rows))
 
     return (

@@ -304,50 +304,17 @@ def leakage_by_family_paired(res: Results, level: float = LEVEL) -> pd.DataFrame
     :data:`FAMILY_PAIRED_COLUMNS`; ``knowledge`` names the step, ``attackers`` who joins at it.
     """
     rows, who, subs = _family_steps(res, level)
-    undefended = rows[rows["defense"] == "none"]
-    if undefended.duplicated(PAIR).any():
-        raise ValueError(f"leakage_by_family_paired: more than one undefended model per {PAIR}")
-    pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
-    if pairs.empty:
-        raise Missing(
-            "Leakage by knowledge, paired: no defended model has an undefended model of the same seed "
-            "attacked at its partition"
-        )
-    keys = [*CONFIG, *SETTING]
+    pairs = _with_undefended_twin(rows, "Leakage by knowledge, paired")
     parts = []
     for k in range(1, len(FAMILIES) + 1):
-        col = f"step{k}"
-        p = pairs.dropna(subset=[col, f"{col}_u"])
-        if p.empty or not who[k - 1]:  # a step that adds no attacker would repeat the one before
+        if not who[k - 1]:  # a step that adds no attacker would repeat the one before
             continue
-        p = p.assign(diff=p[col] - p[f"{col}_u"])
-        agg = aggregate(p, keys, ["diff", col, f"{col}_u"], level)
-        agg["ci_method"] = np.where(agg["diff_n"] >= 2, "t", None)
-        images = _real_images(subs[k - 1])
-        single = agg.index[agg["diff_n"] == 1]
-        lone = agg.loc[single, keys].merge(p, on=keys, how="left").set_index(single)
-        for i, pair in lone.iterrows():
-            (lo, hi), method = _one_pair_ci(pair, "ssim", images, level)
-            agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
-        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(
-            lambda s: ",".join(map(str, sorted(s)))
-        )
-        agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
-        parts.append(
-            agg.assign(step=k, knowledge=FAMILIES[k - 1], attackers=who[k - 1]).rename(
-                columns={
-                    "diff_n": "n_pairs",
-                    f"{col}_mean": "defended",
-                    f"{col}_u_mean": "undefended",
-                    "diff_mean": "diff",
-                }
-            )
-        )
+        part = _paired_column(pairs, f"step{k}", "ssim", _real_images(subs[k - 1]), level)
+        if part is not None:
+            parts.append(part.assign(step=k, knowledge=FAMILIES[k - 1], attackers=who[k - 1]))
     if not parts:
         raise Missing("Leakage by knowledge, paired: the paired models have no worst-case SSIM at any step")
-    out = with_significance(pd.concat(parts, ignore_index=True))
-    out["ci_method"] = out["ci_method"].where(out["diff_ci_lo"].notna())
-    return out[FAMILY_PAIRED_COLUMNS]
+    return _significant(parts)[FAMILY_PAIRED_COLUMNS]
 
 
 def attack_intervals(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
@@ -894,55 +861,71 @@ def paired_differences(res: Results, level: float = LEVEL) -> pd.DataFrame:
     """
     rows = _attacked(res)
     rows = rows.merge(attribute_best(res.attacks)[[*WORST_KEYS, "n_cg", "n_ti"]], on=WORST_KEYS, how="left")
+    pairs = _with_undefended_twin(rows, "Paired differences")
+    images = _real_images(res.attacks)
+    parts = []
+    for metric in DIFF_METRICS:
+        part = _paired_column(pairs, metric, metric, images, level)
+        if part is not None:
+            parts.append(part.assign(metric=metric))
+    if not parts:
+        raise Missing("Paired differences: the paired models have no worst-case SSIM, test accuracy or #CG")
+    return _significant(parts)[DIFF_COLUMNS]
+
+
+def _with_undefended_twin(rows: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Each defended row of ``rows`` beside the undefended row of the same :data:`PAIR` (its
+    columns suffixed ``_u``); ``what`` names the table in the errors."""
     undefended = rows[rows["defense"] == "none"]
     twins = undefended.duplicated(PAIR, keep=False)
     if twins.any():
         ids = sorted(set(undefended.loc[twins, "model_id"]))
         raise ValueError(
-            f"paired_differences: more than one undefended model per {PAIR}: {len(ids)} models, "
-            f"e.g. {ids[:5]}"
+            f"{what}: more than one undefended model per {PAIR}: {len(ids)} models, e.g. {ids[:5]}"
         )
     pairs = rows[rows["defense"] != "none"].merge(undefended, on=PAIR, how="inner", suffixes=("", "_u"))
     if pairs.empty:
         raise Missing(
-            "Paired differences: no defended model has an undefended model of the same seed attacked "
-            "at its partition"
+            f"{what}: no defended model has an undefended model of the same seed attacked at its partition"
         )
-    images = _real_images(res.attacks)
+    return pairs
+
+
+def _paired_column(
+    pairs: pd.DataFrame, column: str, metric: str, images: dict, level: float
+) -> pd.DataFrame | None:
+    """Per configuration and setting, the mean over seeds of ``column`` − ``column_u`` (the
+    values of ``metric``): ``n_pairs``, ``seeds``, ``defended``, ``undefended``, ``diff`` and its
+    interval (``ci_method``: t over the seeds; one pair: :func:`_one_pair_ci` on ``images``).
+    None when no pair has both values."""
     keys = [*CONFIG, *SETTING]
-    parts = []
-    for metric in DIFF_METRICS:
-        p = pairs.dropna(subset=[metric, f"{metric}_u"])
-        if p.empty:
-            continue
-        p = p.assign(diff=p[metric] - p[f"{metric}_u"])
-        agg = aggregate(p, keys, ["diff", metric, f"{metric}_u"], level)
-        agg["ci_method"] = np.where(agg["diff_n"] >= 2, "t", None)
-        single = agg.index[agg["diff_n"] == 1]
-        lone = agg.loc[single, keys].merge(p, on=keys, how="left").set_index(single)
-        for i, pair in lone.iterrows():
-            (lo, hi), method = _one_pair_ci(pair, metric, images, level)
-            agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
-        seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(
-            lambda s: ",".join(map(str, sorted(s)))
-        )
-        agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
-        parts.append(
-            agg.assign(metric=metric).rename(
-                columns={
-                    "diff_n": "n_pairs",
-                    f"{metric}_mean": "defended",
-                    f"{metric}_u_mean": "undefended",
-                    "diff_mean": "diff",
-                }
-            )
-        )
-    if not parts:
-        raise Missing("Paired differences: the paired models have no worst-case SSIM, test accuracy or #CG")
-    out = pd.concat(parts, ignore_index=True)
-    out = with_significance(out)
+    p = pairs.dropna(subset=[column, f"{column}_u"])
+    if p.empty:
+        return None
+    p = p.assign(diff=p[column] - p[f"{column}_u"])
+    agg = aggregate(p, keys, ["diff", column, f"{column}_u"], level)
+    agg["ci_method"] = np.where(agg["diff_n"] >= 2, "t", None)
+    single = agg.index[agg["diff_n"] == 1]
+    lone = agg.loc[single, keys].merge(p, on=keys, how="left").set_index(single)
+    for i, pair in lone.iterrows():
+        (lo, hi), method = _one_pair_ci(pair, metric, images, level)
+        agg.loc[i, ["diff_ci_lo", "diff_ci_hi", "ci_method"]] = lo, hi, method
+    seeds = p.groupby(keys, observed=True, dropna=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    agg = agg.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
+    names = {
+        "diff_n": "n_pairs",
+        f"{column}_mean": "defended",
+        f"{column}_u_mean": "undefended",
+        "diff_mean": "diff",
+    }
+    return agg.rename(columns=names)
+
+
+def _significant(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The parts of a paired table together, with ``significant``; no interval, no method."""
+    out = with_significance(pd.concat(parts, ignore_index=True))
     out["ci_method"] = out["ci_method"].where(out["diff_ci_lo"].notna())
-    return out[DIFF_COLUMNS]
+    return out
 
 
 # Section V-D(1) on CIFAR-10 (Figure 5 f–j): "the decrease in model accuracy is less than 2 %" at
