@@ -518,17 +518,20 @@ def frontier_md(res: Results, said: str | None = paper.FRONTIER) -> str:
     )
 
 
+# The knowledge ladder's steps (rules.FAMILIES), as both ladder tables head them.
+LADDER = ("(1) defenders' family", "(2) + unseen families", "(3) + white-box", "(4) + tuned")
+
+
 def family_md(t: pd.DataFrame) -> str:
     """One row per partition × setting: the worst-case SSIM as each kind of attacker joins."""
     body = t[["sweep", "dataset", "partition"]].copy()
     body.insert(2, "configuration", [config_label(*s) for s in t[SETTING].itertuples(index=False)])
     rows = [r for _, r in t.iterrows()]
-    heads = ["(1) defenders' family", "(2) + unseen families", "(3) + white-box", "(4) + tuned"]
-    for k, head in enumerate(heads, start=1):
+    for k, head in enumerate(LADDER, start=1):
         body[head] = [cell(r, f"step{k}") if r[f"step{k}_attackers"] else "–" for r in rows]
     body["seeds"] = t["step1_n"].where(t["step1_n"] > 0, t["step2_n"])
     who = "; ".join(
-        f"({k}) {t[f'step{k}_attackers'].iloc[0] or 'none in this sweep'}" for k in range(1, len(heads) + 1)
+        f"({k}) {t[f'step{k}_attackers'].iloc[0] or 'none in this sweep'}" for k in range(1, len(LADDER) + 1)
     )
     return (
         f"{md_table(body)}\n\nWorst-case (strongest) SSIM over the attackers of every step so far; a step "
@@ -541,12 +544,11 @@ def family_md(t: pd.DataFrame) -> str:
 def family_paired_md(d: pd.DataFrame) -> str:
     """:func:`analysis.tables.leakage_by_family_paired`: per partition and defended setting, the
     defense's paired effect on the worst case at each step of the knowledge ladder."""
-    heads = ["(1) defenders' family", "(2) + unseen families", "(3) + white-box", "(4) + tuned"]
 
     def render(g: pd.DataFrame, _: str) -> str:
         rows = []
         for r in sorted_rows(g, then=lambda r: r["step"]):
-            who = f"{heads[int(r['step']) - 1]} ({r['attackers']})"
+            who = f"{LADDER[int(r['step']) - 1]} ({r['attackers']})"
             rows.append(paired_cells(r, "attackers so far", who))
         return md_table(pd.DataFrame(rows))
 
