@@ -303,9 +303,13 @@ class SweepSpec:
         defender and no partition, so it appears once per seed however many partitions and
         defender suites are swept (``partition`` None; it is attacked at every partition).
 
-        Models with more defenders come first (each defender about doubles a step's cost):
-        longest first, so the last trials to start are the short ones and a sweep does not
-        end with one long model training alone while the other cores idle.
+        Seed-major: every model of the first seed comes before any of the second, so a sweep
+        stopped part way (a session's end, a lost node) holds complete seeds, each defended
+        model with its undefended twin, which the paired tables need; a defended-first order
+        left an interrupted sweep with defended models and no twin to compare them with.
+        Within a seed, models with more defenders come first (each defender about doubles a
+        step's cost): longest first, so the last trials to start are the short ones and a
+        sweep does not end with one long model training alone while the other cores idle.
 
         A partition suite adds, per λ > 0, defender suite and seed, one model defended at all
         its partitions (``partition`` None, ``partition_suite`` its partitions)."""
@@ -332,7 +336,8 @@ class SweepSpec:
                             points.append(point)
                             # (a suite trains its defender suite at each of its partitions)
                             defenders.append(len(model.defenders) * max(1, len(model.partition_suite)))
-        order = sorted(range(len(points)), key=lambda i: -defenders[i])  # stable
+        seed_rank = {int(s): r for r, s in enumerate(self.seeds)}
+        order = sorted(range(len(points)), key=lambda i: (seed_rank[points[i]["seed"]], -defenders[i]))
         return [points[i] for i in order]
 
     def with_(self, **changes: Any) -> SweepSpec:

@@ -120,7 +120,7 @@ def test_cli_defense_and_evaluation_flags_reach_the_spec(tmp_path):
     assert spec.model_spec("pool2", 0.0, 0).defense == "none"
 
 
-def test_grid_starts_the_most_defended_models_first(tiny_sweep, tmp_path):
+def test_grid_is_seed_major_and_starts_each_seeds_most_defended_models_first(tiny_sweep, tmp_path):
     spec = tiny_sweep(
         tmp_path,
         partitions=("pool1", "pool2"),
@@ -129,16 +129,23 @@ def test_grid_starts_the_most_defended_models_first(tiny_sweep, tmp_path):
         defender_suites=(("deconv",), ("deconv", "fc")),
     )
     points = spec.grid_points()
-    n_defenders = [len(spec.model_spec(**p).defenders) for p in points]
-    assert n_defenders == sorted(n_defenders, reverse=True) and n_defenders[0] == 2 and n_defenders[-1] == 0
     # λ=1 × 2 suites per partition and seed; λ=0 once per seed, whatever the partitions
     assert len(points) == 2 * 2 * 2 + 2
     assert len({spec.model_spec(**p).model_id(spec.name) for p in points}) == len(points)
-    # Within equal cost the order stays the sweep's own (partition, then λ, then seed).
-    zero = [(p["partition"], p["seed"]) for p in points if p["lam"] == 0]
-    assert zero == [(None, 0), (None, 1)]
-    defended = [(p["partition"], p["seed"]) for p in points if p["suite"] == 1]
-    assert defended == [("pool1", 0), ("pool1", 1), ("pool2", 0), ("pool2", 1)]
+    # Seed-major: all of seed 0 (its undefended twin included) before any of seed 1, so a
+    # sweep stopped after the first half holds one complete seed.
+    seeds = [p["seed"] for p in points]
+    assert seeds == [0] * 5 + [1] * 5
+    for half in (points[:5], points[5:]):
+        n_defenders = [len(spec.model_spec(**p).defenders) for p in half]
+        assert n_defenders == [2, 2, 1, 1, 0]  # within a seed: the longest first
+        # within equal cost the order stays the sweep's own (partition, then λ)
+        assert [p["partition"] for p in half] == ["pool1", "pool2", "pool1", "pool2", None]
+
+
+def test_grid_order_follows_the_sweeps_seed_order(tiny_sweep, tmp_path):
+    spec = tiny_sweep(tmp_path, partitions=("pool1",), lams=(0.0, 1.0), seeds=(7, 3))
+    assert [(p["seed"], p["lam"]) for p in spec.grid_points()] == [(7, 1.0), (7, 0.0), (3, 1.0), (3, 0.0)]
 
 
 def test_profiles_and_recipe_flags(tmp_path):

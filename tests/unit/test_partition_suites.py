@@ -274,7 +274,9 @@ def test_a_suite_is_one_model_per_defended_setting_attacked_at_each_of_its_parti
     assert len(points) == 2 + 2 + 4  # λ = 0 and pool1 per seed, each suite per seed
     assert {tuple(p["partition_suite"]) for p in suites} == {("pool1", "pool2"), ("pool1", "pool3")}
     assert all(p["lam"] == 1.0 and p["partition"] is None for p in suites)  # no suite at λ = 0
-    assert points[:4] == suites  # a defender at each of two partitions: the longest trials first
+    # seed-major; within a seed, a defender at each of two partitions: the longest trials first
+    assert [p["seed"] for p in points] == [0] * 4 + [1] * 4
+    assert points[:2] == suites[:2] and points[4:6] == suites[2:]
     specs = {tuple(p.get("partition_suite", ())) or p["partition"]: sweep.point_spec(p) for p in points}
     assert sweep.attack_partitions(specs[("pool1", "pool3")]) == ("pool1", "pool3")
     assert sweep.attack_partitions(specs["pool1"]) == ("pool1",)
