@@ -233,7 +233,12 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
 def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, list[str], list[pd.DataFrame]]:
     """Per attacked model (:func:`_attacked`), the strongest SSIM over the attackers of the first
     k steps of :data:`FAMILIES` (columns ``step<k>`` with the image bootstrap's ``_ci_lo/_ci_hi``);
-    who joins at each step; and each step's competing attacks (the first k steps' together)."""
+    who joins at each step; and each step's competing attacks (the first k steps' together).
+
+    A model's step k is null unless it has a successful attack of every step up to k that the
+    sweep has attackers for: a model whose white-box or tuned attacks are still running (or
+    failed) would otherwise repeat its step-2 value at steps 3 and 4 and be averaged with
+    models that have them, understating what those steps add."""
     j = res.joined()
     j = j[succeeded(j) & (j["status_model"] == OK) & j["partition"].notna()]
     names = sorted({d for ds in res.models["defenders"].dropna() for d in str(ds).split(",") if d})
@@ -242,18 +247,25 @@ def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, list[str], 
         raise Missing("Leakage by attacker knowledge: no successful attacks to rank")
     rows = _attacked(res)[[*PAIR, *SETTING, "model_id"]]
     who, subs = [], []
+    rows = rows.reset_index(drop=True)
+    complete = np.ones(len(rows), dtype=bool)  # the model has every step so far that has attackers
     for k in range(1, len(FAMILIES) + 1):
+        step = FAMILIES[k - 1]
         sub = j[j["family"].isin(FAMILIES[:k])]
-        joining = j.loc[j["family"] == FAMILIES[k - 1], "attacker"].astype(str).unique()
+        joining = j.loc[j["family"] == step, "attacker"].astype(str).unique()
         who.append(", ".join(sorted(joining, key=natural_key)))
         subs.append(sub)
+        cols = [f"step{k}", f"step{k}_ci_lo", f"step{k}_ci_hi"]
         if sub.empty:
-            rows = rows.assign(
-                **{f"step{k}": math.nan, f"step{k}_ci_lo": math.nan, f"step{k}_ci_hi": math.nan}
-            )
+            rows = rows.assign(**dict.fromkeys(cols, math.nan))
             continue
         best = _strongest_with_ci(sub, "ssim", f"step{k}", level).drop(columns=f"step{k}_attacker")
         rows = rows.merge(best, on=WORST_KEYS, how="left")
+        if len(joining):
+            has = j.loc[j["family"] == step, WORST_KEYS].drop_duplicates().assign(_has=True)
+            flag = rows[WORST_KEYS].merge(has, on=WORST_KEYS, how="left")["_has"]
+            complete &= flag.notna().to_numpy()
+        rows.loc[~complete, cols] = math.nan
     return rows, who, subs
 
 

@@ -156,3 +156,20 @@ def test_no_attacks_is_missing_not_an_error():
     )
     with pytest.raises((Missing, ValueError)):
         leakage_by_family(empty)
+
+
+def test_a_model_missing_a_steps_attackers_is_left_out_of_that_step_and_the_later_ones(root):
+    # D1's white-box attack has not finished (or failed): its steps 3 and 4 are unknown, not its
+    # step-2 value again, so those steps average D0 alone; steps 1 and 2 keep both seeds.
+    res = load(root)
+    unfinished = (res.attacks["model_id"] == "D1") & (res.attacks["attacker"] == "rmle")
+    part = Results(models=res.models, attacks=res.attacks[~unfinished], epochs=res.epochs, root=res.root)
+    t = leakage_by_family(part).set_index("lam")
+    assert t.at[1.0, "step2_n"] == 2 and t.at[1.0, "step2_mean"] == pytest.approx((0.60 + 0.58) / 2)
+    assert t.at[1.0, "step3_n"] == 1 and t.at[1.0, "step3_mean"] == pytest.approx(0.60)
+    assert t.at[1.0, "step4_n"] == 1 and t.at[1.0, "step4_mean"] == pytest.approx(0.70)
+    assert t.at[0.0, "step4_n"] == 2  # the undefended models have every step
+    # paired: seed 1 has no step-3 difference, so steps 3 and 4 rest on seed 0's pair alone
+    p = leakage_by_family_paired(part).set_index("step")
+    assert p.at[2, "n_pairs"] == 2 and p.at[3, "n_pairs"] == 1 and p.at[4, "n_pairs"] == 1
+    assert p.at[4, "seeds"] == "0" and p.at[4, "diff"] == pytest.approx(0.70 - 0.85)
