@@ -29,6 +29,7 @@ from analysis.results_md import (
     family_md,
     family_paired_md,
     fmt,
+    gains_md,
     interval,
     md_table,
     paired_md,
@@ -50,6 +51,7 @@ from analysis.tables import (
     in_setting,
     leakage_by_family,
     leakage_by_family_paired,
+    leakage_gains,
     load,
     natural_key,
     paired_differences,
@@ -518,6 +520,10 @@ def build_report(root: str, out: Path, sweep: str | None = None, activation_maps
     artefact(
         "Leakage by attacker knowledge — own family, unseen families, white-box, tuned",
         table(leakage_by_family, family_md, "leakage_by_family"),
+    )
+    artefact(
+        "Leakage by attacker knowledge — how much each step raises one model's worst case",
+        table(leakage_gains, gains_md, "leakage_gains"),
     )
     artefact(
         "Leakage by attacker knowledge, defended minus undefended, paired by seed",

@@ -34,6 +34,7 @@ from analysis.tables import (
     frontiers,
     leakage_by_family,
     leakage_by_family_paired,
+    leakage_gains,
     load,
     natural_key,
     paired_differences,
@@ -46,7 +47,7 @@ from analysis.tables import (
 )
 from analysis.uncertainty import METHODS, N_RESAMPLES, t_crit, wilson
 from pp_cluster.results.fs import resolve
-from pp_cluster.results.rules import BASELINE_ATTACKERS, succeeded
+from pp_cluster.results.rules import BASELINE_ATTACKERS, NOT_WHITE_BOX, TUNED, succeeded, white_box_attackers
 
 # Optional, beside the tables: how the run was made. RUN_KEYS are shown first (the tables fill in
 # date, machine and wall time when it has none), any other key after them as it is.
@@ -344,6 +345,19 @@ FIG5_PANELS = {
 }
 
 
+WHITE_BOX_REPRINT = (
+    "White-box attackers (rmle) are left out of this panel: a white-box reconstruction is optimised "
+    "until the local partition maps it to the observed activation, so the rest of the network "
+    "classifies it as it classified the input, whatever the image looks like; its reprint accuracy "
+    "repeats the test accuracy and says nothing of how recognisable it is."
+)
+
+
+def _has_white_box(res: Results) -> bool:
+    names = res.attacks["attacker"].astype(str).str.removesuffix(TUNED)
+    return bool(names.isin(white_box_attackers()).any())
+
+
 def _nulls(res: Results, metric: str) -> str:
     """How many successful attacks lack ``metric``, and why (DPD records its reason)."""
     ok = res.attacks[succeeded(res.attacks)]
@@ -392,6 +406,8 @@ def figure5_md(
             body = per_config(t, render)
             if metric == "dpd" and t["dpd_mean"].isna().any():
                 body += "\n\n" + _nulls(res, metric)
+            if metric in NOT_WHITE_BOX and _has_white_box(res):
+                body += "\n\n" + WHITE_BOX_REPRINT
         parts.append(
             f"### ({panel}) {title}\n\n{body}\n\nPaper ({where}; no values printed): {described[metric]}."
         )
@@ -522,6 +538,13 @@ def frontier_md(res: Results, said: str | None = paper.FRONTIER) -> str:
 LADDER = ("(1) defenders' family", "(2) + unseen families", "(3) + white-box", "(4) + tuned")
 
 
+def per_sweep_text(texts: dict[str, str]) -> str:
+    """One text when every sweep has the same, else each sweep's, named."""
+    if len(set(texts.values())) <= 1:
+        return next(iter(texts.values()), "")
+    return "; ".join(f"sweep `{sweep}`: {text}" for sweep, text in texts.items())
+
+
 def family_md(t: pd.DataFrame) -> str:
     """One row per partition × setting: the worst-case SSIM as each kind of attacker joins."""
     body = t[["sweep", "dataset", "partition"]].copy()
@@ -530,14 +553,75 @@ def family_md(t: pd.DataFrame) -> str:
     for k, head in enumerate(LADDER, start=1):
         body[head] = [cell(r, f"step{k}") if r[f"step{k}_attackers"] else "–" for r in rows]
     body["seeds"] = t["step1_n"].where(t["step1_n"] > 0, t["step2_n"])
-    who = "; ".join(
-        f"({k}) {t[f'step{k}_attackers'].iloc[0] or 'none in this sweep'}" for k in range(1, len(LADDER) + 1)
+    who = per_sweep_text(
+        {
+            sweep: "; ".join(
+                f"({k}) {g[f'step{k}_attackers'].iloc[0] or 'none in this sweep'}" for k in range(1, 5)
+            )
+            for sweep, g in t.groupby("sweep", observed=True, sort=True)
+        }
     )
     return (
         f"{md_table(body)}\n\nWorst-case (strongest) SSIM over the attackers of every step so far; a step "
         f"with no attacker in the sweep shows –. Attackers: {who}. The defenders' family is every decoder "
         "the sweep's models were defended with; a claim that a defense holds should rest on steps 2–4, "
         "which it never trained against. Mean and 95 % interval (method in the CSV)."
+    )
+
+
+def gains_md(t: pd.DataFrame) -> str:
+    """:func:`analysis.tables.leakage_gains`: one row per attacked model, each step's rise of its
+    worst case, and the whole climb from step 1."""
+
+    def gain(g: pd.DataFrame, start: int, end: int) -> str:
+        hit = g[(g["from_step"] == start) & (g["step"] == end)]
+        if hit.empty:
+            return "–"
+        r = hit.iloc[0]
+        text = "+" + interval(r["gain"], r["gain_ci_lo"], r["gain_ci_hi"])
+        return f"**{text}**" if not pd.isna(r["significant"]) and bool(r["significant"]) else text
+
+    def render(g: pd.DataFrame, _: str) -> str:
+        steps = sorted(set(g.loc[g["from_step"] == g["step"] - 1, "step"]))
+        last = int(g["step"].max())
+        models = g.drop_duplicates(["model_id", "partition"])
+        rows = []
+        for r in sorted_rows(models, then=lambda r: r["seed"]):
+            mine = g[(g["model_id"] == r["model_id"]) & (g["partition"] == r["partition"])]
+            first = mine.loc[mine["from_step"] == mine["from_step"].min()].iloc[0]
+            row = {
+                "partition": r["partition"],
+                "setting": config_label(r["defense"], r["defenders"], r["lam"]),
+                "seed": r["seed"],
+                LADDER[0]: interval(
+                    *first[["before", "before_ci_lo", "before_ci_hi"]]
+                ),  # a step that adds no one repeats step 1
+            }
+            for k in steps:
+                row[f"({k}) raises it by"] = gain(mine, k - 1, k)
+            if len(steps) >= 2:
+                row[f"(1) → ({last})"] = gain(mine, 1, last)
+            rows.append(row)
+        return md_table(pd.DataFrame(rows))
+
+    steps = t[t["from_step"] == t["step"] - 1]
+    who = per_sweep_text(
+        {
+            sweep: "; ".join(
+                f"({k}) {names}"
+                for k, names in g.drop_duplicates("step")
+                .sort_values("step")[["step", "attackers"]]
+                .itertuples(index=False)
+            )
+            for sweep, g in steps.groupby("sweep", observed=True, sort=True)
+        }
+    )
+    return (
+        f"{per_config(t, render)}\n\nPer model: its worst-case SSIM over the defenders' family, and how much "
+        f"each later step of the ladder raises it (who joins: {who}). Each rise has a 95 % paired bootstrap "
+        "interval over the test images (the same images resampled for every attacker of the model); bold: "
+        "the interval excludes 0, so that step's attackers recover more than every attacker before them. "
+        "A rise is never negative (a maximum over more attackers); – : the model lacks that step's attacks."
     )
 
 
@@ -779,6 +863,8 @@ def results_markdown(root: str, page: Path | str, sweep: str | None = None) -> s
         _built(lambda: paired_md(paired_differences(res))),
         "## Leakage by attacker knowledge",
         _built(lambda: family_md(leakage_by_family(res))),
+        "### How much each step raises one model's worst case",
+        _built(lambda: gains_md(leakage_gains(res))),
         "### Does the defense hold as the attacker knows more? Paired by seed",
         _built(lambda: family_paired_md(leakage_by_family_paired(res))),
     ]

@@ -39,6 +39,7 @@ from pp_cluster.results.rules import (
     STRONGEST,
     WORST_KEYS,
     competing,
+    competing_on,
     family,
     is_baseline,
     label_tuned,
@@ -224,36 +225,46 @@ def worst_case(attacks: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     out = out.merge(n, on=WORST_KEYS, how="left")
     out["n_attacks"] = out["n_attacks"].fillna(0).astype("int64")
     for metric in STRONGEST:
-        out = out.merge(_strongest_with_ci(real, metric, metric, level), on=WORST_KEYS, how="left")
+        rivals = competing_on(ok, metric)  # reprint accuracy: no white-box attacker (rules.NOT_WHITE_BOX)
+        out = out.merge(_strongest_with_ci(rivals, metric, metric, level), on=WORST_KEYS, how="left")
         baseline = _strongest_with_ci(base, metric, f"{metric}_baseline", level)
         out = out.merge(baseline.drop(columns=f"{metric}_baseline_attacker"), on=WORST_KEYS, how="left")
     return out
 
 
-def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, list[str], list[pd.DataFrame]]:
+def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
     """Per attacked model (:func:`_attacked`), the strongest SSIM over the attackers of the first
     k steps of :data:`FAMILIES` (columns ``step<k>`` with the image bootstrap's ``_ci_lo/_ci_hi``);
-    who joins at each step; and each step's competing attacks (the first k steps' together).
+    who joins at each step, per sweep (a frame indexed by sweep, columns ``step<k>``: the joining
+    attackers' names, "" for none); and each step's competing attacks (the first k steps' together).
 
-    A model's step k is null unless it has a successful attack of every step up to k that the
-    sweep has attackers for: a model whose white-box or tuned attacks are still running (or
-    failed) would otherwise repeat its step-2 value at steps 3 and 4 and be averaged with
-    models that have them, understating what those steps add."""
+    "The defenders' family" is every decoder a model of the same sweep was defended with, so a
+    sweep's undefended models are judged by its defended models' ladder, and one sweep's
+    defenders are not another's (a results root may hold several sweeps). A model's step k is
+    null unless it has a successful attack of every step up to k that its sweep has attackers
+    for: a model whose white-box or tuned attacks are still running (or failed) would otherwise
+    repeat its step-2 value at steps 3 and 4 and be averaged with models that have them,
+    understating what those steps add."""
     j = res.joined()
     j = j[succeeded(j) & (j["status_model"] == OK) & j["partition"].notna()]
-    names = sorted({d for ds in res.models["defenders"].dropna() for d in str(ds).split(",") if d})
-    j = j.assign(family=family(j, names)).dropna(subset=["family"])
+    place = pd.Series(None, index=j.index, dtype=object)
+    for sweep, g in j.groupby("sweep", sort=False, observed=True):
+        own = res.models.loc[res.models["sweep"] == sweep, "defenders"].dropna()
+        names = sorted({d for ds in own for d in str(ds).split(",") if d})
+        place.loc[g.index] = family(g, names)
+    j = j.assign(family=place).dropna(subset=["family"])
     if j.empty:
         raise Missing("Leakage by attacker knowledge: no successful attacks to rank")
-    rows = _attacked(res)[[*PAIR, *SETTING, "model_id"]]
-    who, subs = [], []
-    rows = rows.reset_index(drop=True)
+    rows = _attacked(res)[[*PAIR, *SETTING, "model_id"]].reset_index(drop=True)
+    who = pd.DataFrame(index=pd.Index(sorted(set(rows["sweep"]) | set(j["sweep"])), name="sweep"))
+    subs = []
     complete = np.ones(len(rows), dtype=bool)  # the model has every step so far that has attackers
     for k in range(1, len(FAMILIES) + 1):
         step = FAMILIES[k - 1]
         sub = j[j["family"].isin(FAMILIES[:k])]
-        joining = j.loc[j["family"] == step, "attacker"].astype(str).unique()
-        who.append(", ".join(sorted(joining, key=natural_key)))
+        joining = j[j["family"] == step].groupby("sweep", observed=True)["attacker"]
+        names = joining.agg(lambda s: ", ".join(sorted(s.astype(str).unique(), key=natural_key)))
+        who[f"step{k}"] = names.reindex(who.index).fillna("")
         subs.append(sub)
         cols = [f"step{k}", f"step{k}_ci_lo", f"step{k}_ci_hi"]
         if sub.empty:
@@ -261,12 +272,17 @@ def _family_steps(res: Results, level: float) -> tuple[pd.DataFrame, list[str], 
             continue
         best = _strongest_with_ci(sub, "ssim", f"step{k}", level).drop(columns=f"step{k}_attacker")
         rows = rows.merge(best, on=WORST_KEYS, how="left")
-        if len(joining):
-            has = j.loc[j["family"] == step, WORST_KEYS].drop_duplicates().assign(_has=True)
-            flag = rows[WORST_KEYS].merge(has, on=WORST_KEYS, how="left")["_has"]
-            complete &= flag.notna().to_numpy()
+        has = j.loc[j["family"] == step, WORST_KEYS].drop_duplicates().assign(_has=True)
+        flag = rows[WORST_KEYS].merge(has, on=WORST_KEYS, how="left")["_has"].notna()
+        needed = rows["sweep"].map(who[f"step{k}"]).fillna("") != ""
+        complete &= (flag | ~needed).to_numpy()
         rows.loc[~complete, cols] = math.nan
     return rows, who, subs
+
+
+def _joining(who: pd.DataFrame, sweeps: pd.Series, k: int) -> pd.Series:
+    """Who joins at step ``k`` in each of ``sweeps``' sweeps ("" for none)."""
+    return sweeps.map(who[f"step{k}"]).fillna("")
 
 
 def leakage_by_family(res: Results, level: float = LEVEL) -> pd.DataFrame:
@@ -283,7 +299,95 @@ def leakage_by_family(res: Results, level: float = LEVEL) -> pd.DataFrame:
     """
     rows, who, _ = _family_steps(res, level)
     out = summarise(rows, [*CONFIG, *SETTING], [f"step{k}" for k in range(1, len(FAMILIES) + 1)], level)
-    return out.assign(**{f"step{k}_attackers": names for k, names in enumerate(who, start=1)})
+    return out.assign(
+        **{f"step{k}_attackers": _joining(who, out["sweep"], k) for k in range(1, len(FAMILIES) + 1)}
+    )
+
+
+FAMILY_GAIN_COLUMNS = [
+    *CONFIG,
+    *SETTING,
+    "seed",
+    "model_id",
+    "from_step",
+    "step",
+    "attackers",
+    "before",
+    "before_ci_lo",
+    "before_ci_hi",
+    "after",
+    "after_ci_lo",
+    "after_ci_hi",
+    "gain",
+    "gain_ci_lo",
+    "gain_ci_hi",
+    "significant",
+]
+
+
+def leakage_gains(res: Results, level: float = LEVEL) -> pd.DataFrame:
+    """How much each step of the knowledge ladder raises one model's worst case: per attacked
+    model and step k that adds attackers, ``after`` (the worst-case SSIM over the attackers of
+    steps 1..k, with its bootstrap interval) − ``before`` (over steps 1..k−1), and, where two or more steps add attackers,
+    the whole climb from step 1 to the model's last step (``from_step`` 1). A gain is ≥ 0 (a
+    maximum over more attackers); its interval is a paired bootstrap over the images (the same
+    images resampled for every attacker of the model, both maxima recomputed), ``significant``
+    when it excludes 0. A model without every step so far (:func:`_family_steps`) has no row
+    for that step. ``attackers`` names who joins between ``from_step`` and ``step``.
+
+    Columns: :data:`FAMILY_GAIN_COLUMNS`, one row per (model, partition, step)."""
+    rows, who, subs = _family_steps(res, level)
+    per_model = [
+        {
+            k: s[
+                (s["sweep"] == r["sweep"])
+                & (s["model_id"] == r["model_id"])
+                & (s["partition"] == r["partition"])
+            ]
+            for k, s in enumerate(subs, start=1)
+        }
+        for _, r in rows.iterrows()
+    ]
+    out = []
+    for (_, r), attacks in zip(rows.iterrows(), per_model):
+        steps = [k for k in range(2, len(FAMILIES) + 1) if who.at[r["sweep"], f"step{k}"]]
+        done = [k for k in steps if pd.notna(r[f"step{k}"])]
+        spans = [(k - 1, k) for k in done] + ([(1, done[-1])] if len(done) >= 2 else [])
+        for start, end in spans:
+            if pd.isna(r[f"step{start}"]):
+                continue
+            old, new = attacks[start], attacks[end]
+            joining = new[~new["attack_id"].isin(old["attack_id"])]
+            (lo, hi) = _gain_ci(list(old["ssim_images"]), list(joining["ssim_images"]), level)
+            out.append(
+                {
+                    **{c: r[c] for c in [*CONFIG, *SETTING, "seed", "model_id"]},
+                    "from_step": start,
+                    "step": end,
+                    "attackers": ", ".join(sorted(joining["attacker"].astype(str).unique(), key=natural_key)),
+                    **{f"before{x}": r[f"step{start}{x}"] for x in ("", "_ci_lo", "_ci_hi")},
+                    **{f"after{x}": r[f"step{end}{x}"] for x in ("", "_ci_lo", "_ci_hi")},
+                    "gain": r[f"step{end}"] - r[f"step{start}"],
+                    "gain_ci_lo": lo,
+                    "gain_ci_hi": hi,
+                }
+            )
+    if not out:
+        raise Missing("Leakage gains: no model has two steps of the knowledge ladder")
+    t = pd.DataFrame(out)
+    lo = t["gain_ci_lo"].astype("float64")
+    t["significant"] = (lo > 0).astype("boolean").mask(lo.isna())
+    return t[FAMILY_GAIN_COLUMNS]
+
+
+def _gain_ci(before: list, joining: list, level: float) -> tuple[float, float]:
+    """The paired bootstrap interval of max(all means) − max(``before``'s means) over the images."""
+    samples = paired_images(before + joining) if before and joining else None
+    if samples is None:
+        return math.nan, math.nan
+    pick = strongest_of_means(STRONGEST["ssim"])
+    n = len(before)
+    return bootstrap(samples, lambda *s, axis=-1: pick(*s, axis=axis) - pick(*s[:n], axis=axis), level)
 
 
 FAMILY_PAIRED_COLUMNS = [
@@ -319,11 +423,15 @@ def leakage_by_family_paired(res: Results, level: float = LEVEL) -> pd.DataFrame
     pairs = _with_undefended_twin(rows, "Leakage by knowledge, paired")
     parts = []
     for k in range(1, len(FAMILIES) + 1):
-        if not who[k - 1]:  # a step that adds no attacker would repeat the one before
+        # A step that adds no attacker in a sweep would repeat the one before: left out there.
+        with_step = pairs[_joining(who, pairs["sweep"], k) != ""]
+        if with_step.empty:
             continue
-        part = _paired_column(pairs, f"step{k}", "ssim", _real_images(subs[k - 1]), level)
+        part = _paired_column(with_step, f"step{k}", "ssim", _real_images(subs[k - 1]), level)
         if part is not None:
-            parts.append(part.assign(step=k, knowledge=FAMILIES[k - 1], attackers=who[k - 1]))
+            parts.append(
+                part.assign(step=k, knowledge=FAMILIES[k - 1], attackers=_joining(who, part["sweep"], k))
+            )
     if not parts:
         raise Missing("Leakage by knowledge, paired: the paired models have no worst-case SSIM at any step")
     return _significant(parts)[FAMILY_PAIRED_COLUMNS]

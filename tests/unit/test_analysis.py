@@ -695,6 +695,7 @@ def test_report_command_writes_markdown_figures_and_csv(root, tmp_path):
         "paired_differences",
         "leakage_by_family",
         "leakage_by_family_paired",
+        "leakage_gains",
         "frontier",
         "hypervolume",
         "models_worst_case",

@@ -8,8 +8,16 @@ import pandas as pd
 import pytest
 from test_analysis import attack_row, model_row  # (pytest puts this folder on sys.path)
 
-from analysis.report import family_md, family_paired_md
-from analysis.tables import Missing, Results, leakage_by_family, leakage_by_family_paired, load, table_i
+from analysis.report import family_md, family_paired_md, gains_md
+from analysis.tables import (
+    Missing,
+    Results,
+    leakage_by_family,
+    leakage_by_family_paired,
+    leakage_gains,
+    load,
+    table_i,
+)
 from pp_cluster.results.rules import FAMILIES, family, label_tuned
 from pp_cluster.results.store import ResultStore
 
@@ -117,6 +125,46 @@ def test_paired_ladder_is_each_seeds_defended_minus_undefended_step(root):
     assert "(4) + tuned (fc (tuned))" in md and "-0.160 [" in md
 
 
+def test_each_steps_rise_is_per_model_with_a_paired_image_bootstrap(root):
+    t = leakage_gains(load(root)).set_index(["model_id", "from_step", "step"])
+    allowed = [("deconv", 0)], [("fc", 0)], [("rmle", 0)], [("fc", 8)]
+
+    def worst(m, k):
+        return max(SSIM[m][a] for step in allowed[:k] for a in step)
+
+    for m in MODELS:
+        assert sorted(t.loc[m].index) == [(1, 2), (1, 4), (2, 3), (3, 4)]  # each step, and the whole climb
+        for start, end in ((1, 2), (2, 3), (3, 4), (1, 4)):
+            r = t.loc[(m, start, end)]
+            assert r["before"] == pytest.approx(worst(m, start)) and r["after"] == pytest.approx(
+                worst(m, end)
+            )
+            assert r["gain"] == pytest.approx(worst(m, end) - worst(m, start))
+            assert 0 <= r["gain_ci_lo"] <= r["gain"] + 1e-12 <= r["gain_ci_hi"] + 2e-12
+            assert r["before_ci_lo"] <= r["before"] <= r["before_ci_hi"]
+    # D0: rmle (0.55) never beats the unseen fc (0.60): no rise, not significant; the tuned fc
+    # (0.70) does, by 0.10, well outside the images' noise; 0.40 -> 0.70 in all.
+    assert t.loc[("D0", 2, 3), "gain"] == 0 and not t.loc[("D0", 2, 3), "significant"]
+    assert t.loc[("D0", 3, 4), "gain"] == pytest.approx(0.10) and t.loc[("D0", 3, 4), "significant"]
+    assert (
+        t.loc[("D0", 3, 4), "attackers"] == "fc (tuned)"
+        and t.loc[("D0", 1, 4), "attackers"] == "fc, fc (tuned), rmle"
+    )
+    assert t.loc[("D0", 1, 4), "gain"] == pytest.approx(0.30)
+    md = gains_md(leakage_gains(load(root)))
+    assert "**+0.100 [" in md and "+0.000 [0.000, 0.000]" in md and "| (1) → (4) |" in md
+
+
+def test_a_model_missing_a_steps_attack_has_no_rise_from_that_step_on(root):
+    res = load(root)
+    keep = ~((res.attacks["model_id"] == "D1") & (res.attacks["attacker"] == "rmle"))
+    part = Results(models=res.models, attacks=res.attacks[keep], epochs=res.epochs, root=res.root)
+    t = leakage_gains(part)
+    d1 = t[t["model_id"] == "D1"]
+    assert list(zip(d1["from_step"], d1["step"])) == [(1, 2)]  # its rmle is missing: no step 3, no step 4
+    assert len(t[t["model_id"] == "D0"]) == 4
+
+
 def test_paired_ladder_with_one_pair_bootstraps_the_images_and_leaves_out_empty_steps(root):
     res = load(root)
     keep = ~res.models["model_id"].isin(["U1", "D1"])
@@ -173,3 +221,67 @@ def test_a_model_missing_a_steps_attackers_is_left_out_of_that_step_and_the_late
     p = leakage_by_family_paired(part).set_index("step")
     assert p.at[2, "n_pairs"] == 2 and p.at[3, "n_pairs"] == 1 and p.at[4, "n_pairs"] == 1
     assert p.at[4, "seeds"] == "0" and p.at[4, "diff"] == pytest.approx(0.70 - 0.85)
+
+
+def test_the_defenders_family_is_each_sweeps_own(root):
+    # A second sweep in the same root, defended with fc: there fc is the defenders' family and
+    # deconv an unseen one; in the first sweep (defended with deconv) the other way round.
+    store = ResultStore(root)
+    rng = np.random.default_rng(1)
+    for mid, lam in (("V0", 0.0), ("F0", 1.0)):
+        store.write(
+            "models",
+            "other",
+            mid,
+            [
+                model_row(
+                    "other",
+                    mid,
+                    dataset="lfw",
+                    arch="face_cnn",
+                    partition="pool1" if lam else None,
+                    lam=lam,
+                    defenders="fc" if lam else "",
+                    defense="partition" if lam else "none",
+                    test_acc=0.9,
+                    n_test=100,
+                )
+            ],
+        )
+        for attacker, ssim in (("deconv", 0.65), ("fc", 0.50)):
+            z = rng.standard_normal(50)
+            aid = f"{mid}-{attacker}"
+            row = attack_row(
+                "other",
+                mid,
+                aid,
+                attacker=attacker,
+                partition="pool1",
+                ssim=ssim,
+                mse=1 - ssim,
+                psnr=10.0,
+                ssim_images=list(ssim + 0.02 * (z - z.mean())),
+                mse_images=list(1 - ssim + 0.0 * z),
+                tune_trials=0,
+            )
+            store.write("attacks", "other", aid, [row])
+    t = leakage_by_family(load(root)).set_index(["sweep", "lam"])
+    assert (
+        t.at[("other", 1.0), "step1_attackers"] == "fc"
+        and t.at[("other", 1.0), "step2_attackers"] == "deconv"
+    )
+    assert t.at[("other", 1.0), "step1_mean"] == pytest.approx(0.50)
+    assert t.at[("other", 1.0), "step2_mean"] == pytest.approx(0.65)
+    assert t.at[(SWEEP, 1.0), "step1_attackers"] == "deconv" and t.at[
+        (SWEEP, 1.0), "step1_mean"
+    ] == pytest.approx(0.41)
+    # The other sweep has no white-box or tuned attacker: its steps 3-4 repeat step 2, not null.
+    assert (
+        t.at[("other", 1.0), "step4_mean"] == pytest.approx(0.65)
+        and t.at[("other", 1.0), "step4_attackers"] == ""
+    )
+    md = family_md(leakage_by_family(load(root)))
+    assert "sweep `other`: (1) fc; (2) deconv" in md
+    g = leakage_gains(load(root))
+    other = g[g["sweep"] == "other"]
+    assert list(zip(other["from_step"], other["step"])) == [(1, 2), (1, 2)]  # V0 and F0: one step each

@@ -58,3 +58,34 @@ def test_every_consumer_takes_the_same_strongest_attacker():
     other = attacks.assign(model_id="n", ssim=attacks["ssim"] - 0.05)
     flags = rules.pareto_flags(models, pd.concat([attacks, other]))
     assert flags.tolist() == [False, True]
+
+
+def test_a_white_box_attacker_competes_on_ssim_but_not_on_reprint_accuracy():
+    from analysis.tables import worst_case  # the analysis reader, with intervals
+
+    # rmle reproduces the classification by construction (reprint 0.95 at any SSIM): it may be the
+    # strongest on SSIM, never on reprint accuracy; its tuned name would not compete either.
+    extra = pd.DataFrame(
+        [
+            ("rmle", "pool1", 0.85, 0.005, 25.0, 0.30, 0.95, "ok"),
+            ("rmle", "pool2", 0.10, 0.5, 5.0, 0.9, 0.97, "ok"),
+        ],
+        columns=["attacker", "partition", "ssim", "mse", "psnr", "dpd", "reprint_acc", "status"],
+    )
+    extra = extra.assign(
+        sweep="s",
+        model_id="m",
+        n_eval=10,
+        ssim_images=[[v] * 10 for v in extra["ssim"]],
+        mse_images=[[v] * 10 for v in extra["mse"]],
+    )
+    attacks = pd.concat([_attacks(), extra], ignore_index=True)
+    for table in (rules.worst_values(attacks), worst_case(attacks)):
+        t = table.set_index("partition")
+        assert t.loc["pool1", "ssim_attacker"] == "rmle" and t.loc["pool1", "ssim"] == pytest.approx(0.85)
+        assert t.loc["pool1", "reprint_acc_attacker"] == "fc" and t.loc[
+            "pool1", "reprint_acc"
+        ] == pytest.approx(0.60)
+        assert t.loc["pool2", "reprint_acc_attacker"] == "deconv"
+    assert rules.worst_of(attacks)["worst_reprint_acc"] == pytest.approx(0.60)
+    assert rules.worst_of(attacks)["worst_ssim"] == pytest.approx(0.85)
