@@ -174,6 +174,14 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         help="start the sweep, or continue it if it was interrupted (finished work is not redone)",
     )
     g.add_argument(
+        "--snapshot",
+        metavar="OUT",
+        help="copy the sweep's finished models (model ok and every planned attack ok), their "
+        "attacks and epochs from --results into the results root OUT, compacted, and stop: no Ray, "
+        "nothing written to --results; a reference folder for analysis.report, or a root a --resume "
+        "on another machine adopts. Weights and reconstructions are not copied",
+    )
+    g.add_argument(
         "--dry-run",
         action="store_true",
         help="check the spec and the data as a run would, print the spec, the grid and its work "
@@ -629,12 +637,32 @@ def _run(args: argparse.Namespace, driver: str) -> int:
         if args.dry_run:
             print(dry_run(spec))
             return 0
+        if args.snapshot:
+            return _snapshot(spec, args.snapshot)
     except KeyboardInterrupt:
         print("[pp-farm] interrupted before the sweep started", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # SpecError is a ValueError
         return _bad_input(e)
     return _sweep(args, spec)
+
+
+def _snapshot(spec: SweepSpec, out: str) -> int:
+    """``--snapshot OUT``: the finished models of ``spec``'s results root copied into ``out``."""
+    from pp_cluster.farm.sweep import snapshot
+    from pp_cluster.results.store import ResultStore
+
+    if redact(out).rstrip("/") == redact(spec.results).rstrip("/"):
+        raise SpecError("--snapshot: OUT must be another results root than --results")
+    store = ResultStore(spec.results)
+    if store.read("models", spec.name).empty:
+        raise SpecError(f"--snapshot: sweep {spec.name!r} has no models under {redact(spec.results)}")
+    n = snapshot(store, ResultStore(out), spec)
+    print(
+        f"[pp-farm] snapshot of {spec.name!r}: {n['finished']} finished models; copied {n['models']} models, "
+        f"{n['attacks']} attacks and the epochs of {n['epochs']} models into {redact(out)} (rows it had are kept)"
+    )
+    return 0
 
 
 def _sweep(args: argparse.Namespace, spec: SweepSpec) -> int:

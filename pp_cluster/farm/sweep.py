@@ -422,6 +422,14 @@ def _credentials_to_environment(sweep: SweepSpec) -> tuple[SweepSpec, dict[str, 
     return sweep.with_(results=results, storage_path=storage), env
 
 
+def _grid_plan(sweep: SweepSpec) -> Iterator[tuple[dict[str, Any], str, list[str]]]:
+    """Each grid point, its model id and the ids of the attacks it is planned to get."""
+    for point in sweep.grid_points():
+        spec = sweep.point_spec(point)
+        model_id = spec.model_id(sweep.name)
+        yield point, model_id, list(attack_plan(sweep, spec, model_id))
+
+
 def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
     """Grid models whose row or attacks are missing, as ``partition λ seed (what is left)``:
     what a resume will compute. The tables decide, not Tune's bookkeeping."""
@@ -435,10 +443,7 @@ def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
     models = store.done_keys("models", sweep.name)
     attacks = store.done_keys("attacks", sweep.name)
     out = []
-    for point in sweep.grid_points():
-        spec = sweep.point_spec(point)
-        model_id = spec.model_id(sweep.name)
-        ids = list(attack_plan(sweep, spec, model_id))
+    for point, model_id, ids in _grid_plan(sweep):
         left = sum(1 for i in ids if i not in attacks)
         place = point["partition"] or "+".join(point.get("partition_suite", ())) or "undefended"
         where = f"{place} λ={point['lam']:g} seed={point['seed']}"
@@ -447,6 +452,37 @@ def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
         elif left and read_model_row(store, sweep.name, model_id)["status"] == rules.OK:
             out.append(f"{where}: {left} of {len(ids)} attacks left")
     return out
+
+
+def finished_models(store: ResultStore, sweep: SweepSpec) -> list[str]:
+    """The grid's models that are done for good: the model ``ok`` and every planned attack ``ok``."""
+    if sweep.search != "grid":
+        raise SpecError("finished models: an Optuna search has no fixed plan to be finished against")
+    models = store.read("models", sweep.name)
+    attacks = store.read("attacks", sweep.name)
+    ok_models = set(models.loc[rules.succeeded(models), "model_id"])
+    ok_attacks = set(attacks.loc[rules.succeeded(attacks), "attack_id"])
+    return [m for _, m, ids in _grid_plan(sweep) if m in ok_models and set(ids) <= ok_attacks]
+
+
+def snapshot(store: ResultStore, out: ResultStore, sweep: SweepSpec) -> dict[str, int]:
+    """Copy the finished models of ``sweep`` (:func:`finished_models`) with their successful
+    attacks and their epochs from ``store`` into ``out``, then compact ``out``: a reference
+    folder for ``analysis.report``, or a results root a ``--resume`` elsewhere adopts (it
+    computes only the rest). Neither weights nor reconstructions are copied. Rows ``out`` has
+    already are kept as they are. Returns the rows copied per table and ``finished``."""
+    from pp_cluster.results.compact import compact
+
+    done = finished_models(store, sweep)
+    attacks = store.read("attacks", sweep.name)
+    mine = attacks[attacks["model_id"].isin(done) & rules.succeeded(attacks)]
+    copied = {
+        "models": store.copy_rows("models", sweep.name, done, out),
+        "epochs": store.copy_rows("epochs", sweep.name, done, out),
+        "attacks": store.copy_rows("attacks", sweep.name, list(mine["attack_id"]), out),
+    }
+    compact(out, sweep.name)
+    return {**copied, "finished": len(done)}
 
 
 def _param_space(sweep: SweepSpec, use_gpu: bool) -> dict[str, Any]:

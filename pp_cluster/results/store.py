@@ -723,6 +723,15 @@ class ResultStore:
         `sweep` as a categorical column first. ``keys``: only the files of these keys (those
         that exist), e.g. the attacks one trial needs. Unreadable files are skipped with an
         ``UnreadableFile`` warning and listed in ``self.unreadable``."""
+        rows = self._rows(table, sweep, keys)
+        if rows is None:
+            return empty_frame(table)
+        df = rows.to_pandas()
+        df["sweep"] = df["sweep"].astype("category")
+        return df
+
+    def _rows(self, table: str, sweep: str | None, keys: list[str] | None) -> pa.Table | None:
+        """:meth:`read`'s rows as Arrow, one copy per key; None without any."""
         if keys is not None:
             files, packed = self._key_files(table, sweep, keys), self.compacted(table, sweep, keys)
         else:
@@ -738,11 +747,23 @@ class ResultStore:
             seen = pc.unique(small.column(key))
             packed_rows = packed_rows.filter(pc.invert(pc.is_in(packed_rows.column(key), value_set=seen)))
         parts = [t for t in (small, packed_rows) if t is not None]
-        if not parts:
-            return empty_frame(table)
-        df = pa.concat_tables(parts).to_pandas()
-        df["sweep"] = df["sweep"].astype("category")
-        return df
+        return pa.concat_tables(parts) if parts else None
+
+    def copy_rows(self, table: str, sweep: str, keys: list[str], into: ResultStore) -> int:
+        """Copy the rows of ``keys`` (those that exist) into the store ``into``, one file per key
+        as the farm writes them. A key ``into`` has already is left as it is: a copy, like a
+        result, is written once. Returns how many keys were copied."""
+        want = sorted(set(keys) - into.done_keys(table, sweep))
+        rows = self._rows(table, sweep, want) if want else None
+        if rows is None:
+            return 0
+        key = KEY_COLUMN[table]
+        rows = rows.drop_columns(["sweep"]).select(FILE_SCHEMAS[table].names).cast(FILE_SCHEMAS[table])
+        into.ensure_tables(sweep, (table,))
+        copied = sorted(set(rows.column(key).to_pylist()))
+        for k in copied:
+            into._put(into._path(table, sweep, k), rows.filter(pc.equal(rows.column(key), k)))
+        return len(copied)
 
     def _table(self, table: str, files: list[str], keys: list[str] | None = None) -> pa.Table | None:
         """The rows of ``files`` (only those of ``keys`` if given), skipping unreadable files."""
