@@ -26,8 +26,8 @@ EPOCH_COLUMNS = (
     "best_defender_counts",
 )
 # Provenance columns each table carries (store.provenance()).
-MODEL_PROVENANCE = ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu")
-ATTACK_PROVENANCE = ("host", "gpu")
+MODEL_PROVENANCE = ("package_version", "git_sha", "ray_version", "torch_version", "host", "gpu", "cpu")
+ATTACK_PROVENANCE = ("host", "gpu", "cpu")
 
 
 def utcnow() -> dt.datetime:

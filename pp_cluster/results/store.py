@@ -25,6 +25,7 @@ import importlib.metadata
 import io
 import math
 import os
+import platform
 import re
 import socket
 import subprocess
@@ -76,6 +77,12 @@ _ERROR = _col("error", pa.string(), "exception text when status is `failed`, els
 _TRAIN_SECONDS = _col("train_seconds", pa.float64(), "wall seconds spent training")
 _HOST = _col("host", pa.string(), "host name of the machine that wrote the row")
 _GPU = _col("gpu", pa.string(), "CUDA device name, null on CPU")
+_CPU = _col(
+    "cpu",
+    pa.string(),
+    "CPU model and whether it has bf16 matrix units, which decide a CPU's default precision "
+    "(bf16 + channels-last with them, fp32 without: pp_cluster.precision); null in rows from before",
+)
 _FINISHED_AT = _col("finished_at", UTC_US, "when the row was written", null=False)
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -166,6 +173,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ),
             _TRAIN_SECONDS,
             _GPU,
+            _CPU,
             _col("package_version", pa.string(), "pp_cluster version", null=False),
             _col(
                 "git_sha",
@@ -277,6 +285,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _ERROR,
             _HOST,
             _GPU,
+            _CPU,
             _FINISHED_AT,
         ]
     ),
@@ -431,7 +440,24 @@ def _provenance() -> dict[str, str | None]:
         "torch_version": _dist_version("torch"),
         "host": socket.gethostname(),
         "gpu": gpu,
+        "cpu": _cpu(),
     }
+
+
+def _cpu() -> str | None:
+    """'<model name> (bf16 units: yes|no)' from /proc/cpuinfo (Linux) or the platform; None if unknown."""
+    name = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    name = name or platform.processor() or None
+    try:
+        from pp_cluster.precision import cpu_has_bf16_matmul
+    except ImportError:  # an analyst without torch
+        return name
+    return f"{name or 'unknown CPU'} (bf16 units: {'yes' if cpu_has_bf16_matmul() else 'no'})"
 
 
 def _dist_version(name: str) -> str | None:

@@ -325,8 +325,9 @@ def test_content_id_is_short_stable_and_order_free():
 
 def test_provenance_and_no_ray_import():
     p = provenance()
-    assert set(p) == {"package_version", "git_sha", "ray_version", "torch_version", "host", "gpu"}
+    assert set(p) == {"package_version", "git_sha", "ray_version", "torch_version", "host", "gpu", "cpu"}
     assert p["package_version"] and p["torch_version"] and p["host"]
+    assert p["cpu"].endswith(("(bf16 units: yes)", "(bf16 units: no)"))  # which precision a CPU defaults to
     if (REPO / ".git").exists():
         assert p["git_sha"] is not None and len(p["git_sha"]) == 40
     # Analysts read results without a cluster or a GPU stack: importing the store pulls neither.
