@@ -328,8 +328,9 @@ FAMILY_GAIN_COLUMNS = [
 def leakage_gains(res: Results, level: float = LEVEL) -> pd.DataFrame:
     """How much each step of the knowledge ladder raises one model's worst case: per attacked
     model and step k that adds attackers, ``after`` (the worst-case SSIM over the attackers of
-    steps 1..k, with its bootstrap interval) − ``before`` (over steps 1..k−1), and, where two or more steps add attackers,
-    the whole climb from step 1 to the model's last step (``from_step`` 1). A gain is ≥ 0 (a
+    steps 1..k, with its bootstrap interval) − ``before`` (over steps 1..k−1), and, where two
+    or more steps add attackers, the whole climb from step 1 to the model's last step
+    (``from_step`` 1). A gain is ≥ 0 (a
     maximum over more attackers); its interval is a paired bootstrap over the images (the same
     images resampled for every attacker of the model, both maxima recomputed), ``significant``
     when it excludes 0. A model without every step so far (:func:`_family_steps`) has no row
