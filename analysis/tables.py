@@ -338,19 +338,11 @@ def leakage_gains(res: Results, level: float = LEVEL) -> pd.DataFrame:
 
     Columns: :data:`FAMILY_GAIN_COLUMNS`, one row per (model, partition, step)."""
     rows, who, subs = _family_steps(res, level)
-    per_model = [
-        {
-            k: s[
-                (s["sweep"] == r["sweep"])
-                & (s["model_id"] == r["model_id"])
-                & (s["partition"] == r["partition"])
-            ]
-            for k, s in enumerate(subs, start=1)
-        }
-        for _, r in rows.iterrows()
-    ]
+    by_model = [dict(iter(s.groupby(WORST_KEYS, sort=False))) for s in subs]  # per step: key -> attacks
     out = []
-    for (_, r), attacks in zip(rows.iterrows(), per_model):
+    for _, r in rows.iterrows():
+        key = tuple(r[WORST_KEYS])
+        attacks = {k: g.get(key, subs[k - 1].iloc[:0]) for k, g in enumerate(by_model, start=1)}
         steps = [k for k in range(2, len(FAMILIES) + 1) if who.at[r["sweep"], f"step{k}"]]
         done = [k for k in steps if pd.notna(r[f"step{k}"])]
         spans = [(k - 1, k) for k in done] + ([(1, done[-1])] if len(done) >= 2 else [])

@@ -456,10 +456,13 @@ def unfinished(store: ResultStore, sweep: SweepSpec) -> list[str]:
 
 def finished_models(store: ResultStore, sweep: SweepSpec) -> list[str]:
     """The grid's models that are done for good: the model ``ok`` and every planned attack ``ok``."""
+    return _finished(sweep, store.read("models", sweep.name), store.read("attacks", sweep.name))
+
+
+def _finished(sweep: SweepSpec, models, attacks) -> list[str]:
+    """:func:`finished_models` on tables already read."""
     if sweep.search != "grid":
         raise SpecError("finished models: an Optuna search has no fixed plan to be finished against")
-    models = store.read("models", sweep.name)
-    attacks = store.read("attacks", sweep.name)
     ok_models = set(models.loc[rules.succeeded(models), "model_id"])
     ok_attacks = set(attacks.loc[rules.succeeded(attacks), "attack_id"])
     return [m for _, m, ids in _grid_plan(sweep) if m in ok_models and set(ids) <= ok_attacks]
@@ -473,8 +476,8 @@ def snapshot(store: ResultStore, out: ResultStore, sweep: SweepSpec) -> dict[str
     already are kept as they are. Returns the rows copied per table and ``finished``."""
     from pp_cluster.results.compact import compact
 
-    done = finished_models(store, sweep)
     attacks = store.read("attacks", sweep.name)
+    done = _finished(sweep, store.read("models", sweep.name), attacks)
     mine = attacks[attacks["model_id"].isin(done) & rules.succeeded(attacks)]
     copied = {
         "models": store.copy_rows("models", sweep.name, done, out),

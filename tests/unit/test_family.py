@@ -58,23 +58,27 @@ def root(tmp_path):
             ],
         )
         for (attacker, trials), ssim in SSIM[mid].items():
-            z = rng.standard_normal(50)
-            aid = f"{mid}-{attacker}-{trials}"
-            row = attack_row(
-                SWEEP,
-                mid,
-                aid,
-                attacker=attacker,
-                partition="pool1",
-                ssim=ssim,
-                mse=1 - ssim,
-                psnr=10.0,
-                ssim_images=list(ssim + 0.02 * (z - z.mean())),
-                mse_images=list(1 - ssim + 0.0 * z),
-                tune_trials=trials,
-            )
-            store.write("attacks", SWEEP, aid, [row])
+            write_attack(store, SWEEP, mid, f"{mid}-{attacker}-{trials}", attacker, ssim, trials, rng)
     return str(tmp_path)
+
+
+def write_attack(store, sweep, mid, aid, attacker, ssim, trials, rng):
+    """One successful attack at pool1 of mean SSIM ``ssim``, its 50 per-image values noisy around it."""
+    z = rng.standard_normal(50)
+    row = attack_row(
+        sweep,
+        mid,
+        aid,
+        attacker=attacker,
+        partition="pool1",
+        ssim=ssim,
+        mse=1 - ssim,
+        psnr=10.0,
+        ssim_images=list(ssim + 0.02 * (z - z.mean())),
+        mse_images=list(1 - ssim + 0.0 * z),
+        tune_trials=trials,
+    )
+    store.write("attacks", sweep, aid, [row])
 
 
 def test_each_step_is_the_strongest_of_everything_known_so_far(root):
@@ -249,22 +253,7 @@ def test_the_defenders_family_is_each_sweeps_own(root):
             ],
         )
         for attacker, ssim in (("deconv", 0.65), ("fc", 0.50)):
-            z = rng.standard_normal(50)
-            aid = f"{mid}-{attacker}"
-            row = attack_row(
-                "other",
-                mid,
-                aid,
-                attacker=attacker,
-                partition="pool1",
-                ssim=ssim,
-                mse=1 - ssim,
-                psnr=10.0,
-                ssim_images=list(ssim + 0.02 * (z - z.mean())),
-                mse_images=list(1 - ssim + 0.0 * z),
-                tune_trials=0,
-            )
-            store.write("attacks", "other", aid, [row])
+            write_attack(store, "other", mid, f"{mid}-{attacker}", attacker, ssim, 0, rng)
     t = leakage_by_family(load(root)).set_index(["sweep", "lam"])
     assert (
         t.at[("other", 1.0), "step1_attackers"] == "fc"
