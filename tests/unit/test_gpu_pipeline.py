@@ -41,7 +41,6 @@ def dry_run(tmp_path_factory):
         )
         assert probe.returncode != 0 and "blocked for this test" in probe.stderr, name
     out = tmp / "table.json"
-    t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
         env=env,
@@ -50,13 +49,12 @@ def dry_run(tmp_path_factory):
         text=True,
         timeout=300,
     )
-    return proc, time.perf_counter() - t0, out
+    return proc, out
 
 
 def test_dry_run_without_ray_optuna_lpips_prints_every_section(dry_run):
-    proc, seconds, out = dry_run
+    proc, out = dry_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert seconds < 120, f"the dry run took {seconds:.0f} s"
     text = proc.stdout
     for expected in (
         "device: cpu",
