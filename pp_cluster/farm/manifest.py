@@ -7,7 +7,10 @@ A later run of the same sweep name on the same root is then checked against it:
 - without ``--resume``: refused whenever the sweep already exists there (a manifest, model
   rows, or Tune state from before manifests); results are written exactly once;
 - with ``--resume`` and a different spec: refused, naming every differing field; the same
-  spec continues.
+  spec continues. One difference is allowed: a grid sweep may be resumed with other λ values
+  or seeds (``GRID_AXES``) when nothing else differs. Each (λ, seed) is its own models, so
+  the rows already there are the same computation whatever the grid around them; the
+  manifest then records the union, so a later run of the whole grid is a plain resume.
 
 *How* a sweep runs (``resources``: workers, pool, GPUs) and *where* (``results``,
 ``storage_path``) may change between runs; they are not part of the hash. The manifest is
@@ -28,6 +31,10 @@ from pp_cluster.results.fs import read_bytes, redact, write_bytes
 MANIFEST = "manifest.json"
 # Fields that say how or where a sweep runs, not what it computes.
 NOT_HASHED = ("resources", "results", "storage_path")
+# Grid axes a resume may change (the manifest keeps their union): each value only adds or
+# leaves out whole models. Partitions are not among them: an undefended model is attacked at
+# every partition, so another partition would change models already finished.
+GRID_AXES = ("lams", "seeds")
 
 
 def sweep_dir(results_uri: str, sweep: str) -> str:
@@ -111,11 +118,29 @@ def write(results_uri: str, sweep: SweepSpec) -> None:
     write_bytes(f"{sweep_dir(results_uri, sweep.name)}/{MANIFEST}", json.dumps(body, indent=1).encode())
 
 
+def _only_grid_axes(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether the recorded spec ``old`` and ``new`` differ in :data:`GRID_AXES` alone, in a
+    grid sweep (an Optuna search reads λ as its range: another range is another search)."""
+    if new.get("search") != "grid" or old.get("search", "grid") != "grid":
+        return False
+    same = {k: v for k, v in new.items() if k not in GRID_AXES}
+    return not differences({k: v for k, v in old.items() if k not in GRID_AXES}, same)
+
+
+def widened(recorded: dict[str, Any], sweep: SweepSpec) -> SweepSpec:
+    """``sweep`` with each of :data:`GRID_AXES` the sorted union of its values and the
+    record's: what the root holds a sweep of after a resume with other λ values or seeds."""
+    union = {k: tuple(sorted({*recorded[k], *getattr(sweep, k)})) for k in GRID_AXES}
+    return sweep.with_(**union)
+
+
 def check(sweep: SweepSpec, *, resume: bool, has_results: bool, has_tune_state: bool) -> str:
     """Check this run against the root's record of the sweep. Returns what the run is:
-    ``"new"``, ``"resume"`` or ``"adopt"`` (a sweep from before manifests, resumed); for
-    "new" and "adopt" the caller writes the manifest once every input is checked. Raises
-    SpecError when the run would mix or repeat results. Call it while holding the lease."""
+    ``"new"``, ``"resume"``, ``"widen"`` (a resume with other λ values or seeds, nothing else
+    changed) or ``"adopt"`` (a sweep from before manifests, resumed); for "new" and "adopt"
+    the caller writes the manifest, for "widen" its union (:func:`widened`), once every input
+    is checked. Raises SpecError when the run would mix or repeat results. Call it while
+    holding the lease."""
     root = sweep.results_uri()
     old = read(root, sweep.name)
     exists = old is not None or has_results or has_tune_state
@@ -127,6 +152,8 @@ def check(sweep: SweepSpec, *, resume: bool, has_results: bool, has_tune_state: 
         )
     if old is not None:
         diff = differences(old["spec"], identity(sweep))
+        if diff and _only_grid_axes(old["spec"], identity(sweep)):
+            return "widen"
         if diff:
             raise SpecError(
                 f"--resume of sweep {sweep.name!r} with a different spec (results of two specs would "

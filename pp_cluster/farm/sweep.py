@@ -222,7 +222,16 @@ def _prepare(sweep: SweepSpec, store: ResultStore, resume: bool):
         )
     judge = _attribute_judge(sweep, ds) if sweep.attributes else None
     # Everything is checked: the sweep exists from here on.
-    if mode != "resume":
+    if mode == "widen":
+        recorded = manifest.read(sweep.results_uri(), sweep.name)["spec"]
+        union = manifest.widened(recorded, sweep)
+        manifest.write(sweep.results_uri(), union)
+        print(
+            f"[pp-farm] sweep {sweep.name!r}: this run's λ {list(sweep.lams)}, seeds {list(sweep.seeds)}; "
+            f"the root now records λ {list(union.lams)}, seeds {list(union.seeds)} (nothing else differs)",
+            file=sys.stderr,
+        )
+    elif mode != "resume":
         manifest.write(sweep.results_uri(), sweep)
     if mode != "new":
         for path in store.quarantine(sweep.name):

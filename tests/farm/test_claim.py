@@ -141,3 +141,37 @@ def test_a_field_added_to_the_spec_later_counts_as_its_default(tiny_sweep, tmp_p
     assert manifest.differences(recorded, manifest.identity(spec.with_(plugins=("x",)))) == [
         'plugins: [] -> ["x"]'
     ]
+
+
+def test_only_other_lams_or_seeds_of_a_grid_may_be_resumed_and_the_record_is_their_union(
+    tiny_sweep, tmp_path
+):
+    spec = tiny_sweep(tmp_path / "res", name="axes", lams=(0.1,), seeds=(0, 1)).validate()
+    manifest.write(spec.results_uri(), spec)
+
+    def check(s):
+        return manifest.check(s, resume=True, has_results=True, has_tune_state=False)
+
+    assert check(spec) == "resume"
+    wider = spec.with_(lams=(0.0,), seeds=(2, 0))
+    assert check(wider) == "widen"
+    recorded = manifest.read(spec.results_uri(), "axes")["spec"]
+    union = manifest.widened(recorded, wider)
+    assert (union.lams, union.seeds) == ((0.0, 0.1), (0, 1, 2))
+    assert manifest.identity(union) == {**manifest.identity(spec), "lams": [0.0, 0.1], "seeds": [0, 1, 2]}
+    # Without --resume it is still a repeat; with anything else changed it is still refused,
+    # naming every differing field; partitions and an Optuna search's λ are not grid axes.
+    with pytest.raises(SpecError, match="already exists"):
+        manifest.check(wider, resume=False, has_results=True, has_tune_state=False)
+    for changed, named in (
+        (wider.with_(epochs=2), ("epochs: 1 -> 2", "lams: [0.1] -> [0.0]")),
+        (spec.with_(partitions=("pool1",)), ('partitions: ["pool1", "pool2"] -> ["pool1"]',)),
+        (spec.with_(search="optuna"), ('search: "grid" -> "optuna"',)),
+    ):
+        with pytest.raises(SpecError) as err:
+            check(changed)
+        assert all(n in str(err.value) for n in named), str(err.value)
+    searched = tiny_sweep(tmp_path / "res2", name="opt", search="optuna", lam_range=(0.1, 1.0)).validate()
+    manifest.write(searched.results_uri(), searched)
+    with pytest.raises(SpecError, match="seeds: "):
+        manifest.check(searched.with_(seeds=(0, 1)), resume=True, has_results=True, has_tune_state=False)

@@ -68,6 +68,27 @@ def test_rerun_without_resume_is_refused_and_resume_redoes_nothing(
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
+def test_a_resume_with_another_lam_trains_only_its_models_and_the_whole_grid_then_resumes(
+    tiny_sweep, ray_cluster, tmp_path
+):
+    from pp_cluster.farm import manifest
+
+    base = dict(name="grow", partitions=("pool1",), attackers=("fc",))
+    first = tiny_sweep(tmp_path / "res", lams=(0.0,), **base)
+    run_sweep(first, verbose=False)
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "res").rglob("*.parquet")}
+    run_sweep(tiny_sweep(tmp_path / "res", lams=(1.0,), **base), resume=True, verbose=False)
+    models = pd.read_parquet(tmp_path / "res" / "models")
+    assert sorted(models["lam"]) == [0.0, 1.0] and models["model_id"].is_unique
+    attacks = pd.read_parquet(tmp_path / "res" / "attacks")
+    assert not attacks.duplicated(["model_id", "attacker", "partition"]).any() and len(attacks) == 2
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items())  # the λ = 0 rows untouched
+    assert manifest.read(first.results_uri(), "grow")["spec"]["lams"] == [0.0, 1.0]
+    files = {f: f.stat().st_mtime_ns for f in (tmp_path / "res").rglob("*.parquet")}
+    run_sweep(tiny_sweep(tmp_path / "res", lams=(0.0, 1.0), **base), resume=True, verbose=False)
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "res").rglob("*.parquet")} == files
+
+
 def test_optuna_search_marks_the_pareto_models(tiny_sweep, ray_cluster, tmp_path):
     spec = tiny_sweep(
         tmp_path / "res", name="opt", search="optuna", lam_range=(0.1, 10.0), num_samples=3, attackers=("fc",)
