@@ -7,6 +7,7 @@ exactly once and no finished model was trained again."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,48 @@ def _interrupt_after_next_row(results: Path, resume: bool, sig: int) -> subproce
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+WORKER = re.compile(r"^(?:\x1b\[\d+m)?\((\w+) pid=(\d+)(?:, ip=[\d.]+)?\)(?:\x1b\[0m)?\s?")
+
+
+def _without_exit_in_a_callback(stderr: str) -> str:
+    """``stderr`` less the reports Python prints when a Ray worker's SIGTERM handler (Ray's,
+    raising SystemExit as the cluster shuts down) fires inside a weakref or GC callback:
+    "Exception ignored in: ..." then a traceback ending in ``SystemExit``, all lines from one
+    worker. Anything else, any traceback of the driver or a worker's error, stays."""
+    lines, out, i = stderr.splitlines(), [], 0
+    while i < len(lines):
+        m = WORKER.match(lines[i])
+        if m and lines[i][m.end() :].startswith("Exception ignored in"):
+            j = i + 1
+            while j < len(lines) and (w := WORKER.match(lines[j])) and w.groups() == m.groups():
+                if lines[j][w.end() :].startswith("SystemExit"):
+                    break
+                j += 1
+            if (
+                j < len(lines)
+                and (w := WORKER.match(lines[j]))
+                and lines[j][w.end() :].startswith("SystemExit")
+            ):
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
+def test_a_workers_exit_landing_in_a_callback_is_the_only_report_left_out():
+    exit_report = [
+        "\x1b[36m(run_trial pid=7)\x1b[0m Exception ignored in: <function WeakSet.__init__.<locals>._remove>",
+        "\x1b[36m(run_trial pid=7)\x1b[0m Traceback (most recent call last):",
+        '\x1b[36m(run_trial pid=7)\x1b[0m   File "/lib/_weakrefset.py", line 39, in _remove',
+        "\x1b[36m(run_trial pid=7)\x1b[0m SystemExit: 1",
+    ]
+    kept = ["[pp-farm] interrupted by SIGTERM", "Traceback (most recent call last):"]
+    assert _without_exit_in_a_callback("\n".join([kept[0], *exit_report, kept[1]])) == "\n".join(kept)
+    error = [*exit_report[:3], "\x1b[36m(run_trial pid=7)\x1b[0m ValueError: a real error"]
+    assert "Traceback" in _without_exit_in_a_callback("\n".join(error))
+
+
 def test_interrupted_sweeps_exit_130_143_and_resume_without_duplicates_or_rework(tmp_path):
     results = tmp_path / "res"
     models_dir = results / "models"
@@ -108,7 +151,11 @@ def test_interrupted_sweeps_exit_130_143_and_resume_without_duplicates_or_rework
     second = _interrupt_after_next_row(results, resume=True, sig=signal.SIGTERM)
     assert second.returncode == 143, second.stderr[-3000:]
     assert "interrupted by SIGTERM" in second.stderr and "continue with" in second.stderr
-    assert "Fatal Python error" not in second.stderr and "Traceback" not in second.stderr
+    # Shutting the cluster down sends its workers SIGTERM; Ray's handler raises SystemExit,
+    # which Python reports (and ignores) if it lands in a weakref callback: Ray's noise, seen
+    # once in CI, not the farm's. Every other traceback fails the test.
+    assert "Fatal Python error" not in second.stderr
+    assert "Traceback" not in _without_exit_in_a_callback(second.stderr), second.stderr[-3000:]
 
     # A hard kill leaves the lease behind (and, for a while, Ray processes that may still
     # write rows: so it comes last, and nothing after it is timed by the tables). A graceful
