@@ -119,12 +119,16 @@ def write(results_uri: str, sweep: SweepSpec) -> None:
 
 
 def _only_grid_axes(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether the recorded spec ``old`` and ``new`` differ in :data:`GRID_AXES` alone, in a
-    grid sweep (an Optuna search reads λ as its range: another range is another search)."""
-    if new.get("search") != "grid" or old.get("search", "grid") != "grid":
+    """Whether the recorded spec ``old`` and ``new`` (both identities) differ in
+    :data:`GRID_AXES` alone, in a grid sweep (an Optuna search reads λ as its range: another
+    range is another search; a differing ``search`` field is itself a difference)."""
+    if new["search"] != "grid":
         return False
-    same = {k: v for k, v in new.items() if k not in GRID_AXES}
-    return not differences({k: v for k, v in old.items() if k not in GRID_AXES}, same)
+
+    def rest(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in GRID_AXES}
+
+    return not differences(rest(old), rest(new))
 
 
 def widened(recorded: dict[str, Any], sweep: SweepSpec) -> SweepSpec:
@@ -151,8 +155,9 @@ def check(sweep: SweepSpec, *, resume: bool, has_results: bool, has_tune_state: 
             "--name to start another sweep"
         )
     if old is not None:
-        diff = differences(old["spec"], identity(sweep))
-        if diff and _only_grid_axes(old["spec"], identity(sweep)):
+        now = identity(sweep)
+        diff = differences(old["spec"], now)
+        if diff and _only_grid_axes(old["spec"], now):
             return "widen"
         if diff:
             raise SpecError(

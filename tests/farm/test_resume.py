@@ -99,6 +99,12 @@ def _interrupt_after_next_row(results: Path, resume: bool, sig: int) -> subproce
 WORKER = re.compile(r"^(?:\x1b\[\d+m)?\((\w+) pid=(\d+)(?:, ip=[\d.]+)?\)(?:\x1b\[0m)?\s?")
 
 
+def _worker(line: str) -> tuple[tuple[str, str] | None, str]:
+    """(the Ray worker's (name, pid) or None for the driver, the text after the prefix)."""
+    m = WORKER.match(line)
+    return (m.groups(), line[m.end() :]) if m else (None, line)
+
+
 def _without_exit_in_a_callback(stderr: str) -> str:
     """``stderr`` less the reports Python prints when a Ray worker's SIGTERM handler (Ray's,
     raising SystemExit as the cluster shuts down) fires inside a weakref or GC callback:
@@ -106,18 +112,16 @@ def _without_exit_in_a_callback(stderr: str) -> str:
     worker. Anything else, any traceback of the driver or a worker's error, stays."""
     lines, out, i = stderr.splitlines(), [], 0
     while i < len(lines):
-        m = WORKER.match(lines[i])
-        if m and lines[i][m.end() :].startswith("Exception ignored in"):
+        who, text = _worker(lines[i])
+        if who and text.startswith("Exception ignored in"):
             j = i + 1
-            while j < len(lines) and (w := WORKER.match(lines[j])) and w.groups() == m.groups():
-                if lines[j][w.end() :].startswith("SystemExit"):
-                    break
-                j += 1
-            if (
+            while (
                 j < len(lines)
-                and (w := WORKER.match(lines[j]))
-                and lines[j][w.end() :].startswith("SystemExit")
+                and _worker(lines[j])[0] == who
+                and not _worker(lines[j])[1].startswith("SystemExit")
             ):
+                j += 1
+            if j < len(lines) and _worker(lines[j])[0] == who:  # the block ends in SystemExit
                 i = j + 1
                 continue
         out.append(lines[i])
